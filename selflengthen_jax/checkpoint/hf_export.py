@@ -1,0 +1,89 @@
+"""Write params back as a Hugging Face checkpoint directory (sharded safetensors + index).
+
+The result loads with `transformers.AutoModelForCausalLM.from_pretrained` and can be
+served by vLLM; tokenizer and generation files are copied from the source directory.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+
+from selflengthen_jax.checkpoint.hf_layout import leaf_mappings
+from selflengthen_jax.checkpoint.safetensors_io import save_file
+from selflengthen_jax.models.config import ModelConfig
+from selflengthen_jax.models.transformer import Params
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "vocab.json", "merges.txt", "tokenizer.model", "generation_config.json",
+                   "chat_template.jinja", "added_tokens.json")
+
+
+def hf_tensors(params: Params, cfg: ModelConfig) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield (HF name, host array) one tensor at a time, in HF layout and param dtype."""
+    dtype = jnp.dtype(cfg.param_dtype)
+    for key, m in leaf_mappings(cfg).items():
+        leaf = params
+        for k in key:
+            leaf = leaf[k]
+        host = np.asarray(multihost_utils.process_allgather(leaf, tiled=True)).astype(dtype)
+        layers = range(host.shape[0]) if m.stacked else [None]
+        for i in layers:
+            t = host[i] if m.stacked else host
+            if m.n_in < 0:
+                out = t.reshape(-1) if t.ndim > 1 and m.stacked else t
+            else:
+                n_in = int(np.prod(t.shape[:m.n_in]))
+                out = t.reshape(n_in, -1).T
+            yield m.hf_name.format(i=i), np.ascontiguousarray(out)
+
+
+def export_hf(params: Params, cfg: ModelConfig, out_dir: str | Path,
+              tokenizer_dir: str | Path | None = None, max_shard_bytes: int = 2 << 30) -> Path:
+    """Write config.json, model-0000k-of-0000n.safetensors + index, and tokenizer files.
+
+    Only process 0 writes; the directory is filled under a temporary name and renamed
+    at the end, so a crash never leaves a directory that looks complete.
+    """
+    out = Path(out_dir)
+    tmp = out.with_name(out.name + ".partial")
+    is_writer = jax.process_index() == 0
+    if is_writer:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    shards: list[dict[str, np.ndarray]] = [{}]
+    size = 0
+    for name, t in hf_tensors(params, cfg):
+        if size and size + t.nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += t.nbytes
+    if not is_writer:
+        return out
+    weight_map, total = {}, 0
+    for k, shard in enumerate(shards):
+        fname = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, tmp / fname)
+        for name, t in shard.items():
+            weight_map[name] = fname
+            total += t.nbytes
+    (tmp / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    (tmp / "config.json").write_text(json.dumps(cfg.to_hf(), indent=2))
+    if tokenizer_dir is not None:
+        for f in TOKENIZER_FILES:
+            src = Path(tokenizer_dir) / f
+            if src.is_file():
+                shutil.copy2(src, tmp / f)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out

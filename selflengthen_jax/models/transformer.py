@@ -1,0 +1,224 @@
+"""A decoder-only transformer for the Qwen2 and Llama 3 families (Flax NNX).
+
+The NNX module owns the parameter tree: shapes, initialisers and the logical axis names
+(`logical_axes` metadata) that `parallel/` maps to a mesh. The computation is a pure
+function of a plain params dict (`forward`), so hot paths split the module once and
+jit `forward` with explicit shardings. Layers are stacked on a leading `layers` axis and
+run with `lax.scan`, so compile time does not grow with depth.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from selflengthen_jax.models.attention import attention, cache_mask, sequence_mask
+from selflengthen_jax.models.config import ModelConfig
+from selflengthen_jax.models.rope import apply_rope, inverse_frequencies
+
+Params = dict[str, Any]
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+# Projections LoRA may adapt: name -> (input dims, output dims) as param-shape slices.
+PROJECTIONS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
+
+
+def _param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str, ...], dtype: Any,
+           init: str = "normal") -> nnx.Param:
+    if init == "ones":
+        value = jnp.ones(shape, dtype)
+    elif init == "zeros":
+        value = jnp.zeros(shape, dtype)
+    else:
+        value = (0.02 * jax.random.normal(rngs.params(), shape)).astype(dtype)
+    return nnx.Param(value, logical_axes=axes)
+
+
+class DecoderLayers(nnx.Module):
+    """All decoder layers' weights, stacked on a leading `layers` axis."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        L, D, F = cfg.num_layers, cfg.hidden_size, cfg.intermediate_size
+        H, K, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        dt = jnp.dtype(cfg.param_dtype)
+        self.attn_norm = _param(rngs, (L, D), ("layers", "norm"), dt, "ones")
+        self.wq = _param(rngs, (L, D, H, Dh), ("layers", "embed", "heads", "head_dim"), dt)
+        self.wk = _param(rngs, (L, D, K, Dh), ("layers", "embed", "kv_heads", "head_dim"), dt)
+        self.wv = _param(rngs, (L, D, K, Dh), ("layers", "embed", "kv_heads", "head_dim"), dt)
+        if cfg.attention_bias:
+            self.bq = _param(rngs, (L, H, Dh), ("layers", "heads", "head_dim"), dt, "zeros")
+            self.bk = _param(rngs, (L, K, Dh), ("layers", "kv_heads", "head_dim"), dt, "zeros")
+            self.bv = _param(rngs, (L, K, Dh), ("layers", "kv_heads", "head_dim"), dt, "zeros")
+        self.wo = _param(rngs, (L, H, Dh, D), ("layers", "heads", "head_dim", "embed"), dt)
+        self.mlp_norm = _param(rngs, (L, D), ("layers", "norm"), dt, "ones")
+        self.w_gate = _param(rngs, (L, D, F), ("layers", "embed", "mlp"), dt)
+        self.w_up = _param(rngs, (L, D, F), ("layers", "embed", "mlp"), dt)
+        self.w_down = _param(rngs, (L, F, D), ("layers", "mlp", "embed"), dt)
+
+
+class Transformer(nnx.Module):
+    """Qwen2 / Llama 3 causal LM. Call it like a function, or use `forward` on its params."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        dt = jnp.dtype(cfg.param_dtype)
+        self.embed = _param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), dt)
+        self.layers = DecoderLayers(cfg, rngs)
+        self.final_norm = _param(rngs, (cfg.hidden_size,), ("norm",), dt, "ones")
+        if not cfg.tie_word_embeddings:
+            self.lm_head = _param(rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), dt)
+
+    def params(self) -> Params:
+        return nnx.to_pure_dict(nnx.state(self, nnx.Param))
+
+    def __call__(self, tokens: jnp.ndarray, **kwargs: Any) -> jnp.ndarray:
+        return forward(self.params(), self.cfg, tokens, **kwargs).logits
+
+
+def abstract_model(cfg: ModelConfig) -> Transformer:
+    """The module with abstract (shape-only) params: free to build for a 72B config."""
+    return nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+
+
+def logical_axes(cfg: ModelConfig) -> Params:
+    """The params tree with each leaf replaced by its tuple of logical axis names."""
+    state = nnx.state(abstract_model(cfg), nnx.Param)
+    return jax.tree.map(lambda v: v.get_metadata()["logical_axes"], state,
+                        is_leaf=lambda x: isinstance(x, nnx.Variable)).to_pure_dict()
+
+
+def init_params(cfg: ModelConfig, seed: int = 0) -> Params:
+    return Transformer(cfg, rngs=nnx.Rngs(seed)).params()
+
+
+class KVCache(NamedTuple):
+    """Preallocated keys/values for every layer: [layers, batch, max_len, kv_heads, head_dim]."""
+
+    k: jnp.ndarray
+    v: jnp.ndarray
+
+    @classmethod
+    def zeros(cls, cfg: ModelConfig, batch: int, max_len: int, dtype: Any) -> "KVCache":
+        shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+
+
+class Output(NamedTuple):
+    logits: jnp.ndarray | None       # [b, s, vocab] float32 (None when hidden requested)
+    hidden: jnp.ndarray | None       # [b, s, d] final-normed hidden states
+    cache: KVCache | None            # updated cache (decode mode)
+    kv: KVCache | None               # this call's keys/values per layer (prefill mode)
+
+
+def rms_norm(x: jnp.ndarray, w: jnp.ndarray, eps: float) -> jnp.ndarray:
+    xf = x.astype(jnp.float32)
+    xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+    return w * xf.astype(x.dtype)
+
+
+def lm_head(params: Params, cfg: ModelConfig) -> jnp.ndarray:
+    """The [embed, vocab] output projection (the embedding's transpose when tied)."""
+    return params["embed"].T if cfg.tie_word_embeddings else params["lm_head"]
+
+
+def _lora_delta(x: jnp.ndarray, adapter: dict | None, ids: jnp.ndarray | None,
+                scale: float, out_shape: tuple[int, ...]) -> jnp.ndarray | float:
+    """x @ A[id] @ B[id] per batch row; adapters are stacked [n_adapters, in, r] / [n, r, out]."""
+    if adapter is None:
+        return 0.0
+    a, b = adapter["a"][ids], adapter["b"][ids]          # [batch, in, r], [batch, r, out]
+    xf = x.reshape(*x.shape[:2], -1)
+    y = jnp.einsum("bsi,bir->bsr", xf, a.astype(x.dtype))
+    y = jnp.einsum("bsr,bro->bso", y, b.astype(x.dtype))
+    return (scale * y).reshape(*x.shape[:2], *out_shape)
+
+
+def forward(params: Params, cfg: ModelConfig, tokens: jnp.ndarray, *,
+            positions: jnp.ndarray | None = None,
+            segment_ids: jnp.ndarray | None = None,
+            cache: KVCache | None = None,
+            write_index: jnp.ndarray | None = None,
+            return_kv: bool = False,
+            return_hidden: bool = False,
+            lora: Params | None = None,
+            adapter_ids: jnp.ndarray | None = None,
+            lora_scale: float = 1.0,
+            remat: str = "none",
+            attention_impl: str = "xla") -> Output:
+    """Run the decoder.
+
+    Without `cache`, tokens [b, s] attend causally within their segment (`segment_ids`,
+    0 = padding; packed examples get distinct ids). With `cache`, the tokens are written
+    at `write_index[b]` onwards and attend to everything cached before them.
+    `lora` holds per-projection adapters stacked [layers, n_adapters, ...]; `adapter_ids`
+    [b] picks one per row.
+    """
+    b, s = tokens.shape
+    cdt = jnp.dtype(cfg.compute_dtype)
+    if positions is None:
+        positions = jnp.broadcast_to(jnp.arange(s), (b, s))
+    if cache is None:
+        segment_ids = jnp.ones((b, s), jnp.int32) if segment_ids is None else segment_ids
+        mask = sequence_mask(segment_ids)
+    else:
+        mask = cache_mask(write_index, s, cache.k.shape[2])
+    if lora is not None and adapter_ids is None:
+        adapter_ids = jnp.zeros((b,), jnp.int32)
+    inv_freq = jnp.asarray(inverse_frequencies(cfg))
+    H, K, Dh, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size
+
+    def layer(x, xs):
+        p, ad, ck, cv = xs
+        ad = ad or {}
+        w = lambda name: p[name].astype(cdt)  # noqa: E731
+        delta = lambda name, inp, shape: _lora_delta(inp, ad.get(name), adapter_ids,  # noqa: E731
+                                                     lora_scale, shape)
+        h = rms_norm(x, p["attn_norm"].astype(cdt), cfg.rms_norm_eps)
+        q = jnp.einsum("bsd,dhk->bshk", h, w("wq")) + delta("wq", h, (H, Dh))
+        k = jnp.einsum("bsd,dhk->bshk", h, w("wk")) + delta("wk", h, (K, Dh))
+        v = jnp.einsum("bsd,dhk->bshk", h, w("wv")) + delta("wv", h, (K, Dh))
+        if cfg.attention_bias:
+            q, k, v = q + w("bq"), k + w("bk"), v + w("bv")
+        q = apply_rope(q, positions, inv_freq)
+        k = apply_rope(k, positions, inv_freq)
+        if ck is None:
+            keys, values, new = k, v, (k, v) if return_kv else None
+        else:
+            rows = jnp.arange(b)[:, None]
+            cols = write_index[:, None] + jnp.arange(s)[None, :]
+            keys = ck.at[rows, cols].set(k.astype(ck.dtype), mode="drop")
+            values = cv.at[rows, cols].set(v.astype(cv.dtype), mode="drop")
+            new = (keys, values)
+        o = attention(q, keys.astype(cdt), values.astype(cdt), mask, impl=attention_impl)
+        x = x + jnp.einsum("bshk,hkd->bsd", o, w("wo")) + delta("wo", o, (D,))
+        h = rms_norm(x, p["mlp_norm"].astype(cdt), cfg.rms_norm_eps)
+        g = jnp.einsum("bsd,df->bsf", h, w("w_gate")) + delta("w_gate", h, (cfg.intermediate_size,))
+        u = jnp.einsum("bsd,df->bsf", h, w("w_up")) + delta("w_up", h, (cfg.intermediate_size,))
+        a = jax.nn.silu(g) * u
+        x = x + jnp.einsum("bsf,fd->bsd", a, w("w_down")) + delta("w_down", a, (D,))
+        return x, new
+
+    policy = REMAT_POLICIES[remat]
+    if remat != "none":
+        layer = jax.checkpoint(layer, policy=policy, prevent_cse=False)
+    x = params["embed"].astype(cdt)[tokens]
+    xs = (params["layers"], lora, None if cache is None else cache.k,
+          None if cache is None else cache.v)
+    x, new = jax.lax.scan(layer, x, xs)
+    x = rms_norm(x, params["final_norm"].astype(cdt), cfg.rms_norm_eps)
+    new_cache = KVCache(*new) if cache is not None else None
+    kv = KVCache(*new) if (cache is None and return_kv) else None
+    if return_hidden:
+        return Output(None, x, new_cache, kv)
+    logits = jnp.einsum("bsd,dv->bsv", x, lm_head(params, cfg).astype(cdt),
+                        preferred_element_type=jnp.float32)
+    return Output(logits, None, new_cache, kv)

@@ -1,0 +1,261 @@
+"""Pure text rules of the Self-Lengthen pipeline: word counts, quality filters,
+length-biased down-sampling, paragraph splitting, instruction de-duplication.
+
+Everything here is model-free and deterministic (given a seeded rng), so the data
+the pipeline keeps can be explained and tested without a checkpoint.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+import zlib
+from collections import defaultdict
+from typing import Iterable, Literal
+
+import numpy as np
+
+Language = Literal["zh", "en"]
+LANGUAGES: tuple[str, ...] = ("zh", "en")
+
+# CJK ideographs, CJK symbols/punctuation, full-width forms: each one is a "word".
+_CJK = re.compile("[\u4e00-\u9fff\u3000-\u303f\uff00-\uffef]")
+
+# Characters a finished text may end with; anything else suggests it was cut off.
+ZH_CLOSING = frozenset("。！？!?.…”’\"'）)】』」》〉〕〗～~")
+EN_CLOSING = frozenset(".!?\"'”’)]}…")
+
+# Extenders like to talk about their own output ("Revised version: ..."); such
+# words at the top or bottom of an English answer mark it as meta-commentary.
+META_WORDS: tuple[str, ...] = ("revised", "revision", "response", "version", "paragraph")
+DEFAULT_NGRAM: dict[str, int] = {"zh": 13, "en": 10}
+META_HEAD_LINES = 2
+META_TAIL_LINES = 3
+
+# Stable problem labels, so summaries can count them across a run.
+EMPTY = "empty"
+UNFINISHED = "unfinished ending"
+REPETITION = "repetition"
+META = "meta words"
+
+# zh repetition units: a run of ASCII letters (an English word inside Chinese text)
+# is one unit, every other non-space character is its own unit.
+_ZH_UNIT = re.compile(r"[A-Za-z]+|\S")
+
+
+def check_language(language: str) -> str:
+    """Fail early and clearly on a language the pipeline has no rules for."""
+    if language not in LANGUAGES:
+        raise ValueError(f"unsupported language {language!r}; expected one of {LANGUAGES}")
+    return language
+
+
+def count_words(text: str) -> int:
+    """Length in the paper's unit: CJK characters one each, plus space-split words."""
+    cjk = len(_CJK.findall(text))
+    return cjk + len(_CJK.sub(" ", text).split())
+
+
+def language_of(text: str) -> Language:
+    """"zh" when more than 30% of the non-space characters are CJK, else "en"."""
+    chars = [c for c in text if not c.isspace()]
+    if not chars:
+        return "en"
+    cjk = sum(1 for c in chars if _CJK.match(c))
+    return "zh" if cjk / len(chars) > 0.3 else "en"
+
+
+def has_repeated_ngram(units: list[str], n: int) -> bool:
+    """True when some run of `n` consecutive units occurs twice (overlaps count):
+    the signature of a model stuck in a loop."""
+    if n < 1:
+        raise ValueError(f"n-gram size must be >= 1, got {n}")
+    seen: set[tuple[str, ...]] = set()
+    for i in range(len(units) - n + 1):
+        gram = tuple(units[i : i + n])
+        if gram in seen:
+            return True
+        seen.add(gram)
+    return False
+
+
+def _meta_pattern(meta_words: Iterable[str]) -> re.Pattern[str]:
+    words = "|".join(re.escape(w) for w in meta_words)
+    # Word start only, so "Revised" and "versions" match but "conversion" does not.
+    return re.compile(rf"\b(?:{words})", re.IGNORECASE)
+
+
+def quality_problems(
+    text: str,
+    language: str,
+    *,
+    ngram: int | None = None,
+    meta_words: Iterable[str] = META_WORDS,
+) -> list[str]:
+    """Why `text` should not become training data (empty list: it passes).
+
+    `ngram` defaults to 13 (zh characters) or 10 (en words); `meta_words` are only
+    checked for English, in the first 2 and last 3 non-empty lines.
+    """
+    check_language(language)
+    stripped = text.strip()
+    if not stripped:
+        return [EMPTY]
+    n = DEFAULT_NGRAM[language] if ngram is None else ngram
+    problems = []
+    closing = ZH_CLOSING if language == "zh" else EN_CLOSING
+    if stripped[-1] not in closing:
+        problems.append(UNFINISHED)
+    units = _ZH_UNIT.findall(stripped) if language == "zh" else stripped.split()
+    if has_repeated_ngram(units, n):
+        problems.append(REPETITION)
+    if language == "en":
+        lines = [line for line in stripped.splitlines() if line.strip()]
+        edges = lines[:META_HEAD_LINES] + lines[META_HEAD_LINES:][-META_TAIL_LINES:]
+        pattern = _meta_pattern(meta_words)
+        if any(pattern.search(line) for line in edges):
+            problems.append(META)
+    return problems
+
+
+def passes_quality(
+    text: str,
+    language: str,
+    *,
+    ngram: int | None = None,
+    meta_words: Iterable[str] = META_WORDS,
+) -> bool:
+    """True when `quality_problems` finds nothing."""
+    return not quality_problems(text, language, ngram=ngram, meta_words=meta_words)
+
+
+def length_biased_keep(lengths: list[int], rng: np.random.Generator) -> list[bool]:
+    """Keep flags (original order) that thin out short samples.
+
+    Rank r = 1 - i/n for sorted position i (1 = shortest); keep probability
+    clip(1 - 2 r^3, 0, 1): the shortest fifth is always dropped and the longest
+    samples almost always kept, pushing the next round's data towards length.
+    """
+    n = len(lengths)
+    order = sorted(range(n), key=lambda k: (lengths[k], k))
+    prob = np.empty(n)
+    for position, index in enumerate(order):
+        rank = 1.0 - position / n
+        prob[index] = min(max(1.0 - 2.0 * rank**3, 0.0), 1.0)
+    draws = rng.random(n)
+    return [bool(u < p) for u, p in zip(draws, prob)]
+
+
+def split_paragraphs(text: str) -> list[str]:
+    """Paragraphs split on blank lines; texts with <= 2 such blocks (models often
+    use single newlines) are split on single newlines instead."""
+    text = text.replace("\r\n", "\n")
+    blocks = [b.strip() for b in re.split(r"\n[ \t]*\n", text)]
+    blocks = [b for b in blocks if b]
+    if len(blocks) > 2:
+        return blocks
+    lines = [line.strip() for line in text.split("\n")]
+    return [line for line in lines if line]
+
+
+def normalise(text: str) -> str:
+    """Case-folded text without punctuation/symbols and with single spaces: the
+    form in which two instructions are compared."""
+    kept = []
+    for char in unicodedata.normalize("NFKC", text).casefold():
+        category = unicodedata.category(char)
+        if category[0] in "PS":
+            kept.append(" ")
+        else:
+            kept.append(char)
+    return " ".join("".join(kept).split())
+
+
+def shingles(text: str, size: int = 5) -> frozenset[str]:
+    """Character `size`-grams of the normalised text (the text itself if shorter)."""
+    norm = normalise(text)
+    if len(norm) <= size:
+        return frozenset([norm]) if norm else frozenset()
+    return frozenset(norm[i : i + size] for i in range(len(norm) - size + 1))
+
+
+def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
+    """|a & b| / |a | b|, 0 for two empty sets."""
+    if not a and not b:
+        return 0.0
+    inter = len(a & b)
+    return inter / (len(a) + len(b) - inter)
+
+
+def near_duplicate(a: str, b: str, threshold: float = 0.7, size: int = 5) -> bool:
+    """Same instruction after normalisation, or shingle Jaccard >= threshold."""
+    if normalise(a) == normalise(b):
+        return True
+    return jaccard(shingles(a, size), shingles(b, size)) >= threshold
+
+
+def _prefix_length(count: int, threshold: float) -> int:
+    # Two sets with Jaccard >= t share >= ceil(t * |A|) elements, so under any fixed
+    # element order they share one among the first |A| - ceil(t |A|) + 1 of A.
+    return count - int(np.ceil(threshold * count - 1e-9)) + 1
+
+
+def _order_key(shingle: str) -> tuple[int, str]:
+    # A fixed, content-based order (same in every process) that spreads common
+    # shingles across prefix positions.
+    return (zlib.crc32(shingle.encode("utf-8")), shingle)
+
+
+class Deduper:
+    """Streaming instruction de-duplicator (exact after normalisation, or near by
+    shingle Jaccard).
+
+    Uses prefix filtering: each kept instruction indexes only the first few of its
+    shingles in a fixed order, a new one probes only its own prefix, and just the
+    few candidates found are verified exactly. Results equal a pairwise scan.
+    """
+
+    def __init__(self, threshold: float = 0.7, size: int = 5) -> None:
+        if not 0.0 < threshold <= 1.0:
+            raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+        self.threshold = threshold
+        self.size = size
+        self._exact: set[str] = set()
+        self._sets: list[frozenset[str]] = []
+        self._index: dict[str, list[int]] = defaultdict(list)
+
+    def __len__(self) -> int:
+        return len(self._sets)
+
+    def _prefix(self, grams: frozenset[str]) -> list[str]:
+        ordered = sorted(grams, key=_order_key)
+        return ordered[: _prefix_length(len(ordered), self.threshold)]
+
+    def is_duplicate(self, text: str) -> bool:
+        """True when `text` matches an instruction already added (nothing stored)."""
+        if normalise(text) in self._exact:
+            return True
+        grams = shingles(text, self.size)
+        low, high = self.threshold * len(grams), len(grams) / self.threshold
+        checked: set[int] = set()
+        for gram in self._prefix(grams):
+            for k in self._index.get(gram, ()):
+                if k in checked:
+                    continue
+                checked.add(k)
+                other = self._sets[k]
+                if low - 1e-9 <= len(other) <= high + 1e-9 and jaccard(grams, other) >= self.threshold:
+                    return True
+        return False
+
+    def add(self, text: str) -> bool:
+        """Record `text` unless it duplicates a kept one; True when it was new."""
+        if self.is_duplicate(text):
+            return False
+        grams = shingles(text, self.size)
+        self._exact.add(normalise(text))
+        k = len(self._sets)
+        self._sets.append(grams)
+        for gram in self._prefix(grams):
+            self._index[gram].append(k)
+        return True
