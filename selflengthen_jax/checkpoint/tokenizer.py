@@ -1,0 +1,58 @@
+"""The checkpoint's own tokenizer and chat template, from local files only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import transformers
+
+from selflengthen_jax.checkpoint.hf_import import CheckpointError
+
+TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
+def load_tokenizer(model_dir: str | Path) -> transformers.PreTrainedTokenizerBase:
+    """AutoTokenizer from the directory, offline, never running remote code."""
+    d = Path(model_dir)
+    if not any((d / f).is_file() for f in TOKENIZER_MARKERS):
+        raise CheckpointError(f"{d} has no tokenizer (expected one of: {', '.join(TOKENIZER_MARKERS)})")
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(str(d), local_files_only=True,
+                                                         trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{d}: cannot load the tokenizer: {e}") from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def eos_token_ids(model_dir: str | Path, tok: transformers.PreTrainedTokenizerBase) -> list[int]:
+    """End-of-sequence ids: generation_config.json's (may be a list), else the tokenizer's."""
+    ids: list[int] = []
+    gen = Path(model_dir) / "generation_config.json"
+    if gen.is_file():
+        eos = json.loads(gen.read_text(encoding="utf-8")).get("eos_token_id")
+        ids = [eos] if isinstance(eos, int) else list(eos or [])
+    if tok.eos_token_id is not None and tok.eos_token_id not in ids:
+        ids.append(tok.eos_token_id)
+    return ids
+
+
+def chat_prompt(tok: transformers.PreTrainedTokenizerBase, messages: Sequence[dict],
+                assistant_prefix: str = "") -> str:
+    """Render messages with the checkpoint's chat template, opening the assistant turn.
+
+    `assistant_prefix` is text already written at the start of the assistant turn: the
+    model continues it (the extender's second stage needs this).
+    """
+    if not getattr(tok, "chat_template", None):
+        raise CheckpointError("the tokenizer has no chat template; use raw prompts instead")
+    text = tok.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+    return text + assistant_prefix
+
+
+def encode(tok: transformers.PreTrainedTokenizerBase, text: str) -> list[int]:
+    """Token ids of text exactly as written (templates already hold special tokens)."""
+    return tok.encode(text, add_special_tokens=False)

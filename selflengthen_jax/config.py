@@ -1,0 +1,304 @@
+"""The run configuration: one typed tree, loaded from YAML, with `a.b=value` overrides.
+
+Like MaxText, a run is one YAML file plus dotted command-line overrides. Every key is
+checked at start-up: unknown keys, wrong types and values outside a fixed set fail with
+a message naming the key and what is allowed, before any weights are touched. Values
+are parsed with `yaml.safe_load` only (never eval).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config file or override is malformed, unknown, mistyped or impossible."""
+
+
+@dataclasses.dataclass
+class ModelSection:
+    path: str = ""  # a Hugging Face checkpoint dir or one of ours; "" builds the demo model
+    param_dtype: Literal["float32", "bfloat16"] = "float32"
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"
+    attention_impl: Literal["xla", "cudnn"] = "xla"
+
+
+@dataclasses.dataclass
+class MeshSection:
+    data: int = -1    # -1 takes the devices the other axes leave
+    fsdp: int = 1
+    tensor: int = 1
+    strategy: Literal["dp", "fsdp", "tp", "fsdp_tp"] = "dp"
+    rules: dict[str, Any] = dataclasses.field(default_factory=dict)  # logical axis -> mesh axes
+    replica_per_host: bool = True  # generation: one model replica per host (no cross-host traffic)
+
+
+@dataclasses.dataclass
+class SamplingSection:
+    temperature: float = 0.7
+    top_p: float = 0.8
+    top_k: int = 20
+    repetition_penalty: float = 1.1
+    max_new_tokens: int = 16384
+    stop: list[str] = dataclasses.field(
+        default_factory=lambda: ["\n\n---", "\n---", "---", "\n\n\n"])
+
+
+@dataclasses.dataclass
+class EngineSection:
+    slots: int = 8                  # concurrent sequences (decode batch)
+    max_prefill_len: int = 4096     # longest prompt, tokens
+    max_new_tokens: int = 16384     # cache room for output, tokens
+    decode_chunk: int = 64          # decode steps per device call
+    mode: Literal["continuous", "static"] = "continuous"
+
+
+@dataclasses.dataclass
+class LoraSection:
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+
+
+@dataclasses.dataclass
+class TrainSection:
+    mode: Literal["lora", "full"] = "lora"
+    learning_rate: float = 1e-4
+    warmup_ratio: float = 0.1
+    epochs: int = 4
+    batch_size: int = 1             # sequences per data shard per step
+    grad_accum: int = 1
+    max_grad_norm: float = 1.0
+    weight_decay: float = 0.0
+    cutoff_len: int = 16384
+    packing: bool = False
+    remat: Literal["none", "full", "dots", "dots_no_batch"] = "full"
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"
+    save_every: int = 200
+    keep: int = 2
+    log_every: int = 10
+    max_steps: int = -1             # -1: epochs decide
+    lora: LoraSection = dataclasses.field(default_factory=LoraSection)
+
+
+@dataclasses.dataclass
+class PipelineSection:
+    max_iter: int = 3
+    instruct_count: int = 5000
+    instruct_tries: int = 10
+    responses_per_instruction: int = 2
+    response_tries: int = 20
+    extensions_per_response: int = 2
+    extension_rounds: int = 3
+    extension_tries: int = 20
+    min_extension_ratio: float = 1.2
+    line_keep_prob: float = 0.8
+    finish_fraction: float = 1.0
+    collect_count: int = 0
+    judge: Literal["likelihood", "sample"] = "likelihood"
+    min_instruction_words: int = 3
+    max_instruction_words: int = 500
+    dedup_threshold: float = 0.7
+    seeds_path: str = ""
+    templates_dir: str = ""
+    ngram_zh: int = 13
+    ngram_en: int = 10
+    max_new_tokens: int = 8192
+    instruct_max_new_tokens: int = 256
+
+
+@dataclasses.dataclass
+class EvalSection:
+    min_words: int = 2000
+    max_words: int = 8000
+    max_new_tokens: int = 16384
+    judge_url: str = ""
+    judge_model: str = ""
+
+
+@dataclasses.dataclass
+class Config:
+    seed: int = 0
+    output_dir: str = "runs/default"
+    language: Literal["zh", "en"] = "zh"
+    model: ModelSection = dataclasses.field(default_factory=ModelSection)
+    mesh: MeshSection = dataclasses.field(default_factory=MeshSection)
+    sampling: SamplingSection = dataclasses.field(default_factory=SamplingSection)
+    engine: EngineSection = dataclasses.field(default_factory=EngineSection)
+    train: TrainSection = dataclasses.field(default_factory=TrainSection)
+    pipeline: PipelineSection = dataclasses.field(default_factory=PipelineSection)
+    eval: EvalSection = dataclasses.field(default_factory=EvalSection)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+POSITIVE = {"engine.slots", "engine.max_prefill_len", "engine.max_new_tokens",
+            "engine.decode_chunk", "train.epochs", "train.batch_size", "train.grad_accum",
+            "train.cutoff_len", "train.save_every", "train.keep", "train.lora.rank",
+            "pipeline.max_iter", "pipeline.instruct_count", "sampling.max_new_tokens",
+            "mesh.fsdp", "mesh.tensor", "pipeline.max_new_tokens"}
+FRACTIONS = {"train.warmup_ratio", "pipeline.finish_fraction", "pipeline.line_keep_prob",
+             "sampling.top_p", "train.lora.dropout", "pipeline.dedup_threshold"}
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in hints:
+            raise ConfigError(f"unknown config key {dotted!r}; allowed here: {', '.join(names)}")
+        kwargs[key] = _coerce(hints[key], value, dotted)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`, allowing int -> float only."""
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key + ".")
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} is not allowed; choose one of: "
+                              f"{', '.join(map(str, allowed))}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return dict(value)
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and not isinstance(value, bool) or not isinstance(value, tp) \
+            or (tp is int and isinstance(value, bool)):
+        raise ConfigError(f"{key} must be of type {tp.__name__}, got {value!r}")
+    return value
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    node = tree
+    *parents, last = dotted.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {p!r} is not a section")
+    node[last] = value
+
+
+def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
+    """['train.lr=1e-4', 'language=en'] -> nested dict; values parsed as YAML scalars."""
+    tree: dict[str, Any] = {}
+    for arg in args:
+        key, sep, raw = arg.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {arg!r} is not of the form key=value")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        _set_dotted(tree, key.strip(), value)
+    return tree
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def resolve_path(path: str | Path) -> Path:
+    """A config path as given, or a bare name looked up in the shipped configs/."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    for cand in (CONFIG_DIR / p, CONFIG_DIR / f"{p}.yaml"):
+        if cand.is_file():
+            return cand
+    raise ConfigError(f"config file {path} not found (looked here and in {CONFIG_DIR})")
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = resolve_path(path)
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: malformed YAML: {e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not UTF-8 text") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: top level must be a mapping of config keys")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """YAML file (optional) + overrides -> a validated Config."""
+    data = load_yaml(path) if path else {}
+    return from_dict(_merge(data, parse_overrides(overrides)))
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    cfg = _build(Config, data, "")
+    validate(cfg)
+    return cfg
+
+
+def _get(cfg: Config, dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def validate(cfg: Config) -> None:
+    """Value checks that types alone cannot express."""
+    for key in POSITIVE:
+        if _get(cfg, key) <= 0:
+            raise ConfigError(f"{key}={_get(cfg, key)} must be a positive integer")
+    for key in FRACTIONS:
+        v = _get(cfg, key)
+        if not 0.0 <= v <= 1.0:
+            raise ConfigError(f"{key}={v} must lie in [0, 1]")
+    if cfg.mesh.data == 0 or cfg.mesh.data < -1:
+        raise ConfigError(f"mesh.data={cfg.mesh.data} must be a positive integer or -1 (all remaining devices)")
+    if cfg.sampling.temperature < 0:
+        raise ConfigError(f"sampling.temperature={cfg.sampling.temperature} must be >= 0")
+    if cfg.sampling.top_k < 0:
+        raise ConfigError(f"sampling.top_k={cfg.sampling.top_k} must be >= 0 (0 disables it)")
+    if cfg.sampling.repetition_penalty <= 0:
+        raise ConfigError("sampling.repetition_penalty must be > 0")
+    if cfg.train.learning_rate <= 0:
+        raise ConfigError(f"train.learning_rate={cfg.train.learning_rate} must be > 0")
+    if cfg.pipeline.min_extension_ratio < 1.0:
+        raise ConfigError("pipeline.min_extension_ratio must be >= 1.0")
+
+
+def validate_for_model(cfg: Config, num_heads: int) -> None:
+    """Checks that need the checkpoint's architecture (heads vs the tensor axis).
+
+    KV heads that the tensor axis does not divide are replicated instead (see parallel/).
+    """
+    t = cfg.mesh.tensor
+    if num_heads % t:
+        allowed = [d for d in range(1, num_heads + 1) if num_heads % d == 0]
+        raise ConfigError(f"mesh.tensor={t} does not divide num_attention_heads={num_heads}; "
+                          f"allowed: {', '.join(map(str, allowed))}")

@@ -1,0 +1,69 @@
+"""Logical axis names -> mesh axes. A sharding strategy is a rules table, not code.
+
+Parameters carry logical names (`vocab`, `embed`, `heads`, ...); activations and the
+KV cache use `batch`, `seq`, `kv_heads`. A strategy maps each name to mesh axes (or
+None: replicated). A dimension the mapped axes do not divide is replicated instead,
+so e.g. 2 KV heads on a tensor axis of 4 still run.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+Rules = dict[str, Any]  # logical name -> None | mesh axis | tuple of mesh axes
+
+_TP = {"heads": "tensor", "kv_heads": "tensor", "mlp": "tensor", "vocab": "tensor"}
+STRATEGIES: dict[str, Rules] = {
+    "dp": {},
+    "fsdp": {"embed": "fsdp"},
+    "tp": dict(_TP),
+    "fsdp_tp": {"embed": "fsdp", **_TP},
+}
+ACTIVATIONS: Rules = {"batch": ("data", "fsdp")}
+
+
+def strategy_rules(strategy: str, overrides: Mapping[str, Any] | None = None) -> Rules:
+    """The named strategy's table plus activation rules, then user overrides from YAML."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown sharding strategy {strategy!r}; built in: {', '.join(STRATEGIES)}")
+    rules = {**ACTIVATIONS, **STRATEGIES[strategy]}
+    for name, axes in (overrides or {}).items():
+        rules[name] = tuple(axes) if isinstance(axes, list) else axes
+    return rules
+
+
+def _axis_size(mesh: Mesh, axes: Any) -> int:
+    if axes is None:
+        return 1
+    names = axes if isinstance(axes, tuple) else (axes,)
+    return math.prod(mesh.shape[n] for n in names)
+
+
+def spec_for(names: tuple[str | None, ...], shape: tuple[int, ...], mesh: Mesh, rules: Rules) -> P:
+    """PartitionSpec for a value with logical `names`; undividable dims stay replicated."""
+    used: set[str] = set()
+    out = []
+    for name, dim in zip(names, shape):
+        axes = rules.get(name) if name else None
+        flat = () if axes is None else (axes if isinstance(axes, tuple) else (axes,))
+        if not flat or dim % _axis_size(mesh, axes) or used & set(flat):
+            out.append(None)
+            continue
+        used |= set(flat)
+        out.append(axes)
+    return P(*out)
+
+
+def tree_shardings(axes_tree: Any, shapes_tree: Any, mesh: Mesh, rules: Rules) -> Any:
+    """NamedShardings for a tree, given matching trees of logical names and shapes."""
+    return jax.tree.map(
+        lambda names, x: NamedSharding(mesh, spec_for(names, tuple(x.shape), mesh, rules)),
+        axes_tree, shapes_tree, is_leaf=lambda x: isinstance(x, tuple))
+
+
+def named(mesh: Mesh, rules: Rules, names: tuple[str | None, ...], shape: tuple[int, ...]) -> NamedSharding:
+    return NamedSharding(mesh, spec_for(names, shape, mesh, rules))
