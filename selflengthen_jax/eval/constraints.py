@@ -162,9 +162,9 @@ def infer_type(text: str) -> str:
     return "about"
 
 
-def parse_constraint(text: str, type: str | None = None) -> Constraint:
-    """A `Constraint` from its wording; `type` wins over the wording when given."""
-    kind = type or infer_type(text)
+def parse_constraint(text: str, kind: str | None = None) -> Constraint:
+    """A `Constraint` from its wording; `kind` (the row's type) wins over the wording."""
+    kind = kind or infer_type(text)
     numbers = [n for n in parse_numbers(text) if n > 0]
     if kind == "range":
         if len(numbers) < 2:

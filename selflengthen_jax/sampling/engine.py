@@ -117,7 +117,7 @@ class Engine:
             if kind == "decode":
                 fn = partial(ds.decode, chunk=self.section.decode_chunk, **common)
                 self._compiled[key] = jax.jit(
-                    fn, in_shardings=(self.param_shardings, self._lora_sharding(), state_sh, rep),
+                    fn, in_shardings=(self.param_shardings, self._lora_sharding(), state_sh, rep, rep, rep),
                     out_shardings=(state_sh, rep), donate_argnums=(2,))
             else:
                 fn = partial(ds.prefill, **common)
@@ -194,7 +194,9 @@ class Engine:
             state = self._release(state, slots, finish)
             if not any(slots):
                 continue
-            state, toks = self._fn("decode", k_cap)(self.model.params, self.lora, state, self._eos)
+            steps, exit_early = self._chunk_plan(slots, bool(pending))
+            state, toks = self._fn("decode", k_cap)(self.model.params, self.lora, state, self._eos,
+                                                    steps, exit_early)
             toks = to_host(toks)
             for i, slot in enumerate(slots):
                 if slot is not None:
@@ -206,6 +208,19 @@ class Engine:
         bar.close()
         self.stats["tokens"] += made
         return results  # type: ignore[return-value]
+
+    def _chunk_plan(self, slots: list[_Slot | None], pending: bool) -> tuple[jax.Array, jax.Array]:
+        """How many steps to run before the host looks again.
+
+        With prompts waiting, stop when the first slot reaches its token budget (known in
+        advance) or ends early (EOS, seen on device), so its slot is refilled at once.
+        """
+        steps = self.section.decode_chunk
+        if pending and self.section.mode == "continuous":
+            steps = min([steps] + [s.max_new - len(s.tokens) for s in slots if s is not None])
+        rep = replicated(self.mesh)
+        exit_early = pending and self.section.mode == "continuous"
+        return put(np.int32(max(steps, 1)), rep), put(np.bool_(exit_early), rep)
 
     def _prefill(self, state, admitted, free, requests, prompts, slots, k_cap):
         n = _bucket(len(admitted), self.section.slots, floor=1)

@@ -1,0 +1,214 @@
+"""Durable record storage: the pipeline's resume mechanism.
+
+Every finished sample is appended (and fsynced) to a JSONL file as soon as it
+exists, and a phase is marked done with an atomically written marker file. After
+a crash the only possible damage is a torn final line, which is dropped; anything
+else unreadable is reported, never silently skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+_PHASE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename itself durable, not only the file contents.
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write `text` so readers see the old file or the new one, never a mix:
+    temp file in the same directory, fsync, rename over, fsync the directory."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    """`atomic_write_text` of `obj` as indented UTF-8 JSON."""
+    atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
+
+
+class _Unreadable(ValueError):
+    """A line that is not UTF-8 JSON at all (as opposed to JSON of the wrong shape)."""
+
+
+def _decode_object(raw: bytes, where: str) -> dict:
+    """One JSONL line as a dict, or ValueError saying where and why."""
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise _Unreadable(f"{where}: not valid UTF-8 ({error.reason})") from None
+    except json.JSONDecodeError as error:
+        raise _Unreadable(f"{where}: invalid JSON ({error.msg})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+class JsonlStore:
+    """Append-only JSONL file of dict records, each with a unique string "id".
+
+    Opening reads what a previous run left; a torn last line (no newline, or not
+    JSON) is the trace of a crash mid-append, so it is dropped with a warning and
+    cut from the file. Any other bad line raises ValueError naming its line.
+    """
+
+    def __init__(self, path: str | Path, *, fsync: bool = True) -> None:
+        self.path = Path(path)
+        self.fsync = fsync
+        self._records: dict[str, dict] = {}
+        if self.path.exists():
+            self._load()
+
+    @classmethod
+    def open(cls, path: str | Path, *, fsync: bool = True) -> JsonlStore:
+        """Open (or prepare to create) the store at `path`."""
+        return cls(path, fsync=fsync)
+
+    def _load(self) -> None:
+        data = self.path.read_bytes()
+        body_end = data.rfind(b"\n") + 1  # everything up to the last newline
+        lines = data[:body_end].split(b"\n")[:-1]
+        last = max((i for i, raw in enumerate(lines) if raw.strip()), default=-1)
+        has_tail = body_end < len(data)
+        offset = 0
+        for i, raw in enumerate(lines):
+            start, offset = offset, offset + len(raw) + 1
+            if not raw.strip():
+                continue
+            where = f"{self.path}:{i + 1}"
+            try:
+                record = _decode_object(raw, where)
+            except _Unreadable:
+                if i != last or has_tail:
+                    raise
+                self._drop_torn(where, start)
+                return
+            self._remember(record, where)
+        if has_tail:
+            self._drop_torn(f"{self.path}:{len(lines) + 1}", body_end)
+
+    def _drop_torn(self, where: str, start: int) -> None:
+        """Cut the file at `start`, where an interrupted append left a partial line."""
+        message = f"{where}: dropping torn last line left by an interrupted write"
+        warnings.warn(message, stacklevel=4)
+        with open(self.path, "r+b") as handle:
+            handle.truncate(start)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def _remember(self, record: dict, where: str) -> None:
+        key = record.get("id")
+        if not isinstance(key, str):
+            raise ValueError(f"{where}: record needs a string 'id', got {key!r}")
+        if key in self._records:
+            raise ValueError(f"{where}: duplicate id {key!r}")
+        self._records[key] = record
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._records
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def ids(self) -> list[str]:
+        """Record ids in file order."""
+        return list(self._records)
+
+    def records(self) -> list[dict]:
+        """Records in file order."""
+        return list(self._records.values())
+
+    def append(self, record: dict) -> None:
+        """Write `record` as one line (fsynced unless disabled) and remember it.
+
+        The stored form is the JSON round trip, so a fresh run and a resumed one
+        see identical records (e.g. tuples become lists in both).
+        """
+        if not isinstance(record, dict):
+            raise ValueError(f"{self.path}: records must be dicts, got {type(record).__name__}")
+        line = json.dumps(record, ensure_ascii=False)
+        stored = json.loads(line)
+        self._remember(stored, f"{self.path}: append")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "ab") as handle:
+                handle.write(line.encode("utf-8") + b"\n")
+                handle.flush()
+                if self.fsync:
+                    os.fsync(handle.fileno())
+        except BaseException:
+            del self._records[stored["id"]]
+            raise
+
+
+def _marker_path(directory: str | Path, phase: str) -> Path:
+    if not _PHASE.fullmatch(phase):
+        raise ValueError(f"phase name {phase!r} must be letters, digits, '_', '.', '-'")
+    return Path(directory) / f"{phase}.done"
+
+
+def mark_done(directory: str | Path, phase: str, info: dict) -> None:
+    """Atomically record that `phase` finished, with `info` (counts, settings)."""
+    atomic_write_json(_marker_path(directory, phase), info)
+
+
+def is_done(directory: str | Path, phase: str) -> bool:
+    """Whether `mark_done` was called for `phase` in `directory`."""
+    return _marker_path(directory, phase).is_file()
+
+
+def read_marker(directory: str | Path, phase: str) -> dict | None:
+    """The info saved by `mark_done`, or None when the phase is not done."""
+    path = _marker_path(directory, phase)
+    if not path.is_file():
+        return None
+    return _decode_object(path.read_bytes().strip(), str(path))
+
+
+def read_jsonl(path: str | Path, required_fields: Iterable[str] = ()) -> list[dict]:
+    """Strictly read a user-supplied JSONL file: every non-empty line must be a
+    JSON object holding `required_fields`. Problems raise ValueError with the path
+    and 1-based line number, before any work is done on the records."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: file not found")
+    data = path.read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):  # UTF-8 byte order mark from some editors
+        data = data[3:]
+    required = tuple(required_fields)
+    records = []
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        if not raw.strip():
+            continue
+        where = f"{path}:{number}"
+        record = _decode_object(raw, where)
+        missing = [field for field in required if field not in record]
+        if missing:
+            raise ValueError(f"{where}: missing field(s) {', '.join(missing)}")
+        records.append(record)
+    return records
