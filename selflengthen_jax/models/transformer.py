@@ -9,13 +9,14 @@ run with `lax.scan`, so compile time does not grow with depth.
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from selflengthen_jax.models.attention import attention, cache_mask, sequence_mask
+from selflengthen_jax.models.attention import attention, cached_attention, sequence_mask
 from selflengthen_jax.models.config import ModelConfig
 from selflengthen_jax.models.rope import apply_rope, inverse_frequencies
 
@@ -27,6 +28,8 @@ REMAT_POLICIES = {
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
+
+CACHE_BLOCK = 256  # cache positions read per step of cached attention
 
 # Projections LoRA may adapt: name -> (input dims, output dims) as param-shape slices.
 PROJECTIONS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
@@ -170,14 +173,16 @@ def forward(params: Params, cfg: ModelConfig, tokens: jnp.ndarray, *,
         segment_ids = jnp.ones((b, s), jnp.int32) if segment_ids is None else segment_ids
         mask = sequence_mask(segment_ids)
     else:
-        mask = cache_mask(write_index, s, cache.k.shape[2])
+        q_index = write_index[:, None] + jnp.arange(s)[None, :]
+        block = math.gcd(cache.k.shape[2], CACHE_BLOCK)
     if lora is not None and adapter_ids is None:
         adapter_ids = jnp.zeros((b,), jnp.int32)
     inv_freq = jnp.asarray(inverse_frequencies(cfg))
     H, K, Dh, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size
 
-    def layer(x, xs):
-        p, ad, ck, cv = xs
+    def layer(carry, xs):
+        x, ck, cv = carry
+        p, ad, li = xs
         ad = ad or {}
         w = lambda name: p[name].astype(cdt)  # noqa: E731
         delta = lambda name, inp, shape: _lora_delta(inp, ad.get(name), adapter_ids,  # noqa: E731
@@ -191,31 +196,29 @@ def forward(params: Params, cfg: ModelConfig, tokens: jnp.ndarray, *,
         q = apply_rope(q, positions, inv_freq)
         k = apply_rope(k, positions, inv_freq)
         if ck is None:
-            keys, values, new = k, v, (k, v) if return_kv else None
-        else:
-            rows = jnp.arange(b)[:, None]
-            cols = write_index[:, None] + jnp.arange(s)[None, :]
-            keys = ck.at[rows, cols].set(k.astype(ck.dtype), mode="drop")
-            values = cv.at[rows, cols].set(v.astype(cv.dtype), mode="drop")
-            new = (keys, values)
-        o = attention(q, keys.astype(cdt), values.astype(cdt), mask, impl=attention_impl)
+            new = (k, v) if return_kv else None
+            o = attention(q, k, v, mask, impl=attention_impl)
+        else:  # write into the carried cache in place, then read it back block by block
+            new = None
+            ck = ck.at[li, jnp.arange(b)[:, None], q_index].set(k.astype(ck.dtype), mode="drop")
+            cv = cv.at[li, jnp.arange(b)[:, None], q_index].set(v.astype(cv.dtype), mode="drop")
+            o = cached_attention(q, ck, cv, li, q_index, block)
         x = x + jnp.einsum("bshk,hkd->bsd", o, w("wo")) + delta("wo", o, (D,))
         h = rms_norm(x, p["mlp_norm"].astype(cdt), cfg.rms_norm_eps)
         g = jnp.einsum("bsd,df->bsf", h, w("w_gate")) + delta("w_gate", h, (cfg.intermediate_size,))
         u = jnp.einsum("bsd,df->bsf", h, w("w_up")) + delta("w_up", h, (cfg.intermediate_size,))
         a = jax.nn.silu(g) * u
         x = x + jnp.einsum("bsf,fd->bsd", a, w("w_down")) + delta("w_down", a, (D,))
-        return x, new
+        return (x, ck, cv), new
 
     policy = REMAT_POLICIES[remat]
     if remat != "none":
         layer = jax.checkpoint(layer, policy=policy, prevent_cse=False)
     x = params["embed"].astype(cdt)[tokens]
-    xs = (params["layers"], lora, None if cache is None else cache.k,
-          None if cache is None else cache.v)
-    x, new = jax.lax.scan(layer, x, xs)
+    carry = (x, None, None) if cache is None else (x, cache.k, cache.v)
+    (x, ck, cv), new = jax.lax.scan(layer, carry, (params["layers"], lora, jnp.arange(cfg.num_layers)))
     x = rms_norm(x, params["final_norm"].astype(cdt), cfg.rms_norm_eps)
-    new_cache = KVCache(*new) if cache is not None else None
+    new_cache = None if cache is None else KVCache(ck, cv)
     kv = KVCache(*new) if (cache is None and return_kv) else None
     if return_hidden:
         return Output(None, x, new_cache, kv)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from selflengthen_jax.pipeline.store import JsonlStore, read_jsonl
 from selflengthen_jax.sampling.engine import Engine
@@ -49,13 +49,13 @@ def record_id(record: Mapping, where: str, line: int) -> str:
     return str(value)
 
 
-def check_unique(items: Sequence[PromptItem]) -> None:
-    """Ids key the resume store, so two lines with one id would silently lose one."""
+def check_unique(entries: Iterable[tuple[str, str]]) -> None:
+    """(id, where) pairs: ids key the resume store, so a repeated one would lose a line."""
     first: dict[str, str] = {}
-    for item in items:
-        if item.id in first:
-            raise ValueError(f"{item.where}: duplicate id {item.id!r} (first at {first[item.id]})")
-        first[item.id] = item.where
+    for rid, where in entries:
+        if rid in first:
+            raise ValueError(f"{where}: duplicate id {rid!r} (first at {first[rid]})")
+        first[rid] = where
 
 
 def _text(record: Mapping, key: str, where: str) -> str:
@@ -100,7 +100,7 @@ def prompt_item(record: dict, where: str, line: int) -> PromptItem:
 def read_prompts(path: str | Path) -> list[PromptItem]:
     """Every line of a prompt file as an item; the first bad line raises naming it."""
     items = [prompt_item(record, where, line) for where, line, record in numbered_records(path)]
-    check_unique(items)
+    check_unique((item.id, item.where) for item in items)
     return items
 
 

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from selflengthen_jax.checkpoint.loader import LoadedModel, param_shardings
 from selflengthen_jax.checkpoint.tokenizer import chat_prompt
 from selflengthen_jax.config import EngineSection
-from selflengthen_jax.models.transformer import forward
+from selflengthen_jax.models.transformer import CACHE_BLOCK, forward
 from selflengthen_jax.parallel.placement import put, put_tree, replicated, to_host
 from selflengthen_jax.parallel.rules import Rules, named
 from selflengthen_jax.sampling import decode_state as ds
@@ -61,7 +61,8 @@ class Engine:
         self.model, self.section, self.mesh, self.rules = model, section, mesh, rules
         self.cfg = model.cfg
         self.tok = model.tokenizer
-        self.cache_len = section.max_prefill_len + section.max_new_tokens
+        room = section.max_prefill_len + section.max_new_tokens
+        self.cache_len = -(-room // CACHE_BLOCK) * CACHE_BLOCK  # whole blocks for cached attention
         self.cache_dtype = jnp.dtype(cache_dtype or model.cfg.compute_dtype)
         self.attention_impl = attention_impl
         vocab = self.tok.get_vocab()

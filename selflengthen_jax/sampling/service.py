@@ -11,6 +11,7 @@ import dataclasses
 
 from selflengthen_jax.checkpoint.hf_import import read_config
 from selflengthen_jax.checkpoint.loader import load_model
+from selflengthen_jax.checkpoint.tokenizer import load_tokenizer
 from selflengthen_jax.config import Config, ConfigError, SamplingSection, validate_for_model
 from selflengthen_jax.parallel.mesh import generation_mesh
 from selflengthen_jax.parallel.rules import strategy_rules
@@ -38,6 +39,13 @@ def build_engine(cfg: Config, model_path: str | None = None,
     rules = strategy_rules(cfg.mesh.strategy, cfg.mesh.rules)
     model = load_model(path, mesh, rules, cfg.model.param_dtype, cfg.model.compute_dtype)
     return Engine(model, section, mesh, rules, attention_impl=cfg.model.attention_impl)
+
+
+def check_model(path: str) -> None:
+    """Cheap checks of a checkpoint (config, tokenizer) for scripts that load it only
+    after other work, so a typo in its path fails at start-up, not hours later."""
+    read_config(path)
+    load_tokenizer(path)
 
 
 def sampling_params(section: SamplingSection, **overrides: object) -> SamplingParams:
