@@ -26,6 +26,7 @@ class ConfigError(ValueError):
 @dataclasses.dataclass
 class ModelSection:
     path: str = ""  # a Hugging Face checkpoint dir or one of ours; "" builds the demo model
+    preset: str = ""  # architecture name (e.g. qwen2-7b) for --dry-run without the weights
     param_dtype: Literal["float32", "bfloat16"] = "float32"
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
     attention_impl: Literal["xla", "cudnn"] = "xla"
@@ -125,6 +126,12 @@ class EvalSection:
 
 
 @dataclasses.dataclass
+class PlanSection:
+    device: str = "cpu"   # device kind for --dry-run: v4, v5e, v5p, v6e, a100, h100, h200, cpu
+    num_devices: int = 0  # 0: the devices present
+
+
+@dataclasses.dataclass
 class Config:
     seed: int = 0
     output_dir: str = "runs/default"
@@ -136,6 +143,7 @@ class Config:
     train: TrainSection = dataclasses.field(default_factory=TrainSection)
     pipeline: PipelineSection = dataclasses.field(default_factory=PipelineSection)
     eval: EvalSection = dataclasses.field(default_factory=EvalSection)
+    plan: PlanSection = dataclasses.field(default_factory=PlanSection)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,0 +1,35 @@
+"""`python -m launch.iterate [--config FILE] [--dry-run] [--force] [key=value ...]`
+
+Runs the Self-Lengthen loop. With no arguments it runs the embedded demo
+(configs/demo.yaml: a tiny model the project builds itself). Killed at any point and
+started again with the same command, it continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from launch import cli
+from selflengthen_jax.pipeline import start
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = cli.parser("launch.iterate", __doc__.splitlines()[2])
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate the config and print per-device memory; load no weights")
+    p.add_argument("--force", action="store_true", help="take over an output_dir of another run")
+    args = cli.parse(p, argv)
+    if args.config is None:
+        args.config = "demo"
+    with cli.user_errors():
+        cfg = cli.config(args)
+        if args.dry_run:
+            print(start.dry_run(cfg))
+            return 0
+        start.check_inputs(cfg)
+    start.run(cfg, force=args.force)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
