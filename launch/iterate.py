@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 from launch import cli
-from selflengthen_jax.pipeline import start
+from selflengthen_jax.pipeline import signals, start
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,8 +26,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             print(start.dry_run(cfg))
             return 0
-        start.check_inputs(cfg)
-    start.run(cfg, force=args.force)
+        out = start.prepare(cfg, force=args.force)
+    signals.install()
+    try:
+        start.run(cfg, out)
+    except signals.Preempted as stop:
+        print(f"{stop}: progress is saved in {cfg.output_dir}; rerun the same command to resume",
+              file=sys.stderr)
+        return 143
     return 0
 
 

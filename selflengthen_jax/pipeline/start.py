@@ -7,10 +7,11 @@ from pathlib import Path
 
 import jax
 
-from selflengthen_jax.checkpoint.hf_import import read_config
+from selflengthen_jax.checkpoint.hf_import import read_config, weight_files
 from selflengthen_jax.config import Config, ConfigError, validate_for_model
 from selflengthen_jax.models.config import ModelConfig
 from selflengthen_jax.models.presets import model_config_from_name
+from selflengthen_jax.parallel.mesh import mesh_shape
 from selflengthen_jax.parallel.planner import format_plan, plan
 from selflengthen_jax.pipeline.loop import Loop
 from selflengthen_jax.pipeline.prompts import load_templates
@@ -47,6 +48,7 @@ def dry_run(cfg: Config) -> str:
 
 def check_inputs(cfg: Config) -> None:
     """Everything a user can get wrong, checked before any weight is read."""
+    mesh_shape(cfg.mesh, jax.device_count())
     load_templates(cfg.language, cfg.pipeline.templates_dir or None)
     seeds = load_seeds(cfg.language, cfg.pipeline.seeds_path or None)
     if len(seeds) < 2:
@@ -55,13 +57,18 @@ def check_inputs(cfg: Config) -> None:
         raise ConfigError("the loop switches roles as LoRA adapters on one base: set train.mode=lora")
     if cfg.model.path:
         check_model(cfg.model.path)
+        weight_files(cfg.model.path)
         validate_for_model(cfg, read_config(cfg.model.path).num_heads)
 
 
-def run(cfg: Config, force: bool = False, log=print) -> list[dict]:
-    """The whole loop; builds the demo model first when model.path is empty."""
+def prepare(cfg: Config, force: bool = False) -> Path:
+    """All start-up checks, then claim output_dir for this run (refusing another run's)."""
     check_inputs(cfg)
-    out = claim(cfg, force)
+    return claim(cfg, force)
+
+
+def run(cfg: Config, out: Path, log=print) -> list[dict]:
+    """The whole loop; builds the demo model first when model.path is empty."""
     if not cfg.model.path:
         from selflengthen_jax.demo.build import build_demo_checkpoint
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(

@@ -122,8 +122,9 @@ def check_prompt_lengths(engine: Engine, items: Sequence[PromptItem]) -> None:
 
 
 def output_record(item: PromptItem, completion: Completion) -> dict:
-    """The input fields plus the completion (the id always as a string)."""
-    return {**item.record, "id": item.id, "response": completion.text,
+    """The id (always a string) first, the other input fields, then the completion."""
+    fields = {k: v for k, v in item.record.items() if k != "id"}
+    return {"id": item.id, **fields, "response": completion.text,
             "response_token_ids": list(completion.token_ids),
             "prompt_tokens": completion.prompt_tokens,
             "completion_tokens": completion.completion_tokens,

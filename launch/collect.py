@@ -1,0 +1,45 @@
+"""Assemble long.jsonl from finished iterations of a Self-Lengthen run.
+
+    python -m launch.collect --run DIR [--iters 1,2] --output long.jsonl
+
+Default: every iteration whose iter_k/ holds initial.jsonl and extended.jsonl, plus the
+extra round in DIR/collect/ if the run made one; --iters takes only the listed iterations.
+Records are deduplicated by (instruction, response); ids become iter_k/<file>/<id>.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Sequence
+
+from launch import cli
+from selflengthen_jax.pipeline.collect import write_long
+
+
+def iteration_list(text: str) -> list[int]:
+    """"1,2" -> [1, 2]; argparse reports anything else as a usage error (exit 2)."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated iteration numbers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected iteration numbers >= 1, got {text!r}")
+    return values
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m launch.collect",
+                                description="Collect long data from a run's finished iterations.")
+    p.add_argument("--run", required=True, help="the run's output_dir")
+    p.add_argument("--iters", type=iteration_list,
+                   help="iterations to take, e.g. 1,2 (default: all finished + the extra round)")
+    p.add_argument("--output", required=True, help="JSONL to write (atomically)")
+    args = p.parse_args(argv)
+    with cli.user_errors():
+        written, dropped = write_long(args.run, args.output, args.iters)
+    print(f"wrote {written} records to {args.output} ({dropped} duplicates dropped)")
+
+
+if __name__ == "__main__":
+    main()

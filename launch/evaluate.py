@@ -1,0 +1,68 @@
+"""Evaluate length following on a LonGen-format benchmark (and optionally quality).
+
+    python -m launch.evaluate --model PATH --benchmark FILE.jsonl --output DIR \
+        [--responses-only] [--judge-model PATH | --judge-url URL --judge-name NAME] \
+        [--config FILE] [key=value ...]
+
+Writes DIR/responses.jsonl (resumable), DIR/report.json, DIR/report.md, DIR/lengths.png
+and with a judge DIR/judge.json. The last stdout line is `overall=<LonGen score in [0, 1]>`.
+--responses-only scores the benchmark's own `response` fields without loading a model.
+The judge endpoint's key, if it needs one, is read from $OPENAI_API_KEY.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from launch import cli
+from selflengthen_jax.config import Config
+from selflengthen_jax.eval import run
+from selflengthen_jax.sampling.batch import PromptItem
+
+
+def _arguments() -> argparse.ArgumentParser:
+    p = cli.parser("launch.evaluate", "Score length following (LonGen) and optionally quality (LLM judge).")
+    p.add_argument("--model", help="checkpoint to evaluate (default: model.path from the config)")
+    p.add_argument("--benchmark", required=True, help="LonGen-format JSONL")
+    p.add_argument("--output", required=True, help="directory for responses and reports")
+    p.add_argument("--responses-only", action="store_true",
+                   help="score the benchmark's own 'response' fields; load no model")
+    p.add_argument("--judge-model", help="local checkpoint that rates quality")
+    p.add_argument("--judge-url", help="OpenAI-compatible endpoint (default: eval.judge_url)")
+    p.add_argument("--judge-name", help="model name at --judge-url (default: eval.judge_model)")
+    return p
+
+
+def _judge(choice: run.JudgeChoice, cfg: Config, rows: Sequence[Mapping], items: Sequence[PromptItem],
+           out_dir: Path) -> dict:
+    if choice.model:
+        with cli.user_errors():
+            engine, ask = run.engine_judge(cfg, choice.model)
+            run.check_judge_prompts(engine, rows, [item.where for item in items])
+    else:
+        ask = run.url_judge(choice)
+    return run.write_judgement(rows, [item.id for item in items], ask, choice.label, out_dir)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = cli.parse(_arguments(), argv)
+    with cli.user_errors():
+        cfg = cli.config(args)
+        judge = run.judge_choice(cfg, args.judge_model, args.judge_url, args.judge_name)
+        items = run.read_benchmark(args.benchmark, with_responses=args.responses_only)
+        out_dir = Path(args.output)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        generation = None if args.responses_only else run.prepare_generation(cfg, args.model, items, out_dir)
+    if generation is None:
+        rows = [item.record for item in items]
+    else:
+        rows = run.generate_responses(generation, items)
+    report = run.write_scores(rows, [item.id for item in items], out_dir)
+    judged = _judge(judge, cfg, rows, items, out_dir) if judge else None
+    print("\n".join(run.summary(report, judged)))
+
+
+if __name__ == "__main__":
+    main()

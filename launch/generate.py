@@ -1,0 +1,46 @@
+"""Generate completions for a JSONL file of prompts, resumably.
+
+    python -m launch.generate --model PATH --input prompts.jsonl --output out.jsonl \
+        [--config FILE] [--greedy] [--max-new-tokens N] [key=value ...]
+
+Input lines: {"id"?, "prompt", "raw"?} or {"id"?, "messages": [...]}; output lines are the
+input fields plus response, response_token_ids, prompt_tokens, completion_tokens and
+finish_reason. Ids already in the output are skipped, so rerunning resumes.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from launch import cli
+from selflengthen_jax.pipeline.store import JsonlStore
+from selflengthen_jax.sampling.batch import check_prompt_lengths, generate_missing, read_prompts
+from selflengthen_jax.sampling.service import build_engine, sampling_params
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = cli.parser("launch.generate", "Generate completions for a JSONL file of prompts (resumable).")
+    p.add_argument("--model", help="checkpoint directory (default: model.path from the config)")
+    p.add_argument("--input", required=True, help="JSONL prompts")
+    p.add_argument("--output", required=True, help="JSONL completions (appended; existing ids are skipped)")
+    p.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
+    p.add_argument("--max-new-tokens", type=int, help="override sampling.max_new_tokens")
+    args = cli.parse(p, argv)
+    with cli.user_errors():
+        flags = [] if args.max_new_tokens is None else [f"sampling.max_new_tokens={args.max_new_tokens}"]
+        cfg = cli.config(args, flags)
+        items = read_prompts(args.input)
+        store = JsonlStore.open(args.output)
+        todo = [item for item in items if item.id not in store]
+        params = sampling_params(cfg.sampling, seed=cfg.seed, greedy=args.greedy)
+        if not todo:
+            print(f"all {len(items)} ids already in {args.output}; nothing to generate")
+            return
+        engine = build_engine(cfg, args.model, max_new_tokens=params.max_new_tokens)
+        check_prompt_lengths(engine, todo)
+    done = generate_missing(engine, todo, store, params)
+    print(f"generated {done}, skipped {len(items) - done} already in {args.output}")
+
+
+if __name__ == "__main__":
+    main()
