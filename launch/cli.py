@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from typing import Iterator, NoReturn, Sequence
 
@@ -34,6 +35,22 @@ def parse(p: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Na
 def config(args: argparse.Namespace, extra: Sequence[str] = ()) -> Config:
     """The run config: file, then command-line overrides, then `extra` (from flags)."""
     return load_config(args.config, [*args.overrides, *extra])
+
+
+def init_distributed(flag: bool) -> None:
+    """Join a multi-host run: on a TPU pod/GPU cluster with `--distributed` (JAX detects the
+    coordinator), or when JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID are
+    set (e.g. several processes on one machine). Call before any other JAX use."""
+    env = os.environ
+    if "JAX_COORDINATOR_ADDRESS" in env:
+        import jax
+        if env.get("JAX_PLATFORMS") == "cpu":
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(env["JAX_COORDINATOR_ADDRESS"], int(env["JAX_NUM_PROCESSES"]),
+                                   int(env["JAX_PROCESS_ID"]))
+    elif flag:
+        import jax
+        jax.distributed.initialize()
 
 
 def fail(message: str) -> NoReturn:

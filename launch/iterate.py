@@ -18,7 +18,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true",
                    help="validate the config and print per-device memory; load no weights")
     p.add_argument("--force", action="store_true", help="take over an output_dir of another run")
+    p.add_argument("--distributed", action="store_true",
+                   help="multi-host: every host runs this same command (jax.distributed.initialize)")
     args = cli.parse(p, argv)
+    cli.init_distributed(args.distributed)
     if args.config is None:
         args.config = "demo"
     with cli.user_errors():

@@ -59,6 +59,7 @@ class EngineSection:
     max_prefill_len: int = 4096     # longest prompt, tokens
     max_new_tokens: int = 16384     # cache room for output, tokens
     decode_chunk: int = 64          # decode steps per device call
+    prefill_tokens: int = 32768     # prompt tokens per prefill call (bounds its activations)
     mode: Literal["continuous", "static"] = "continuous"
 
 
@@ -150,7 +151,7 @@ class Config:
 
 
 POSITIVE = {"engine.slots", "engine.max_prefill_len", "engine.max_new_tokens",
-            "engine.decode_chunk", "train.epochs", "train.batch_size", "train.grad_accum",
+            "engine.decode_chunk", "engine.prefill_tokens", "train.epochs", "train.batch_size", "train.grad_accum",
             "train.cutoff_len", "train.save_every", "train.keep", "train.lora.rank",
             "pipeline.max_iter", "pipeline.instruct_count", "sampling.max_new_tokens",
             "mesh.fsdp", "mesh.tensor", "pipeline.max_new_tokens"}
@@ -196,6 +197,11 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if tp is bool and not isinstance(value, bool) or not isinstance(value, tp) \
             or (tp is int and isinstance(value, bool)):
         raise ConfigError(f"{key} must be of type {tp.__name__}, got {value!r}")

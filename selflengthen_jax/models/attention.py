@@ -36,7 +36,8 @@ def attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray,
     n = s // q_chunk
     qc = q.reshape(q.shape[0], n, q_chunk, *q.shape[2:]).swapaxes(0, 1)
     mc = mask.reshape(mask.shape[0], n, q_chunk, mask.shape[-1]).swapaxes(0, 1)
-    out = jax.lax.map(lambda xs: _attend(xs[0], k, v, xs[1]), (qc, mc))
+    # rematerialised per chunk: the backward pass keeps one chunk's scores, not all of them
+    out = jax.lax.map(jax.checkpoint(lambda xs: _attend(xs[0], k, v, xs[1])), (qc, mc))
     return out.swapaxes(0, 1).reshape(q.shape)
 
 

@@ -74,6 +74,19 @@ def lora_rank(adapters: Adapters) -> int:
     return next(iter(adapters.values()))["a"].shape[-1]
 
 
+def check_compatible(cfg: ModelConfig, adapters: Adapters) -> None:
+    """Raise ValueError naming the first adapter leaf whose shape does not fit `cfg`."""
+    dims = projection_dims(cfg)
+    for name, ad in adapters.items():
+        if name not in dims:
+            raise ValueError(f"adapter has unknown projection {name!r}")
+        d_in, d_out = dims[name]
+        a, b = ad["a"].shape, ad["b"].shape
+        if (a[0], a[2], b[0], b[3]) != (cfg.num_layers, d_in, cfg.num_layers, d_out):
+            raise ValueError(f"adapter {name} has shapes a{tuple(a)} b{tuple(b)}, but the model needs "
+                             f"[{cfg.num_layers}, n, {d_in}, r] and [{cfg.num_layers}, n, r, {d_out}]")
+
+
 def merge_lora(params: Params, adapters: Adapters, scale: float, index: int = 0) -> Params:
     """Params with adapter `index` folded in (W += scale * A @ B), e.g. for HF export.
 

@@ -3,8 +3,9 @@
 Each preset is the relevant subset of the model's published `config.json`, read through
 `ModelConfig.from_hf` exactly as a downloaded checkpoint would be, so a plan for
 "qwen2-72b" uses the same shapes as loading Qwen/Qwen2-72B. `tiny` is not a public
-model: it is a small Qwen2-shaped config whose heads divide a tensor axis of 2, 4 or 8,
-sized to run every sharding strategy on CPU in seconds.
+model: a 0.4M-parameter Qwen2-shaped config (8 query heads over 4 KV heads, so a tensor
+axis of 8 shards the queries and replicates the KV heads) that runs every sharding
+strategy on CPU in seconds.
 """
 
 from __future__ import annotations

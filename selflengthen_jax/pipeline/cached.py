@@ -13,6 +13,7 @@ import hashlib
 from pathlib import Path
 from typing import Sequence
 
+from selflengthen_jax.pipeline import faults
 from selflengthen_jax.pipeline.store import JsonlStore
 from selflengthen_jax.sampling.request import Completion, Request
 
@@ -44,6 +45,7 @@ class CachedGenerator:
             self.generated_tokens += len(c.token_ids)
             self.store.append({"id": c.id, "text": c.text, "token_ids": list(c.token_ids),
                                "prompt_tokens": c.prompt_tokens, "finish_reason": c.finish_reason})
+            faults.checkpoint("completion")
         fresh = {c.id: c for c in self.engine.generate(todo, progress=self.progress, on_complete=keep)}
         return [fresh[r.id] if r.id in fresh else self._load(cached[r.id]) for r in requests]
 

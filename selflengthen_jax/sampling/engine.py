@@ -73,6 +73,9 @@ class Engine:
         self.adapter_names: dict[str, int] = {"base": 0}
         self.lora: Any = None
         self._compiled: dict[tuple, Callable] = {}
+        # XLA:CPU copies each layer's weights out of the stacked array on every scan
+        # step; decode slices them once per call instead (ds.decode's unroll_layers).
+        self._unroll = all(d.platform == "cpu" for d in mesh.devices.flat)
         self.stats = collections.Counter()
 
     @property
@@ -116,7 +119,7 @@ class Engine:
             state_sh, rep = self._state_shardings(), replicated(self.mesh)
             common = dict(cfg=self.cfg, k_cap=k_cap, attention_impl=self.attention_impl)
             if kind == "decode":
-                fn = partial(ds.decode, chunk=self.section.decode_chunk, **common)
+                fn = partial(ds.decode, chunk=self.section.decode_chunk, unroll_layers=self._unroll, **common)
                 self._compiled[key] = jax.jit(
                     fn, in_shardings=(self.param_shardings, self._lora_sharding(), state_sh, rep, rep, rep),
                     out_shardings=(state_sh, rep), donate_argnums=(2,))
@@ -184,7 +187,7 @@ class Engine:
         while pending or any(slots):
             free = [i for i, s in enumerate(slots) if s is None]
             if pending and free and (self.section.mode == "continuous" or len(free) == len(slots)):
-                admitted = [pending.popleft() for _ in range(min(len(free), len(pending)))]
+                admitted = self._admit(pending, len(free), prompts)
                 state, first = self._prefill(state, admitted, free, requests, prompts, slots, k_cap)
                 for i, tok in zip(free, first):
                     if slots[i] is not None:
@@ -209,6 +212,17 @@ class Engine:
         bar.close()
         self.stats["tokens"] += made
         return results  # type: ignore[return-value]
+
+    def _admit(self, pending: collections.deque, free: int, prompts: list[list[int]]) -> list[int]:
+        """Next prompts for free slots, as many as fit `prefill_tokens` at their bucket length."""
+        admitted = [pending.popleft()]
+        while pending and len(admitted) < free:
+            rows = _bucket(len(admitted) + 1, self.section.slots, floor=1)
+            longest = max(len(prompts[j]) for j in [*admitted, pending[0]])
+            if rows * _bucket(longest, self.section.max_prefill_len) > self.section.prefill_tokens:
+                break
+            admitted.append(pending.popleft())
+        return admitted
 
     def _chunk_plan(self, slots: list[_Slot | None], pending: bool) -> tuple[jax.Array, jax.Array]:
         """How many steps to run before the host looks again.

@@ -1,0 +1,61 @@
+"""Benchmark sharding strategies on this machine's devices, or a pod slice (one process per host).
+
+    python -m launch.bench_sharding [--config FILE] [--bench BENCH.yaml] \
+        [--strategies dp,fsdp,tp,fsdp_tp] [--random-init] [--distributed] [--out DIR] \
+        [key=value ...] [bench.key=value ...]
+
+Prints a ranked markdown table and writes bench_sharding.{md,csv,json,png} to --out
+(default: bench.output_dir, else <output_dir>/bench_sharding). `bench.*` overrides go to
+the bench section (docs/bench_sharding.md); the rest to the run config. Exits 1 when
+strategies that must agree (float32) do not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import jax
+
+from launch import cli
+from selflengthen_jax.bench import sharding_report as report
+from selflengthen_jax.bench.sharding import load_bench, prepare, run
+from selflengthen_jax.config import load_config
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = cli.parser("launch.bench_sharding", "Benchmark sharding strategies: speed, memory, numerics.")
+    p.add_argument("--bench", help="bench YAML: shapes to measure and custom layouts")
+    p.add_argument("--strategies", help="comma-separated: dp,fsdp,tp,fsdp_tp, config (the run "
+                                        "config's mesh) or layouts named in the bench YAML")
+    p.add_argument("--random-init", action="store_true",
+                   help="random weights even when the model is a checkpoint directory")
+    p.add_argument("--out", help="output directory for the table, CSV, JSON and chart")
+    p.add_argument("--distributed", action="store_true",
+                   help="multi-host: jax.distributed.initialize() first (auto-detected on TPU "
+                        "pod slices, Slurm and Open MPI); run the same command on every host")
+    args = cli.parse(p, argv)
+    cli.init_distributed(args.distributed)
+    with cli.user_errors():
+        bench_overrides = [o.removeprefix("bench.") for o in args.overrides if o.startswith("bench.")]
+        cfg = load_config(args.config, [o for o in args.overrides if not o.startswith("bench.")])
+        bench = load_bench(args.bench, bench_overrides)
+        if args.strategies:
+            bench = dataclasses.replace(bench, strategies=[s.strip() for s in args.strategies.split(",")])
+        setup = prepare(cfg, bench, args.random_init)
+    result = run(setup)
+    if jax.process_index() == 0:
+        out = Path(args.out or bench.output_dir or Path(cfg.output_dir) / "bench_sharding")
+        print(report.markdown(result))
+        for path in report.write(result, out):
+            print(f"wrote {path}", file=sys.stderr)
+        if result.failures or result.warnings:
+            print(report.numerics(result), file=sys.stderr)
+    if result.failures:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

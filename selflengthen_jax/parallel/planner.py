@@ -1,0 +1,401 @@
+"""Per-device memory for a run on a mesh that need not exist here (a v5p-64, 8×H100).
+
+Before renting a pod slice the question is which sharding strategy lets a 7B or 72B
+model train and generate without running out of device memory. The planner answers it
+from shapes alone: the abstract parameter tree (`abstract_model`, no weights), the
+logical axis names, the strategy's rules and a `jax.sharding.AbstractMesh`, so every
+shard shape is exactly what `spec_for` would give on the real mesh (dimensions the mesh
+does not divide stay replicated, as there).
+
+What is counted, per device:
+  * weights: the model as loaded (`model.param_dtype`). The loop keeps the base model
+    loaded across roles and the trainer never donates it, so full fine-tuning holds
+    it next to its float32 master copy;
+  * trainable: float32 master weights (full fine-tuning) or the float32 LoRA adapters;
+    optimizer: AdamW's two float32 moments of the trainable tree; grads: one float32
+    gradient tree (two with gradient accumulation: the running sum and the micro-batch's);
+  * activations (training): a rough model of what XLA keeps, calibrated against
+    `memory_analysis()` of the compiled step on CPU. Each remat policy keeps some of
+    each layer's tensors for all layers; on top, one layer is rematerialised and
+    differentiated at a time. The attention backward holds about three float32
+    [heads, seq, seq] buffers per sequence: at 16k tokens that, not the weights, is
+    usually what decides the fit;
+  * KV cache and workspace (generation): keys and values for every slot at
+    `max_prefill_len + max_new_tokens` (rounded up to whole cache blocks, as the engine
+    allocates), plus a full-slots prefill (which returns every layer's keys/values at
+    once) and the per-slot sampling state;
+  * FSDP gathers (workspace): with weights sharded over `fsdp`, XLA all-gathers one
+    layer at a time inside the layer scan: about one gathered layer for a forward
+    pass and three (forward and backward gathers plus the unreduced gradient) for a
+    training step, as measured on XLA:CPU.
+
+Transient buffers of the optimizer update and XLA's own fragmentation are not modelled;
+`headroom` (default 90% of HBM usable) leaves room for them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import AbstractMesh, Mesh, NamedSharding
+
+from selflengthen_jax.config import Config, EngineSection, MeshSection, TrainSection
+from selflengthen_jax.models.config import ModelConfig
+from selflengthen_jax.models.lora import adapter_shapes, lora_logical_axes
+from selflengthen_jax.models.transformer import CACHE_BLOCK, abstract_model, logical_axes
+from selflengthen_jax.parallel.mesh import AXES, mesh_shape
+from selflengthen_jax.parallel.peaks import DEVICES, GiB, DeviceSpec, device_spec
+from selflengthen_jax.parallel.rules import STRATEGIES, Rules, spec_for, strategy_rules
+from selflengthen_jax.training.step import LOSS_CHUNK
+
+QUERY_CHUNK = 1024  # query positions per attention chunk: `attention`'s default q_chunk
+TRAIN_MODES = ("lora", "full")
+AnyMesh = Mesh | AbstractMesh
+
+
+# -- which layouts to consider --------------------------------------------------------
+
+def _tensor_sizes(num_devices: int, num_heads: int) -> list[int]:
+    """Tensor-axis sizes that divide both the devices and the attention heads."""
+    return [t for t in range(1, num_devices + 1) if num_devices % t == 0 and num_heads % t == 0]
+
+
+def builtin_layout(strategy: str, num_devices: int, num_heads: int) -> MeshSection:
+    """The mesh a built-in strategy gets on `num_devices` devices.
+
+    dp: all devices on `data`; fsdp: all on `fsdp`; tp: the widest tensor axis the
+    heads allow, the rest data parallel; fsdp_tp: a tensor axis of about sqrt(devices)
+    (8 on a 64-chip slice, 2 on 8 devices), the rest fsdp.
+    """
+    n = num_devices
+    if strategy == "dp":
+        return MeshSection(data=n, fsdp=1, tensor=1, strategy="dp")
+    if strategy == "fsdp":
+        return MeshSection(data=1, fsdp=n, tensor=1, strategy="fsdp")
+    sizes = _tensor_sizes(n, num_heads)
+    if strategy == "tp":
+        t = sizes[-1]
+        return MeshSection(data=n // t, fsdp=1, tensor=t, strategy="tp")
+    if strategy == "fsdp_tp":
+        t = max(s for s in sizes if s * s <= n)
+        return MeshSection(data=1, fsdp=n // t, tensor=t, strategy="fsdp_tp")
+    raise ValueError(f"unknown sharding strategy {strategy!r}; built in: {', '.join(STRATEGIES)}")
+
+
+def abstract_mesh(shape: Sequence[int]) -> AbstractMesh:
+    """A device-free mesh with the project's axes: shard shapes without the hardware."""
+    return AbstractMesh(tuple(shape), AXES)
+
+
+# -- bytes of sharded values ------------------------------------------------------------
+
+def shard_bytes(names: tuple[str | None, ...], shape: tuple[int, ...], dtype: Any,
+                mesh: AnyMesh, rules: Rules) -> int:
+    """Bytes one device holds of a value with logical `names`, sharded by `rules`."""
+    shard = NamedSharding(mesh, spec_for(names, shape, mesh, rules)).shard_shape(shape)
+    return math.prod(shard) * jnp.dtype(dtype).itemsize
+
+
+def tree_bytes(axes_tree: Any, shapes_tree: Any, mesh: AnyMesh, rules: Rules,
+               dtype: Any = None) -> int:
+    """Per-device bytes of a tree; `dtype` overrides the leaves' own (e.g. float32 moments)."""
+    sizes = jax.tree.map(
+        lambda names, x: shard_bytes(names, tuple(x.shape), dtype or x.dtype, mesh, rules),
+        axes_tree, shapes_tree, is_leaf=lambda x: isinstance(x, tuple))
+    return sum(jax.tree.leaves(sizes))
+
+
+@functools.lru_cache(maxsize=32)
+def _param_tree(cfg: ModelConfig) -> tuple[Any, Any]:
+    shapes = nnx.state(abstract_model(cfg), nnx.Param).to_pure_dict()
+    return logical_axes(cfg), shapes
+
+
+def param_bytes(cfg: ModelConfig, mesh: AnyMesh, rules: Rules, dtype: Any = None) -> int:
+    """Per-device bytes of the model's weights (in `dtype`, default `cfg.param_dtype`)."""
+    axes, shapes = _param_tree(cfg)
+    return tree_bytes(axes, shapes, mesh, rules, dtype)
+
+
+def _without(axes: Any, axis: str) -> Any:
+    """A rule's mesh axes with `axis` removed (None when nothing is left)."""
+    names = () if axes is None else (axes if isinstance(axes, tuple) else (axes,))
+    kept = tuple(a for a in names if a != axis)
+    return None if not kept else kept[0] if len(kept) == 1 else kept
+
+
+def gathered_layer_bytes(cfg: ModelConfig, mesh: AnyMesh, rules: Rules, dtype: Any) -> int:
+    """One decoder layer's weights as FSDP all-gathers them for compute (0 without fsdp)."""
+    unsharded = {name: _without(axes, "fsdp") for name, axes in rules.items()}
+    if mesh.shape["fsdp"] == 1 or unsharded == rules:
+        return 0
+    axes, shapes = _param_tree(cfg)
+    return tree_bytes(axes["layers"], shapes["layers"], mesh, unsharded, dtype) // cfg.num_layers
+
+
+def adapter_bytes(cfg: ModelConfig, rank: int, mesh: AnyMesh, rules: Rules) -> int:
+    """Float32 LoRA adapters on every projection, sharded by their logical names."""
+    return tree_bytes(lora_logical_axes(), adapter_shapes(cfg, rank), mesh, rules)
+
+
+# -- what a run holds -----------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Breakdown:
+    """Bytes per device, by what holds them."""
+
+    weights: int = 0
+    trainable: int = 0
+    optimizer: int = 0
+    grads: int = 0
+    activations: int = 0
+    kv_cache: int = 0
+    workspace: int = 0
+
+    @property
+    def total(self) -> int:
+        return sum(dataclasses.astuple(self))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Acts:
+    """Per-device bytes of one layer's tensors for `rows` sequences of `seq` tokens."""
+
+    x: int        # [b, s, embed]: the residual stream, a layer's input
+    qkv: int      # q, k, v projections
+    attn: int     # attention output, [b, s, heads, head_dim]
+    mlp: int      # one [b, s, mlp] tensor
+    scores: int   # float32 [b, heads, s, t] attention scores
+    mask: int     # bool [b, s, t]
+
+    @property
+    def linear_working(self) -> int:
+        """Norm outputs, rope'd q/k, attention output, gate/up/activation of one layer."""
+        return 4 * self.x + 2 * self.qkv + self.attn + 3 * self.mlp
+
+
+def _acts(cfg: ModelConfig, rows: int, seq: int, keys: int, dtype: Any,
+          mesh: AnyMesh, rules: Rules) -> _Acts:
+    b = functools.partial(shard_bytes, mesh=mesh, rules=rules)
+    H, K, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    heads = ("batch", None, "heads", "head_dim")
+    kv = ("batch", None, "kv_heads", "head_dim")
+    return _Acts(
+        x=b(("batch", None, None), (rows, seq, cfg.hidden_size), dtype),
+        qkv=b(heads, (rows, seq, H, Dh), dtype) + 2 * b(kv, (rows, seq, K, Dh), dtype),
+        attn=b(heads, (rows, seq, H, Dh), dtype),
+        mlp=b(("batch", None, "mlp"), (rows, seq, cfg.intermediate_size), dtype),
+        scores=b(("batch", "heads", None, None), (rows, H, seq, keys), jnp.float32),
+        mask=b(("batch", None, None), (rows, seq, keys), jnp.bool_))
+
+
+def _saved_per_layer(a: _Acts, remat: str) -> int:
+    """What the backward pass keeps from each layer's forward under a remat policy."""
+    if remat == "full":
+        return a.x
+    kept_dots = a.x + a.qkv + 2 * a.x + 2 * a.mlp          # projections' outputs
+    if remat == "dots_no_batch":
+        return kept_dots
+    if remat == "dots":                                       # + the attention einsums
+        return kept_dots + a.scores + a.attn
+    return a.x + a.linear_working + 2 * a.scores            # none: everything
+
+
+def training_activations(cfg: ModelConfig, rows: int, seq: int, remat: str,
+                         mesh: AnyMesh, rules: Rules) -> int:
+    """Rough peak activation bytes per device of one micro-batch's forward + backward."""
+    a = _acts(cfg, rows, seq, seq, cfg.compute_dtype, mesh, rules)
+    working = a.linear_working + 3 * a.scores               # the layer being differentiated
+    loss = 3 * shard_bytes(("batch", None, "vocab"), (rows, min(seq, LOSS_CHUNK), cfg.vocab_size),
+                           jnp.float32, mesh, rules)
+    return cfg.num_layers * _saved_per_layer(a, remat) + working + a.mask + loss + a.x
+
+
+def training_breakdown(cfg: ModelConfig, train: TrainSection, mode: str, mesh: AnyMesh,
+                       rules: Rules, rows: int | None = None, seq: int | None = None) -> Breakdown:
+    """One training step's memory; `rows` global sequences (default: batch_size per
+    data shard), `seq` tokens each (default: cutoff_len). `cfg` carries the weights'
+    dtype; the step computes in `train.compute_dtype`."""
+    if mode not in TRAIN_MODES:
+        raise ValueError(f"unknown training mode {mode!r}; choose from {', '.join(TRAIN_MODES)}")
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    rows = train.batch_size * shards if rows is None else rows
+    seq = train.cutoff_len if seq is None else seq
+    trainable = (adapter_bytes(cfg, train.lora.rank, mesh, rules) if mode == "lora"
+                 else param_bytes(cfg, mesh, rules, jnp.float32))
+    acts_cfg = dataclasses.replace(cfg, compute_dtype=train.compute_dtype)
+    gathers = 2 * gathered_layer_bytes(cfg, mesh, rules, train.compute_dtype)
+    if mode == "full":
+        gathers += gathered_layer_bytes(cfg, mesh, rules, jnp.float32)
+    return Breakdown(
+        weights=param_bytes(cfg, mesh, rules), trainable=trainable, optimizer=2 * trainable,
+        grads=trainable * (2 if train.grad_accum > 1 else 1),
+        activations=training_activations(acts_cfg, rows, seq, train.remat, mesh, rules),
+        workspace=gathers)
+
+
+def cache_length(engine: EngineSection) -> int:
+    """The engine's KV cache length: prompt plus output room, in whole cache blocks."""
+    room = engine.max_prefill_len + engine.max_new_tokens
+    return -(-room // CACHE_BLOCK) * CACHE_BLOCK
+
+
+def generation_breakdown(cfg: ModelConfig, engine: EngineSection, mesh: AnyMesh,
+                         rules: Rules) -> Breakdown:
+    """The engine's memory: weights, the slots' KV cache, a full-slots prefill, sampling state.
+
+    The cache holds `compute_dtype` keys/values (the engine's default cache dtype).
+    """
+    b = functools.partial(shard_bytes, mesh=mesh, rules=rules)
+    L, K, Dh, V = cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, cfg.vocab_size
+    n, P = engine.slots, engine.max_prefill_len
+    cache_names = ("layers", "batch", None, "kv_heads", "head_dim")
+    cache = 2 * b(cache_names, (L, n, cache_length(engine), K, Dh), cfg.compute_dtype)
+    a = _acts(cfg, n, P, min(P, QUERY_CHUNK), cfg.compute_dtype, mesh, rules)
+    prefill = (2 * b(cache_names, (L, n, P, K, Dh), cfg.compute_dtype)   # every layer's k/v
+               + a.linear_working + 2 * a.scores
+               + b(("batch", None, None), (n, P, P), jnp.bool_))
+    sampling = 2 * b(("batch", None), (n, V), jnp.bool_) + 3 * b(("batch", None), (n, V), jnp.float32)
+    gathers = gathered_layer_bytes(cfg, mesh, rules, cfg.compute_dtype)
+    return Breakdown(weights=param_bytes(cfg, mesh, rules), kv_cache=cache,
+                     workspace=prefill + sampling + gathers)
+
+
+# -- the plan ---------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class StrategyPlan:
+    name: str
+    mesh: tuple[int, int, int]                 # training mesh (data, fsdp, tensor)
+    generation_mesh: tuple[int, int, int] | None
+    generation: Breakdown | None               # None: the layout does not fit one host
+    training: dict[str, Breakdown]             # by mode
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    description: str
+    device: DeviceSpec
+    num_devices: int
+    usable_bytes: int
+    train_mode: str                            # the configured mode (marked in the table)
+    strategies: tuple[StrategyPlan, ...]
+
+    def strategy(self, name: str) -> StrategyPlan:
+        return next(s for s in self.strategies if s.name == name)
+
+    def fits(self, name: str, workload: str) -> bool:
+        """Whether `workload` ("generation", "lora", "full") fits per device under `name`."""
+        s = self.strategy(name)
+        b = s.generation if workload == "generation" else s.training[workload]
+        return b is not None and b.total <= self.usable_bytes
+
+
+def _layouts(cfg: Config, model_cfg: ModelConfig, num_devices: int) -> list[tuple[str, MeshSection]]:
+    """The built-in strategies, plus the configured mesh when it is not one of them."""
+    out = [(s, builtin_layout(s, num_devices, model_cfg.num_heads)) for s in STRATEGIES]
+    configured = cfg.mesh
+    try:
+        sizes = mesh_shape(configured, num_devices)
+    except ValueError:
+        return out  # the configured mesh is for another device count
+    default = builtin_layout(configured.strategy, num_devices, model_cfg.num_heads)
+    if configured.rules or sizes != mesh_shape(default, num_devices):
+        out.append((f"config:{configured.strategy}", configured))
+    return out
+
+
+def _generation_mesh(name: str, layout: MeshSection, spec: DeviceSpec, num_devices: int,
+                     model_cfg: ModelConfig) -> tuple[AbstractMesh, Rules] | None:
+    """The mesh the engine builds: one replica per host (its local devices) when
+    `replica_per_host`, else the global one; None if the layout needs more than a host."""
+    n = num_devices
+    if layout.replica_per_host and num_devices > spec.devices_per_host:
+        n = spec.devices_per_host
+        if name in STRATEGIES:
+            layout = builtin_layout(name, n, model_cfg.num_heads)
+    try:
+        shape = mesh_shape(layout, n)
+    except ValueError:
+        return None
+    return abstract_mesh(shape), strategy_rules(layout.strategy, layout.rules)
+
+
+def plan(cfg: Config, model_cfg: ModelConfig, device_kind: str, num_devices: int,
+         headroom: float = 0.9) -> Plan:
+    """Per-device memory of generation and LoRA/full training under every strategy.
+
+    `device_kind` is a table name ("v5p", "h100") or a jax `device_kind` string. The
+    weights' and compute dtypes come from `cfg.model`, overriding `model_cfg`'s.
+    """
+    spec = device_spec(device_kind)
+    if spec is None:
+        raise ValueError(f"unknown device {device_kind!r}; known: {', '.join(DEVICES)}")
+    mcfg = dataclasses.replace(model_cfg, param_dtype=cfg.model.param_dtype,
+                               compute_dtype=cfg.model.compute_dtype)
+    strategies = []
+    for name, layout in _layouts(cfg, mcfg, num_devices):
+        layout = dataclasses.replace(layout, replica_per_host=cfg.mesh.replica_per_host)
+        rules = strategy_rules(layout.strategy, layout.rules)
+        mesh = abstract_mesh(mesh_shape(layout, num_devices))
+        gen = _generation_mesh(name, layout, spec, num_devices, mcfg)
+        strategies.append(StrategyPlan(
+            name=name, mesh=tuple(mesh.shape.values()),
+            generation_mesh=None if gen is None else tuple(gen[0].shape.values()),
+            generation=None if gen is None else generation_breakdown(mcfg, cfg.engine, *gen),
+            training={m: training_breakdown(mcfg, cfg.train, m, mesh, rules) for m in TRAIN_MODES}))
+    description = (f"{mcfg.model_type} {mcfg.num_params() / 1e9:.2f}B params, "
+                   f"{mcfg.param_dtype} weights, {mcfg.compute_dtype} generation / "
+                   f"{cfg.train.compute_dtype} training compute")
+    return Plan(description, spec, num_devices, int(spec.hbm_bytes * headroom), cfg.train.mode,
+                tuple(strategies))
+
+
+# -- the table --------------------------------------------------------------------------
+
+def fmt_bytes(n: int) -> str:
+    if n >= GiB:
+        return f"{n / GiB:.2f} GiB"
+    if n >= 2 ** 20:
+        return f"{n / 2 ** 20:.1f} MiB"
+    return f"{n / 2 ** 10:.1f} KiB"
+
+
+def _mesh_str(shape: tuple[int, int, int] | None) -> str:
+    return "-" if shape is None else "x".join(map(str, shape))
+
+
+def format_plan(p: Plan) -> str:
+    """A markdown table: one row per strategy and workload, bytes per device, fit or not."""
+    head = (f"Memory plan: {p.description}\n"
+            f"on {p.num_devices} x {p.device.name} ({fmt_bytes(p.device.hbm_bytes)} each, "
+            f"{fmt_bytes(p.usable_bytes)} usable); * = configured training mode\n\n")
+    cols = ("strategy", "mesh d x f x t", "workload", "weights", "trainable", "optimizer",
+            "grads", "activations", "KV cache", "workspace", "total / device", "fits")
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+
+    def row(s: StrategyPlan, workload: str, mesh: tuple[int, int, int] | None,
+            b: Breakdown | None) -> None:
+        if b is None:
+            lines.append(f"| {s.name} | {_mesh_str(mesh)} | {workload} | "
+                         + " | ".join(["-"] * 8) + " | layout needs more than one host |")
+            return
+        fit = "yes" if b.total <= p.usable_bytes else f"NO ({b.total / p.usable_bytes:.1f}x)"
+        cells = [b.weights, b.trainable, b.optimizer, b.grads, b.activations, b.kv_cache,
+                 b.workspace]
+        lines.append(f"| {s.name} | {_mesh_str(mesh)} | {workload} | "
+                     + " | ".join(fmt_bytes(c) if c else "-" for c in cells)
+                     + f" | {fmt_bytes(b.total)} | {fit} |")
+
+    for s in p.strategies:
+        row(s, "generation", s.generation_mesh, s.generation)
+        for mode in TRAIN_MODES:
+            mark = "*" if mode == p.train_mode else ""
+            row(s, f"train {mode}{mark}", s.mesh, s.training[mode])
+    return head + "\n".join(lines)

@@ -1,0 +1,32 @@
+"""The generation benchmark runs end to end on a tiny model and reports what it promises
+(structure and the summary line's format; speed is not checked here)."""
+
+import json
+import re
+
+from selflengthen_jax.bench import generate as bench
+
+TINY = bench.BenchSpec(
+    model=bench.ModelShape(vocab=256, hidden=32, intermediate=64, layers=2, heads=4, kv_heads=2),
+    batch=2, prompt_len=8, new_tokens=6, repeats=1, decode_chunk=4, ragged_requests=5, ragged_min=2,
+    ragged_max=12, ragged_median=4.0, depths=(256, 512), depth_steps=2, floor_steps=2, bandwidth_mib=1)
+
+
+def test_bench_generate_tiny(tmp_path):
+    result = bench.run(TINY, tmp_path)
+    saved = json.loads((tmp_path / "result.json").read_text())
+    assert saved["summary"] == result["summary"]
+
+    a, b, p = result["workload_a"], result["workload_b"], result["positions"]
+    assert a["exact_lengths"] and b["exact_lengths"]
+    assert b["identical_tokens"]
+    assert a["ours"]["tokens_per_s"] > 0 and a["hf"]["tokens_per_s"] > 0
+    assert result["floor"]["ms_per_step"] > 0
+    assert [r["depth"] for r in p["rows"]] == [256, 512]
+    assert not p["recompiled"]
+    assert all(r["kv_bound_ms"] > 0 for r in p["rows"])
+
+    text = bench.markdown(result) + "\n" + bench.summary_line(result)
+    last = text.strip().splitlines()[-1]
+    assert re.fullmatch(r"ratio_vs_hf=\d+\.\d+ ratio_continuous_vs_static=\d+\.\d+ "
+                        r"fraction_of_floor=\d+\.\d+", last)

@@ -1,0 +1,172 @@
+"""The memory planner: per-device bytes from shapes alone, for meshes that do not exist here."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from selflengthen_jax.checkpoint.loader import param_shardings
+from selflengthen_jax.config import Config, EngineSection, TrainSection, load_config
+from selflengthen_jax.models.presets import PRESETS, model_config_from_name
+from selflengthen_jax.models.transformer import forward, init_params
+from selflengthen_jax.parallel.mesh import make_mesh
+from selflengthen_jax.parallel.peaks import GiB, device_spec
+from selflengthen_jax.parallel.planner import (abstract_mesh, builtin_layout, cache_length,
+                                               format_plan, generation_breakdown, param_bytes,
+                                               plan, training_activations, training_breakdown)
+from selflengthen_jax.parallel.rules import STRATEGIES, strategy_rules
+
+BF16 = ["model.param_dtype=bfloat16", "model.compute_dtype=bfloat16", "train.compute_dtype=bfloat16"]
+
+
+def test_presets_have_the_published_parameter_counts():
+    published = {"qwen2-0.5b": 494_032_768, "qwen2-7b": 7_615_616_512,
+                 "qwen2-72b": 72_706_203_648, "llama-3.1-8b": 8_030_261_248,
+                 "llama-3.1-70b": 70_553_706_496}
+    for name, count in published.items():
+        assert model_config_from_name(name).num_params() == count, name
+    assert model_config_from_name("Qwen/Qwen2-7B") == model_config_from_name("qwen2-7b")
+    assert model_config_from_name("meta-llama/Llama-3.1-8B").rope_scaling.factor == 8.0
+    with pytest.raises(KeyError, match="known: " + ", ".join(PRESETS)):
+        model_config_from_name("gpt-5")
+
+
+def test_qwen2_7b_bf16_weights_under_fsdp8_match_a_hand_computation():
+    cfg = model_config_from_name("qwen2-7b", param_dtype="bfloat16")
+    L, D, H, K, Dh = 28, 3584, 28, 4, 128
+    total = 7_615_616_512
+    # fsdp shards the `embed` dim (3584 / 8 = 448) of every matrix and the embedding;
+    # norms (attn, mlp, final) and q/k/v biases have no `embed` dim and stay whole.
+    replicated = L * (2 * D + (H + 2 * K) * Dh) + D
+    assert replicated == 333_312
+    per_device = ((total - replicated) // 8 + replicated) * 2
+    assert per_device == 1_904_487_424
+    mesh = abstract_mesh((1, 8, 1))
+    assert param_bytes(cfg, mesh, strategy_rules("fsdp")) == per_device
+    p = plan(load_config(None, BF16), cfg, "h100", 8)
+    assert p.strategy("fsdp").generation.weights == per_device
+
+
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+def test_planned_weight_bytes_equal_the_shards_jax_places(strategy):
+    cfg = model_config_from_name("tiny")
+    section = builtin_layout(strategy, 8, cfg.num_heads)
+    mesh, rules = make_mesh(section), strategy_rules(strategy)
+    shapes = jax.eval_shape(lambda: init_params(cfg))
+    params = jax.jit(lambda: jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes),
+                     out_shardings=param_shardings(cfg, mesh, rules))()
+    on_device_0 = sum(s.data.nbytes for leaf in jax.tree.leaves(params)
+                      for s in leaf.addressable_shards if s.device == jax.devices()[0])
+    assert param_bytes(cfg, abstract_mesh(tuple(mesh.shape.values())), rules) == on_device_0
+
+
+def test_72b_full_finetuning_does_not_fit_8xh100_under_dp_but_its_weights_fit_under_fsdp():
+    p = plan(load_config(None, BF16), model_config_from_name("qwen2-72b"), "h100", 8)
+    dp, fsdp = p.strategy("dp"), p.strategy("fsdp")
+    assert dp.training["full"].weights > 80 * GiB            # 145 GB of bf16 weights per device
+    assert not p.fits("dp", "full") and not p.fits("dp", "generation")
+    assert fsdp.training["full"].weights < 20 * GiB           # an eighth of them
+    assert p.fits("fsdp", "generation")
+    # Honest answer for full fine-tuning: weights + fp32 master + Adam + grads alone are
+    # 18 bytes/param / 8 = 152 GiB per device, before any activation.
+    full = fsdp.training["full"]
+    assert full.weights + full.trainable + full.optimizer + full.grads > 150 * GiB
+    assert not p.fits("fsdp", "full")
+
+
+def test_lora_trains_only_adapters_and_full_keeps_fp32_master_and_adam_moments():
+    cfg = model_config_from_name("qwen2-7b", param_dtype="bfloat16")
+    train = TrainSection(lora=dataclasses.replace(TrainSection().lora, rank=8))
+    mesh, rules = abstract_mesh((8, 1, 1)), strategy_rules("dp")
+    n = cfg.num_params()
+    full = training_breakdown(cfg, train, "full", mesh, rules)
+    assert (full.weights, full.trainable, full.optimizer, full.grads) == (2 * n, 4 * n, 8 * n, 4 * n)
+    lora = training_breakdown(cfg, train, "lora", mesh, rules)
+    D, F, q, kv = 3584, 18944, 28 * 128, 4 * 128
+    adapter_params = 28 * 8 * ((D + q) + 2 * (D + kv) + (q + D) + 2 * (D + F) + (F + D))
+    assert lora.weights == 2 * n
+    assert (lora.trainable, lora.optimizer, lora.grads) == (4 * adapter_params, 8 * adapter_params,
+                                                           4 * adapter_params)
+
+
+def test_kv_cache_is_split_over_batch_and_kv_heads():
+    cfg = model_config_from_name("qwen2-7b", param_dtype="bfloat16", compute_dtype="bfloat16")
+    engine = EngineSection(slots=16, max_prefill_len=4096, max_new_tokens=12288)
+    whole = 16 * (4096 + 12288) * 28 * 4 * 128 * 2 * 2       # slots x len x L x K x Dh x (k,v) x bf16
+    on = lambda strategy, shape: generation_breakdown(  # noqa: E731
+        cfg, engine, abstract_mesh(shape), strategy_rules(strategy)).kv_cache
+    assert on("dp", (1, 1, 1)) == whole
+    assert on("dp", (8, 1, 1)) == whole // 8                  # slots over data
+    assert on("tp", (1, 1, 4)) == whole // 4                  # 4 KV heads over tensor
+    assert on("tp", (1, 1, 8)) == whole                       # 8 does not divide 4: replicated
+    assert on("fsdp_tp", (1, 4, 2)) == whole // 8
+    # The engine allocates whole 256-position cache blocks.
+    assert cache_length(EngineSection(max_prefill_len=100, max_new_tokens=100)) == 256
+
+
+def test_fsdp_steps_hold_gathered_layers_in_compute_dtype():
+    cfg = model_config_from_name("qwen2-7b", param_dtype="bfloat16")
+    train = TrainSection(compute_dtype="bfloat16")
+    layer_params = (7_615_616_512 - 2 * 152064 * 3584 - 3584) // 28
+    assert layer_params == 233_057_792
+    fsdp = abstract_mesh((1, 8, 1)), strategy_rules("fsdp")
+    lora = training_breakdown(cfg, train, "lora", *fsdp)
+    assert lora.workspace == 2 * layer_params * 2             # forward and backward gathers, bf16
+    full = training_breakdown(cfg, train, "full", *fsdp)
+    assert full.workspace == 2 * layer_params * 2 + layer_params * 4   # + the fp32 layer grad
+    assert training_breakdown(cfg, train, "lora", abstract_mesh((8, 1, 1)),
+                              strategy_rules("dp")).workspace == 0
+
+
+def test_activation_estimate_tracks_what_xla_allocates():
+    cfg, seq = model_config_from_name("tiny"), 1024
+    params = jax.eval_shape(lambda: init_params(cfg))
+    tokens = jnp.zeros((1, seq), jnp.int32)
+    loss = lambda p, t: forward(p, cfg, t, remat="full", return_hidden=True).hidden.sum()  # noqa: E731
+    temp = jax.jit(jax.grad(loss)).lower(params, tokens).compile().memory_analysis().temp_size_in_bytes
+    est = training_activations(cfg, 1, seq, "full", abstract_mesh((1, 1, 1)), strategy_rules("dp"))
+    assert 0.6 < est / temp < 1.5, (est, temp)
+
+
+def test_builtin_layouts_cover_the_devices_and_respect_heads():
+    assert builtin_layout("tp", 8, 28).tensor == 4            # 8 does not divide 28 heads
+    assert (builtin_layout("tp", 8, 28).data, builtin_layout("fsdp", 8, 28).fsdp) == (2, 8)
+    fsdp_tp = builtin_layout("fsdp_tp", 64, 64)
+    assert (fsdp_tp.fsdp, fsdp_tp.tensor) == (8, 8)
+
+
+def test_device_table_reads_jax_device_kinds():
+    assert device_spec("TPU v5 lite").name == "v5e"
+    assert device_spec("TPU v5").name == "v5p"
+    assert device_spec("TPU v6 lite").name == "v6e"
+    assert device_spec("NVIDIA H100 80GB HBM3").name == "h100"
+    assert device_spec("NVIDIA A100-SXM4-80GB").hbm_bytes == 80 * GiB
+    assert device_spec("NVIDIA A100-SXM4-40GB").hbm_bytes == 40 * GiB
+    assert device_spec("h200").bandwidth == 4.8e12
+    host = device_spec("cpu")                                 # this host's RAM over its devices
+    assert host.name == "cpu" and host.devices_per_host == 8 and host.hbm_bytes > 0
+    assert device_spec("abacus") is None
+    with pytest.raises(ValueError, match="unknown device"):
+        plan(Config(), model_config_from_name("tiny"), "abacus", 8)
+
+
+def test_generation_plans_one_replica_per_host_on_a_pod():
+    cfg = load_config(None, BF16 + ["mesh.replica_per_host=true"])
+    p = plan(cfg, model_config_from_name("qwen2-7b"), "v5p", 64)
+    assert p.strategy("dp").mesh == (64, 1, 1)
+    assert p.strategy("dp").generation_mesh == (4, 1, 1)      # 4 chips per v5p host
+    glob = plan(load_config(None, BF16 + ["mesh.replica_per_host=false"]),
+                model_config_from_name("qwen2-7b"), "v5p", 64)
+    assert glob.strategy("fsdp").generation_mesh == (1, 64, 1)
+
+
+def test_format_plan_is_a_table_with_a_verdict_per_strategy_and_workload():
+    cfg = load_config(None, BF16 + ["mesh.fsdp=4", "mesh.tensor=2", "mesh.data=1",
+                                    "mesh.strategy=fsdp", "mesh.replica_per_host=false"])
+    text = format_plan(plan(cfg, model_config_from_name("llama-3.1-8b"), "TPU v5 lite", 8))
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert len(rows) == 3 * (len(STRATEGIES) + 1)            # + the configured 1x4x2 fsdp mesh
+    assert any(r.startswith("| config:fsdp | 1x4x2 |") for r in rows)
+    assert all(r.rstrip(" |").endswith("yes") or "NO (" in r for r in rows)
+    assert "train lora*" in text
