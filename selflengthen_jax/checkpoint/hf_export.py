@@ -49,8 +49,9 @@ def export_hf(params: Params, cfg: ModelConfig, out_dir: str | Path,
               tokenizer_dir: str | Path | None = None, max_shard_bytes: int = 2 << 30) -> Path:
     """Write config.json, model-0000k-of-0000n.safetensors + index, and tokenizer files.
 
-    Only process 0 writes; the directory is filled under a temporary name and renamed
-    at the end, so a crash never leaves a directory that looks complete.
+    Shards are written as they fill (the host holds one shard, not the model). Only
+    process 0 writes; the directory is filled under a temporary name and renamed at the
+    end, so a crash never leaves a directory that looks complete.
     """
     out = Path(out_dir)
     tmp = out.with_name(out.name + ".partial")
@@ -58,23 +59,29 @@ def export_hf(params: Params, cfg: ModelConfig, out_dir: str | Path,
     if is_writer:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-    shards: list[dict[str, np.ndarray]] = [{}]
-    size = 0
+    files: list[list[str]] = []   # tensor names per shard, written as soon as a shard fills
+    shard: dict[str, np.ndarray] = {}
+    total = 0
+
+    def flush() -> None:
+        if shard and is_writer:
+            save_file(shard, tmp / f"part-{len(files):05d}.safetensors")
+        files.append(list(shard))
+        shard.clear()
+
     for name, t in hf_tensors(params, cfg):
-        if size and size + t.nbytes > max_shard_bytes:
-            shards.append({})
-            size = 0
-        shards[-1][name] = t
-        size += t.nbytes
+        if shard and sum(x.nbytes for x in shard.values()) + t.nbytes > max_shard_bytes:
+            flush()
+        shard[name] = t
+        total += t.nbytes
+    flush()
     if not is_writer:
         return out
-    weight_map, total = {}, 0
-    for k, shard in enumerate(shards):
-        fname = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, tmp / fname)
-        for name, t in shard.items():
-            weight_map[name] = fname
-            total += t.nbytes
+    weight_map = {}
+    for k, names in enumerate(files):
+        fname = f"model-{k + 1:05d}-of-{len(files):05d}.safetensors"
+        (tmp / f"part-{k:05d}.safetensors").rename(tmp / fname)
+        weight_map.update({n: fname for n in names})
     (tmp / "model.safetensors.index.json").write_text(json.dumps(
         {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
     (tmp / "config.json").write_text(json.dumps(cfg.to_hf(), indent=2))

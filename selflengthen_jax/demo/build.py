@@ -34,10 +34,10 @@ WARMUP = dict(mode="full", learning_rate=3e-3, warmup_ratio=0.05, epochs=12, bat
               cutoff_len=512, remat="none", save_every=100000, keep=1, log_every=50)
 
 
-def demo_records() -> list[dict]:
-    """Every warm-up example, both languages and all tasks."""
+def demo_records(languages: tuple[str, ...] = hf_files.LANGUAGES) -> list[dict]:
+    """Every warm-up example of the given languages, all tasks."""
     records = []
-    for lang in hf_files.LANGUAGES:
+    for lang in languages:
         for task in hf_files.TASKS:
             records += [{"prompt": r["prompt"], "response": r["response"]}
                         for r in hf_files.load_corpus(lang, task)]
