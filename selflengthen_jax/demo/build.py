@@ -25,13 +25,13 @@ from selflengthen_jax.demo import hf_files
 from selflengthen_jax.demo.tokenizer import train_tokenizer
 from selflengthen_jax.models.config import ModelConfig
 from selflengthen_jax.models.transformer import init_params
-from selflengthen_jax.pipeline.prompts import self_instruct_prompt
+from selflengthen_jax.pipeline.prompts import TEMPLATES_DIR, self_instruct_prompt
 from selflengthen_jax.parallel.mesh import make_mesh
 from selflengthen_jax.training.trainer import train
 
 VERSION = "1"
-WARMUP = dict(mode="full", learning_rate=3e-3, warmup_ratio=0.05, epochs=12, batch_size=8,
-              cutoff_len=512, remat="none", save_every=100000, keep=1, log_every=50)
+WARMUP = dict(mode="full", learning_rate=5e-3, warmup_ratio=0.05, epochs=15, batch_size=4,
+              cutoff_len=256, packing=True, remat="none", save_every=100000, keep=1, log_every=50)
 
 
 def demo_records(languages: tuple[str, ...] = hf_files.LANGUAGES) -> list[dict]:
@@ -49,26 +49,28 @@ def demo_records(languages: tuple[str, ...] = hf_files.LANGUAGES) -> list[dict]:
     return records
 
 
-def corpus_fingerprint() -> str:
-    h = hashlib.sha256(VERSION.encode())
-    for f in sorted(hf_files.CORPUS_DIR.iterdir()):
+def corpus_fingerprint(languages: tuple[str, ...]) -> str:
+    """Changes when the corpus, the templates, the languages or the recipe change."""
+    h = hashlib.sha256((VERSION + ",".join(languages) + json.dumps(WARMUP, sort_keys=True)).encode())
+    for f in sorted([*hf_files.CORPUS_DIR.iterdir(), *TEMPLATES_DIR.glob("*/*.txt")]):
         h.update(f.name.encode() + f.read_bytes())
     return h.hexdigest()[:12]
 
 
-def default_dir() -> Path:
+def default_dir(languages: tuple[str, ...]) -> Path:
     root = Path(os.environ.get("SELFLENGTHEN_CACHE", Path.home() / ".cache" / "selflengthen_jax"))
-    return root / f"demo-model-{corpus_fingerprint()}"
+    return root / f"demo-model-{'-'.join(languages)}-{corpus_fingerprint(languages)}"
 
 
-def build_demo_checkpoint(out_dir: str | Path | None = None, epochs: int | None = None,
+def build_demo_checkpoint(languages: tuple[str, ...] = hf_files.LANGUAGES,
+                          out_dir: str | Path | None = None, epochs: int | None = None,
                           log=print) -> Path:
     """Build (once; cached by corpus fingerprint) and return the demo checkpoint dir.
 
     Written under a temporary name and renamed when complete, so a killed build is
     redone, never loaded half-made.
     """
-    out = Path(out_dir) if out_dir else default_dir()
+    out = Path(out_dir) if out_dir else default_dir(languages)
     if (out / "config.json").is_file():
         return out
     tmp = out.with_name(out.name + ".building")
@@ -78,7 +80,7 @@ def build_demo_checkpoint(out_dir: str | Path | None = None, epochs: int | None 
     hf_cfg = hf_files.write_non_weight_files(tmp, train_tokenizer(hf_files.corpus_texts()))
     model_cfg = ModelConfig.from_hf(hf_cfg)
     data = tmp / "warmup.jsonl"
-    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in demo_records()),
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in demo_records(languages)),
                     encoding="utf-8")
     train_cfg = TrainSection(**{**WARMUP, **({"epochs": epochs} if epochs else {})})
     cfg: Config = from_dict({"seed": 0, "train": _asdict(train_cfg)})

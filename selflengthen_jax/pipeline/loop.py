@@ -23,7 +23,7 @@ from selflengthen_jax.pipeline.cached import CachedGenerator
 from selflengthen_jax.pipeline.collect import write_long
 from selflengthen_jax.pipeline.seeds import load_seeds
 from selflengthen_jax.pipeline.store import (atomic_write_json, atomic_write_text, is_done, mark_done,
-                                             read_jsonl)
+                                             read_jsonl, read_marker)
 from selflengthen_jax.pipeline.summary import iteration_summary, plot_lengths, summary_table
 from selflengthen_jax.training.checkpointing import load_adapter
 from selflengthen_jax.training.trainer import train
@@ -61,6 +61,7 @@ class Loop:
         records = run(phase)
         write_jsonl(path, records)
         mark_done(d, name, {"records": len(records), "counts": phase.counts,
+                            "roles": {"generator": phase.roles.generator, "extender": phase.roles.extender},
                             "seconds": round(time.perf_counter() - t0, 2),
                             "tokens": phase.gen.generated_tokens - tokens0})
         self.log(f"iter {phase.iteration}: {name}: {len(records)} records")
@@ -71,15 +72,27 @@ class Loop:
                               progress=jax.process_index() == 0)
         return phases.Phase(self.cfg, k, gen, self.engine.tok, roles)
 
+    def _adapter_dir(self, k: int, short: str) -> Path | None:
+        """The adapter a role has after iteration k (None: still the base model)."""
+        if k < 1:
+            return None
+        info = read_marker(self.iter_dir(k), f"train_{short}") or {}
+        return Path(info["artifact"]) if info.get("artifact") else None
+
     def _roles(self, k: int) -> phases.Roles:
-        if k == 1:
-            return phases.Roles()
-        adapters = {}
+        """Register the adapters trained so far; roles without one play the base model."""
+        adapters, roles = {}, {}
         for role, short in ROLE_DIRS.items():
-            params, meta = load_adapter(self.iter_dir(k - 1) / "checkpoints" / short / "adapter")
+            path = self._adapter_dir(k - 1, short)
+            if path is None:
+                roles[role] = "base"
+                continue
+            params, meta = load_adapter(path)
             adapters[role] = (params, float(meta["alpha"]) / float(meta["rank"]))
-        self.engine.set_adapters(adapters)
-        return phases.Roles("generator", "extender")
+            roles[role] = role
+        if adapters:
+            self.engine.set_adapters(adapters)
+        return phases.Roles(**roles)
 
     def _pool(self, k: int) -> list[str]:
         pool = list(self.seeds)
@@ -113,17 +126,20 @@ class Loop:
         if is_done(d, name):
             return
         data = d / f"{short}_sft.jsonl"
+        previous = self._adapter_dir(k - 1, short)
         if not read_jsonl(data):
-            raise RuntimeError(f"iteration {k}: no {role} training data was produced "
-                               "(every candidate failed the filters; see the counts in the .done markers)")
-        init = None
-        if k > 1:
-            init, _ = load_adapter(self.iter_dir(k - 1) / "checkpoints" / short / "adapter")
+            self.log(f"WARNING iter {k}: no {role} training data survived the filters (see the "
+                     f"counts in {d}/*.done); the {role} keeps its previous weights")
+            mark_done(d, name, {"skipped": "no training data",
+                                "artifact": str(previous) if previous else None})
+            return
+        init = load_adapter(previous)[0] if previous else None
         t0 = time.perf_counter()
         model = self.engine.model
         artifact = train(self.cfg, role, data, d / "checkpoints" / short, model.params, model.cfg,
                          model.tokenizer, self.train_mesh, init_adapters=init)
         mark_done(d, name, {"artifact": str(artifact), "seconds": round(time.perf_counter() - t0, 2)})
+        self.log(f"iter {k}: trained the {role}: {artifact}")
 
     # -- the whole run ------------------------------------------------------------------------
     def run(self) -> list[dict]:

@@ -72,6 +72,6 @@ def run(cfg: Config, out: Path, log=print) -> list[dict]:
     if not cfg.model.path:
         from selflengthen_jax.demo.build import build_demo_checkpoint
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(
-            cfg.model, path=str(build_demo_checkpoint(log=log))))
+            cfg.model, path=str(build_demo_checkpoint((cfg.language,), log=log))))
     engine = build_engine(cfg)
     return Loop(cfg, engine, out, log).run()
