@@ -32,3 +32,33 @@ def make_checkpoint(path: Path, kind: str = "qwen2", seed: int = 0, **overrides)
 def hf_model(path: Path) -> transformers.PreTrainedModel:
     model = transformers.AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32)
     return model.eval()
+
+
+CHATML_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+TOKENIZER_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def add_tokenizer(path: Path, vocab_size: int = 128) -> Path:
+    """Save a byte-level BPE ChatML tokenizer (EOS <|im_end|>) into the checkpoint `path`.
+
+    Trained on ChatML turns of words "w0" ... "w99", so such text (and the roles user,
+    assistant, system) encodes with ids < vocab_size and decodes back exactly. BPE with
+    byte-level pre-tokenization is what transformers rebuilds for a Qwen2 checkpoint.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    words = " ".join(f"w{i}" for i in range(100))
+    corpus = [f"<|im_start|>{role}\n{words}<|im_end|>\n" for role in ("system", "user", "assistant")]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=TOKENIZER_SPECIALS, show_progress=False))
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        additional_special_tokens=["<|im_start|>"])
+    fast.chat_template = CHATML_TEMPLATE
+    fast.save_pretrained(path)
+    return Path(path)

@@ -17,6 +17,10 @@ they share the machine's state (the numbers are only comparable within a run):
 
 The model's vocabulary is a word-level tokenizer with no end-of-sequence token, so both
 sides generate exactly the requested number of tokens and the timings compare equal work.
+
+Every comparison is paired in time (interleaved runs, alternating order) because a
+shared CPU's load changes by the minute: what is compared saw the same machine. The
+floor ratio is also given in CPU time, which other jobs on the machine disturb less.
 """
 
 from __future__ import annotations
@@ -82,12 +86,13 @@ class BenchSpec:
     prompt_len: int = 64
     new_tokens: int = 256          # workload A
     repeats: int = 3               # workload A timed repeats (after a warm-up)
-    decode_chunk: int = 64         # engine.decode_chunk
+    decode_chunk: int = 256        # engine.decode_chunk: one host sync per 256 tokens in A
     ragged_requests: int = 48      # workload B
     ragged_min: int = 16
     ragged_max: int = 512
     ragged_median: float = 64.0    # lognormal median of max_new_tokens
     ragged_sigma: float = 1.0
+    ragged_repeats: int = 2        # workload B runs per mode (order alternates)
     depths: tuple[int, ...] = (512, 1024, 2048, 4096, 8192)
     depth_steps: int = 16          # decode steps timed at each depth
     floor_steps: int = 32          # steps inside one jitted floor loop
@@ -96,7 +101,7 @@ class BenchSpec:
 
 
 FULL = BenchSpec()
-QUICK = BenchSpec(new_tokens=32, repeats=1, ragged_requests=16, ragged_min=4, ragged_max=64,
+QUICK = BenchSpec(new_tokens=32, repeats=1, ragged_requests=16, ragged_repeats=1, ragged_min=4, ragged_max=64,
                   ragged_median=12.0, depths=(512, 2048), depth_steps=4, floor_steps=8,
                   bandwidth_mib=64)
 
@@ -136,13 +141,12 @@ def _init(cfg: ModelConfig, seed: int) -> Params:
         jax.config.update("jax_default_prng_impl", previous)
 
 
-def build_checkpoint(spec: BenchSpec, root: Path) -> tuple[Path, Params]:
+def build_checkpoint(spec: BenchSpec, root: Path) -> Path:
     """Random weights written as a HF checkpoint directory with our exporter + tokenizer."""
     cfg = spec.model.config(max_positions=max(32768, max(spec.depths, default=0) + 1024))
-    params = _init(cfg, spec.seed)
     tok_dir = root / "tokenizer"
     word_tokenizer(cfg.vocab_size).save_pretrained(tok_dir)
-    return export_hf(params, cfg, root / "model", tokenizer_dir=tok_dir), params
+    return export_hf(_init(cfg, spec.seed), cfg, root / "model", tokenizer_dir=tok_dir)
 
 
 def build_engine(path: Path, spec: BenchSpec, max_new_tokens: int) -> Engine:
@@ -208,6 +212,14 @@ def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - start, out
 
 
+def _clocked(fn: Callable[[], Any]) -> tuple[float, float, Any]:
+    """(wall s, this process's CPU s, result). CPU time counts only while our threads
+    run, so on a machine shared with other jobs it tracks the work done, not the wait."""
+    cpu, wall = time.process_time(), time.perf_counter()
+    out = fn()
+    return time.perf_counter() - wall, time.process_time() - cpu, out
+
+
 def warm_up(engine: Engine, texts: Sequence[str]) -> None:
     """Compile every kernel the timed runs use: decode, and prefill at each admission
     bucket (continuous batching admits 1..slots prompts at a time, rounded up to 2^k)."""
@@ -241,8 +253,10 @@ class HFGenerate:
         """Give torch its faster intra-op thread count (1 or all cores), by a short probe.
 
         On a loaded machine torch's OpenMP barriers can make every op wait for a
-        descheduled thread (we saw 1 s per step with 2 threads, 67 ms with 1), which
-        would flatter our engine; HF gets whichever setting is faster here and now.
+        descheduled thread (with the default spinning wait policy we saw 0.5-1 s per
+        step with 2 threads, 65 ms with 1; launch.bench_generate sets
+        OMP_WAIT_POLICY=PASSIVE, which cures most of it). Called before every timed HF
+        run, so HF gets whichever setting is faster at that moment.
         """
         probes = {}
         for n in sorted({1, os.cpu_count() or 1}):
@@ -331,12 +345,13 @@ class MatmulFloor:
         self()  # compile
 
     def __call__(self) -> dict[str, float]:
-        out = {}
+        wall, cpu = {}, {}
         for name, (fn, weights) in self.variants.items():
-            seconds = _timed(lambda: jax.block_until_ready(fn(weights, self.head, self.x0)))[0]
-            out[f"{name}_ms_per_step"] = 1e3 * seconds / self.steps
-        out["ms_per_step"] = min(out.values())
-        return out
+            w, c, _ = _clocked(lambda: jax.block_until_ready(fn(weights, self.head, self.x0)))
+            wall[name], cpu[name] = 1e3 * w / self.steps, 1e3 * c / self.steps
+        best = min(wall, key=wall.get)
+        return {**{f"{k}_ms_per_step": v for k, v in wall.items()},
+                "ms_per_step": wall[best], "cpu_ms_per_step": cpu[best]}
 
 
 def copy_bandwidth(mib: int, repeats: int = 5) -> float:
@@ -371,16 +386,22 @@ def workload_a(engine: Engine, hf: HFGenerate, floor: MatmulFloor, spec: BenchSp
     ours_ids = [engine.prompt_ids(r) for r in full]
     if ids.tolist() != ours_ids:
         raise RuntimeError("HF and our engine tokenise the prompts differently")
-    probes = hf.pick_threads(ids)  # also the warm-up (ours was warmed up by the caller)
+    hf(ids, 2)  # warm-up (ours was warmed up by the caller)
+    threads: list[dict] = []
     t = {k: [] for k in ("ours", "ours_1", "hf", "hf_1")}
+    ours_cpu: list[float] = []
     lengths_ok = True
     floors: list[dict[str, float]] = []
     for r in range(spec.repeats):
-        dt, out = _timed(lambda: engine.generate(full))
+        dt, cpu, out = _clocked(lambda: engine.generate(full))
         t["ours"].append(dt)
         lengths_ok &= all(c.completion_tokens == n for c in out)
-        t["ours_1"].append(_timed(lambda: engine.generate(one))[0])
+        dt1, cpu1, _ = _clocked(lambda: engine.generate(one))
+        t["ours_1"].append(dt1)
+        ours_cpu.append(1e3 * (cpu - cpu1) / max(n - 1, 1))
         floors.append(floor())
+        probe = hf.pick_threads(ids)
+        threads.append({"probe_s": probe, "chosen": hf.torch.get_num_threads()})
         dt, seqs = _timed(lambda: hf(ids, n, seed=r))
         t["hf"].append(dt)
         lengths_ok &= tuple(seqs.shape) == (len(texts), spec.prompt_len + n)
@@ -397,34 +418,48 @@ def workload_a(engine: Engine, hf: HFGenerate, floor: MatmulFloor, spec: BenchSp
     ours, theirs = side(t["ours"], t["ours_1"]), side(t["hf"], t["hf_1"])
     ours_steps = [1e3 * (a - b) / max(n - 1, 1) for a, b in zip(t["ours"], t["ours_1"])]
     floor_summary = {k: statistics.median(f[k] for f in floors) for k in floors[0]}
-    floor_summary |= {"samples": floors, "steps_per_run": floor.steps, "fraction_of_floor": statistics.median(
-        f["ms_per_step"] / o for f, o in zip(floors, ours_steps))}
+    floor_summary |= {
+        "samples": floors, "steps_per_run": floor.steps,
+        "fraction_of_floor": statistics.median(f["ms_per_step"] / o for f, o in zip(floors, ours_steps)),
+        # the same ratio in CPU time: less sensitive to other jobs on the machine
+        "fraction_of_floor_cpu": statistics.median(
+            f["cpu_ms_per_step"] / o for f, o in zip(floors, ours_cpu)),
+        "ours_cpu_ms_per_step": statistics.median(ours_cpu)}
     return {"batch": len(texts), "prompt_len": spec.prompt_len, "new_tokens": n,
             "sampling": REFERENCE, "ours": ours, "hf": theirs, "exact_lengths": lengths_ok,
-            "hf_torch_threads": hf.torch.get_num_threads(), "hf_thread_probe_s": probes,
+            "hf_threads": threads, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "ratio_vs_hf": theirs["median_s"] / ours["median_s"], "floor": floor_summary}
 
 
 def workload_b(engine: Engine, spec: BenchSpec, texts: Sequence[str]) -> dict:
-    """Long-tailed lengths, continuous vs static batching, same engine and seeds."""
+    """Long-tailed lengths, continuous vs static batching, same engine and seeds.
+
+    Repeats alternate the order (static first, then continuous first, ...) so a
+    change in machine load during the run does not favour one mode; the ratio is of
+    the summed times. Every run must return the same tokens per request.
+    """
     lengths = ragged_lengths(spec)
     reqs = requests(texts, lengths, seed=1000)
-    out: dict[str, tuple[float, list[Completion]]] = {}
-    for mode in ("static", "continuous"):
-        with batching(engine, mode):
-            out[mode] = _timed(lambda: engine.generate(reqs))
-    (t_s, static), (t_c, cont) = out["static"], out["continuous"]
-    same = [a.token_ids == b.token_ids for a, b in zip(static, cont)]
-    exact = all(len(c.token_ids) == n for c, n in zip(cont, lengths))
-    tokens = sum(lengths)
-    slots = engine.section.slots
+    times: dict[str, list[float]] = {"static": [], "continuous": []}
+    reference: list[Completion] | None = None
+    same, exact = True, True
+    for r in range(spec.ragged_repeats):
+        for mode in ("static", "continuous")[::1 if r % 2 == 0 else -1]:
+            with batching(engine, mode):
+                dt, out = _timed(lambda: engine.generate(reqs))
+            times[mode].append(dt)
+            reference = reference or out
+            same &= all(a.token_ids == b.token_ids for a, b in zip(reference, out))
+            exact &= all(len(c.token_ids) == n for c, n in zip(out, lengths))
+    t_s, t_c = sum(times["static"]), sum(times["continuous"])
+    tokens, slots = sum(lengths), engine.section.slots
     static_steps, cont_steps = schedule_steps(lengths, slots)
     return {"requests": len(reqs), "slots": slots, "max_new_tokens": lengths, "tokens": tokens,
-            "static_s": t_s, "continuous_s": t_c, "static_tokens_per_s": tokens / t_s,
-            "continuous_tokens_per_s": tokens / t_c,
+            "static_s": times["static"], "continuous_s": times["continuous"],
+            "static_tokens_per_s": tokens * len(times["static"]) / t_s,
+            "continuous_tokens_per_s": tokens * len(times["continuous"]) / t_c,
             "static_decode_steps": static_steps, "continuous_decode_steps": cont_steps,
-            "step_ratio": static_steps / cont_steps,
-            "identical_tokens": all(same), "identical_requests": sum(same), "exact_lengths": exact,
+            "step_ratio": static_steps / cont_steps, "identical_tokens": same, "exact_lengths": exact,
             "ratio_continuous_vs_static": t_s / t_c}
 
 
@@ -486,9 +521,8 @@ def run(spec: BenchSpec = FULL, out_dir: str | Path | None = None,
            "cpus": os.cpu_count(), "loadavg_start": os.getloadavg()}
     with tempfile.TemporaryDirectory(prefix="bench_generate_") as tmp:
         log("building the checkpoint")
-        path, params = build_checkpoint(spec, Path(tmp))
+        path = build_checkpoint(spec, Path(tmp))
         cfg = spec.model.config(max_positions=0)
-        del params
         texts = prompts(max(spec.batch, spec.ragged_requests), spec.prompt_len, spec.model.vocab, spec.seed)
         engine = build_engine(path, spec, max(spec.new_tokens, spec.ragged_max))
         hf = HFGenerate(path)
@@ -534,6 +568,10 @@ def summary_line(result: dict) -> str:
             f"fraction_of_floor={s['fraction_of_floor']:.2f}")
 
 
+def _secs(times: Sequence[float]) -> str:
+    return " + ".join(f"{t:.2f}" for t in times)
+
+
 def markdown(result: dict) -> str:
     """The result as markdown tables (the JSON holds every raw timing)."""
     a, f, b, p = result["workload_a"], result["floor"], result["workload_b"], result["positions"]
@@ -552,13 +590,15 @@ def markdown(result: dict) -> str:
         "|---|---:|---:|---:|---:|",
         f"| ours (JAX engine) | {o['median_s']:.2f} | {o['tokens_per_s']:.0f} | {o['prefill_s']:.3f} | "
         f"{o['decode_ms_per_step']:.2f} |",
-        f"| HF generate (torch, {a['hf_torch_threads']} thread(s)) | {h['median_s']:.2f} | {h['tokens_per_s']:.0f} | {h['prefill_s']:.3f} | "
+        f"| HF generate (torch, threads {'/'.join(str(x['chosen']) for x in a['hf_threads'])}) | "
+        f"{h['median_s']:.2f} | {h['tokens_per_s']:.0f} | {h['prefill_s']:.3f} | "
         f"{h['decode_ms_per_step']:.2f} |",
         f"| matmul floor | | | | {f['ms_per_step']:.2f} (unrolled {f['unrolled_ms_per_step']:.2f}, "
         f"scanned {f['scanned_ms_per_step']:.2f}) |",
         "",
         f"ratio_vs_hf = {a['ratio_vs_hf']:.2f}; fraction_of_floor = {f['fraction_of_floor']:.2f} "
-        f"(median of per-repeat floor/ours, floor timed beside each repeat); "
+        f"(median of per-repeat floor/ours, floor timed beside each repeat; in CPU time: "
+        f"{f['fraction_of_floor_cpu']:.2f}); "
         f"exact lengths: {a['exact_lengths']}",
         "",
         f"### Workload B: {b['requests']} requests, {b['slots']} slots, lognormal max_new_tokens "
@@ -566,13 +606,13 @@ def markdown(result: dict) -> str:
         "",
         "| mode | seconds | tokens/s | decode steps |",
         "|---|---:|---:|---:|",
-        f"| static | {b['static_s']:.2f} | {b['static_tokens_per_s']:.0f} | {b['static_decode_steps']} |",
-        f"| continuous | {b['continuous_s']:.2f} | {b['continuous_tokens_per_s']:.0f} | "
+        f"| static | {_secs(b['static_s'])} | {b['static_tokens_per_s']:.0f} | {b['static_decode_steps']} |",
+        f"| continuous | {_secs(b['continuous_s'])} | {b['continuous_tokens_per_s']:.0f} | "
         f"{b['continuous_decode_steps']} |",
         "",
         f"step ratio (no prefill or refill cost) = {b['step_ratio']:.2f}",
         f"ratio_continuous_vs_static = {b['ratio_continuous_vs_static']:.2f}; identical tokens: "
-        f"{b['identical_tokens']} ({b['identical_requests']}/{b['requests']}); exact lengths: {b['exact_lengths']}",
+        f"{b['identical_tokens']} (every request, every run); exact lengths: {b['exact_lengths']}",
         "",
         f"### Position curve: batch {p['batch']}, {p['steps_per_chunk']} steps per chunk, "
         f"copy bandwidth {p['bandwidth_gb_s']:.1f} GB/s",

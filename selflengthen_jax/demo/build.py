@@ -30,7 +30,7 @@ from selflengthen_jax.parallel.mesh import make_mesh
 from selflengthen_jax.training.trainer import train
 
 VERSION = "1"
-WARMUP = dict(mode="full", learning_rate=5e-3, warmup_ratio=0.05, epochs=15, batch_size=4,
+WARMUP = dict(mode="full", learning_rate=5e-3, warmup_ratio=0.05, epochs=25, batch_size=4,
               cutoff_len=256, packing=True, remat="none", save_every=100000, keep=1, log_every=50)
 
 

@@ -10,6 +10,7 @@ different adapters over a single copy of the base weights.
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any, Sequence
 
 import jax
@@ -50,6 +51,11 @@ def init_lora(cfg: ModelConfig, rank: int, seed: int,
     B = 0 makes a fresh adapter an exact no-op, so training starts from the base model.
     """
     _check_targets(targets)
+    return _init_lora(cfg, rank, tuple(targets), seed)
+
+
+@partial(jax.jit, static_argnums=(0, 1, 2))  # one compile for all projections' draws
+def _init_lora(cfg: ModelConfig, rank: int, targets: tuple[str, ...], seed: jax.Array) -> Adapters:
     dims = projection_dims(cfg)
     key = jax.random.key(seed)
     out: Adapters = {}

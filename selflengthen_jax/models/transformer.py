@@ -122,18 +122,6 @@ class Output(NamedTuple):
     kv: KVCache | None               # this call's keys/values per layer (prefill mode)
 
 
-def unstack_layers(params: Params) -> Params:
-    """The same params with `layers` as a tuple of per-layer dicts; `forward` unrolls them.
-
-    Inside jit the slices become separate buffers. XLA:CPU cannot feed a dot from a
-    slice of the stacked array: under `scan` every step copies each layer's weights
-    (~5 of ~30 ms per decode step on a 40M model), so the decode kernel slices once per
-    call, outside its step loop, and runs the layers unrolled on those buffers.
-    """
-    n = jax.tree.leaves(params["layers"])[0].shape[0]
-    return {**params, "layers": tuple(jax.tree.map(lambda a: a[i], params["layers"]) for i in range(n))}
-
-
 def rms_norm(x: jnp.ndarray, w: jnp.ndarray, eps: float) -> jnp.ndarray:
     xf = x.astype(jnp.float32)
     xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
@@ -228,16 +216,7 @@ def forward(params: Params, cfg: ModelConfig, tokens: jnp.ndarray, *,
         layer = jax.checkpoint(layer, policy=policy, prevent_cse=False)
     x = params["embed"].astype(cdt)[tokens]
     carry = (x, None, None) if cache is None else (x, cache.k, cache.v)
-    if isinstance(params["layers"], (list, tuple)):  # one dict per layer: unrolled (see unstack_layers)
-        news = []
-        for li, p in enumerate(params["layers"]):
-            ad = None if lora is None else jax.tree.map(lambda a: a[li], lora)  # noqa: B023
-            carry, n = layer(carry, (p, ad, li))
-            news.append(n)
-        (x, ck, cv) = carry
-        new = None if news[0] is None else tuple(jnp.stack(t) for t in zip(*news))
-    else:
-        (x, ck, cv), new = jax.lax.scan(layer, carry, (params["layers"], lora, jnp.arange(cfg.num_layers)))
+    (x, ck, cv), new = jax.lax.scan(layer, carry, (params["layers"], lora, jnp.arange(cfg.num_layers)))
     x = rms_norm(x, params["final_norm"].astype(cdt), cfg.rms_norm_eps)
     new_cache = None if cache is None else KVCache(ck, cv)
     kv = KVCache(*new) if (cache is None and return_kv) else None

@@ -13,7 +13,7 @@ import hashlib
 from pathlib import Path
 from typing import Sequence
 
-from selflengthen_jax.pipeline import faults
+from selflengthen_jax import faults
 from selflengthen_jax.pipeline.store import JsonlStore
 from selflengthen_jax.sampling.request import Completion, Request
 

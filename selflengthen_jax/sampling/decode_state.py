@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from selflengthen_jax.models.config import ModelConfig
-from selflengthen_jax.models.transformer import KVCache, forward, lm_head, unstack_layers
+from selflengthen_jax.models.transformer import KVCache, forward, lm_head
 from selflengthen_jax.sampling.sampler import RowParams, sample
 
 
@@ -93,18 +93,13 @@ def prefill(params: Any, lora: Any, state: SlotState, rows: NewRows, eos_ids: jn
 
 def decode(params: Any, lora: Any, state: SlotState, eos_ids: jnp.ndarray, steps: jnp.ndarray,
            exit_on_finish: jnp.ndarray, *, cfg: ModelConfig, chunk: int, k_cap: int,
-           attention_impl: str = "xla", unroll_layers: bool = False) -> tuple[SlotState, jnp.ndarray]:
+           attention_impl: str = "xla") -> tuple[SlotState, jnp.ndarray]:
     """Up to `steps` (<= chunk, a traced scalar) decode steps for all slots.
 
     Stops early once every slot is done, or, with `exit_on_finish`, as soon as any slot
     finishes, so the host can refill it with a pending prompt right away. Returns the
     new state and the tokens made [b, chunk] (-1 where a row made none).
-    `unroll_layers` slices the stacked layer weights once per call, before the step
-    loop (see `unstack_layers`): on CPU this saves a copy of every layer per step, at
-    the price of a transient second copy of the layer weights.
     """
-    if unroll_layers:
-        params = unstack_layers(params)
     b = state.pos.shape[0]
     rows = jnp.arange(b)
 

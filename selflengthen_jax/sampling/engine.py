@@ -73,9 +73,6 @@ class Engine:
         self.adapter_names: dict[str, int] = {"base": 0}
         self.lora: Any = None
         self._compiled: dict[tuple, Callable] = {}
-        # XLA:CPU copies each layer's weights out of the stacked array on every scan
-        # step; decode slices them once per call instead (ds.decode's unroll_layers).
-        self._unroll = all(d.platform == "cpu" for d in mesh.devices.flat)
         self.stats = collections.Counter()
 
     @property
@@ -119,7 +116,7 @@ class Engine:
             state_sh, rep = self._state_shardings(), replicated(self.mesh)
             common = dict(cfg=self.cfg, k_cap=k_cap, attention_impl=self.attention_impl)
             if kind == "decode":
-                fn = partial(ds.decode, chunk=self.section.decode_chunk, unroll_layers=self._unroll, **common)
+                fn = partial(ds.decode, chunk=self.section.decode_chunk, **common)
                 self._compiled[key] = jax.jit(
                     fn, in_shardings=(self.param_shardings, self._lora_sharding(), state_sh, rep, rep, rep),
                     out_shardings=(state_sh, rep), donate_argnums=(2,))

@@ -1,0 +1,254 @@
+"""Training-step speed and memory: our JAX step vs transformers + torch, same model and data.
+
+    python -m launch.bench_train [--steps 6] [--warmup 3] [--out runs/bench_train.json]
+
+The model is a ~40M-parameter Qwen2 shape (hidden 512, 8 layers, 8 heads / 2 KV heads,
+vocab 32000, tied embeddings, float32), built once with random weights by transformers
+and loaded by both sides, trained on one 1024-token sequence per step with AdamW
+(clipping at 1.0). Steps alternate between the two frameworks after a warm-up, so
+machine noise hits both alike; the table reports medians, and minimums (the best
+estimate of uncontended speed on a shared machine). Peak RSS is measured for each
+(framework, mode) in its own subprocess. The last line is `ratio_vs_torch=<x>`: our
+full fine-tuning tokens/s over torch's, from the medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import jax
+import numpy as np
+import torch
+import transformers
+
+from selflengthen_jax.checkpoint.hf_import import load_params, read_config
+from selflengthen_jax.config import MeshSection, TrainSection
+from selflengthen_jax.models.lora import init_lora, lora_logical_axes
+from selflengthen_jax.models.transformer import logical_axes
+from selflengthen_jax.parallel.mesh import make_mesh
+from selflengthen_jax.parallel.rules import strategy_rules, tree_shardings
+from selflengthen_jax.training.data import Batch
+from selflengthen_jax.training.optimizer import make_optimizer, to_master
+from selflengthen_jax.training.step import (StepSpec, batch_shardings, init_state, make_train_step,
+                                            state_shardings)
+
+MODEL = dict(vocab_size=32000, hidden_size=512, intermediate_size=1408, num_hidden_layers=8,
+             num_attention_heads=8, num_key_value_heads=2, tie_word_embeddings=True,
+             max_position_embeddings=4096)
+SEQ = 1024
+LR = 1e-4
+RANK, ALPHA = 8, 16.0
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+RUNNERS = ("ours:full", "torch:full", "ours:lora", "torch:lora")
+
+
+def build_checkpoint(path: Path) -> Path:
+    torch.manual_seed(0)
+    model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**MODEL))
+    model.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def sequence(seed: int = 0) -> np.ndarray:
+    """SEQ + 1 random token ids: SEQ inputs, each predicting the next."""
+    return np.random.default_rng(seed).integers(0, MODEL["vocab_size"], SEQ + 1).astype(np.int32)
+
+
+# -- ours ---------------------------------------------------------------------------------
+
+def ours_step(path: Path, mode: str) -> Callable[[], float]:
+    """Our jitted step on one device (remat none, one logits chunk); returns the loss."""
+    cfg = read_config(path)
+    params = load_params(path, cfg)
+    mesh = make_mesh(MeshSection(data=1), jax.devices()[:1])
+    rules = strategy_rules("dp")
+    tc = TrainSection(mode=mode, learning_rate=LR, warmup_ratio=0.0, max_grad_norm=1.0, remat="none")
+    optimizer, schedule = make_optimizer(tc, total_steps=1000)
+    lora = mode == "lora"
+    source = init_lora(cfg, RANK, 0) if lora else params
+    axes = lora_logical_axes() if lora else logical_axes(cfg)
+    shapes = jax.eval_shape(to_master, source)
+    shardings = state_shardings(optimizer, tree_shardings(axes, shapes, mesh, rules), shapes, mesh)
+    base_sh = tree_shardings(logical_axes(cfg), params, mesh, rules) if lora else None
+    spec = StepSpec(cfg, ALPHA / RANK if lora else None, remat="none", loss_chunk=SEQ)
+    batch_sh = batch_shardings(mesh, rules, (1, 1, SEQ))
+    step = make_train_step(spec, optimizer, schedule, shardings, base_sh, batch_sh)
+    tokens = sequence()
+    host = Batch(tokens[None, None, :-1], tokens[None, None, 1:], np.ones((1, 1, SEQ), np.float32),
+                 np.arange(SEQ, dtype=np.int32)[None, None], np.ones((1, 1, SEQ), np.int32))
+    batch = Batch(*(jax.device_put(x, s) for x, s in zip(host, batch_sh)))
+    base = jax.device_put(params, base_sh) if lora else None
+    state = init_state(source, optimizer, shardings)
+    if not lora:
+        del params
+
+    def run() -> float:
+        nonlocal state
+        state, metrics = step(state, base, batch)
+        return float(metrics["loss"])  # the one host sync: the step's end
+    return run
+
+
+# -- transformers + torch -------------------------------------------------------------------
+
+class LoraLinear(torch.nn.Module):
+    """y = W x + scale * B A x with W frozen; A as PEFT's kaiming-uniform, B = 0."""
+
+    def __init__(self, base: torch.nn.Linear, rank: int, scale: float):
+        super().__init__()
+        self.base, self.scale = base, scale
+        bound = 1.0 / math.sqrt(base.in_features)
+        self.a = torch.nn.Parameter(torch.empty(base.in_features, rank).uniform_(-bound, bound))
+        self.b = torch.nn.Parameter(torch.zeros(rank, base.out_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + self.scale * ((x @ self.a) @ self.b)
+
+
+def add_lora(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for layer in model.model.layers:
+        for parent in (layer.self_attn, layer.mlp):
+            for name in LORA_TARGETS:
+                if hasattr(parent, name):
+                    setattr(parent, name, LoraLinear(getattr(parent, name), RANK, ALPHA / RANK))
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def torch_step(path: Path, mode: str) -> Callable[[], float]:
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).train()
+    trainable = add_lora(model) if mode == "lora" else list(model.parameters())
+    opt = torch.optim.AdamW(trainable, lr=LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    tokens = torch.tensor(sequence(), dtype=torch.long)
+    inputs, targets = tokens[None, :-1], tokens[None, 1:]
+
+    def run() -> float:
+        logits = model(input_ids=inputs).logits
+        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.item()
+    return run
+
+
+def make_runner(name: str, path: Path) -> Callable[[], float]:
+    framework, mode = name.split(":")
+    return (ours_step if framework == "ours" else torch_step)(path, mode)
+
+
+# -- measurement ----------------------------------------------------------------------------
+
+def timed(fn: Callable[[], float]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def interleaved(runners: dict[str, Callable[[], float]], steps: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds per step for each runner, alternating runners within every round."""
+    for fn in runners.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(steps):
+        for name, fn in runners.items():
+            times[name].append(timed(fn))
+    return times
+
+
+def peak_rss_mib(name: str, path: Path, steps: int) -> float:
+    """Peak resident memory of a fresh process that builds `name` and runs `steps` steps."""
+    out = subprocess.run([sys.executable, "-m", "launch.bench_train", "--rss-of", name,
+                          "--checkpoint", str(path), "--steps", str(steps)],
+                         capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def rss_child(name: str, path: Path, steps: int) -> None:
+    run = make_runner(name, path)
+    for _ in range(steps):
+        run()
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # KiB on Linux
+
+
+def ratio(rows: dict, mode: str, key: str) -> float:
+    """Our speed over torch's (> 1: ours is faster) by the given step-time statistic."""
+    return rows[f"torch:{mode}"][key] / rows[f"ours:{mode}"][key]
+
+
+def report(times: dict[str, list[float]], rss: dict[str, float]) -> dict:
+    rows = {}
+    for name, secs in times.items():
+        median = statistics.median(secs)
+        rows[name] = {"step_s_median": median, "step_s_min": min(secs), "step_s_max": max(secs),
+                      "tokens_per_s": SEQ / median, "peak_rss_mib": rss.get(name)}
+    return {
+        "model": MODEL, "seq_len": SEQ, "batch": 1, "dtype": "float32", "optimizer": "AdamW, clip 1.0",
+        "lora": {"rank": RANK, "alpha": ALPHA, "targets": "all 7 projections"},
+        "device": f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})",
+        "versions": {"jax": jax.__version__, "torch": torch.__version__,
+                     "transformers": transformers.__version__},
+        "results": rows,
+        "ratio_vs_torch": ratio(rows, "full", "step_s_median"),
+        "ratio_vs_torch_min": ratio(rows, "full", "step_s_min"),
+        "lora_ratio_vs_torch": ratio(rows, "lora", "step_s_median"),
+        "lora_ratio_vs_torch_min": ratio(rows, "lora", "step_s_min"),
+    }
+
+
+def print_table(result: dict) -> None:
+    print(f"{'runner':<12}{'median step s':>15}{'min step s':>12}{'tokens/s':>11}{'peak RSS MiB':>14}")
+    for name, r in result["results"].items():
+        rss = "-" if r["peak_rss_mib"] is None else f"{r['peak_rss_mib']:,.0f}"
+        print(f"{name:<12}{r['step_s_median']:>15.3f}{r['step_s_min']:>12.3f}"
+              f"{r['tokens_per_s']:>11,.0f}{rss:>14}")
+    print(f"device: {result['device']}")
+    print(f"ours/torch speed (median, min): full {result['ratio_vs_torch']:.2f}, "
+          f"{result['ratio_vs_torch_min']:.2f}; LoRA {result['lora_ratio_vs_torch']:.2f}, "
+          f"{result['lora_ratio_vs_torch_min']:.2f}")
+    print(f"ratio_vs_torch={result['ratio_vs_torch']:.3f}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m launch.bench_train", description=__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, default=6, help="timed steps per runner")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps per runner (compiles ours)")
+    p.add_argument("--out", type=Path, default=Path("runs/bench_train.json"))
+    p.add_argument("--rss-of", choices=RUNNERS, help=argparse.SUPPRESS)  # child process mode
+    p.add_argument("--checkpoint", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.rss_of:
+        rss_child(args.rss_of, args.checkpoint, args.steps)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = build_checkpoint(Path(tmp) / "qwen2-40m")
+        rss = {name: peak_rss_mib(name, path, args.warmup + 1) for name in RUNNERS}
+        times = {}
+        for mode in ("full", "lora"):  # one mode's pair in memory at a time
+            pair = {f"ours:{mode}": make_runner(f"ours:{mode}", path),
+                    f"torch:{mode}": make_runner(f"torch:{mode}", path)}
+            times.update(interleaved(pair, args.steps, args.warmup))
+            del pair
+    result = report(times, rss)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print_table(result)
+
+
+if __name__ == "__main__":
+    main()

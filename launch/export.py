@@ -1,0 +1,89 @@
+"""Convert model directories, optionally merging a trained LoRA adapter into the weights.
+
+    python -m launch.export --from DIR --to DIR [--adapter ADAPTER_DIR] [--format hf|orbax]
+        [--dtype float32|bfloat16]
+
+The source is a Hugging Face checkpoint or one of our Orbax params directories (told
+apart by its `params/` folder). `--format hf` (default) writes sharded safetensors that
+transformers and vLLM load; `--format orbax` writes our params directory, which
+restores faster onto a mesh. Tokenizer files are copied along. Weights are sharded over
+all devices while converting, so a model larger than one device still converts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from launch import cli
+from selflengthen_jax.checkpoint import orbax_params
+from selflengthen_jax.checkpoint.hf_export import export_hf
+from selflengthen_jax.checkpoint.hf_import import load_params, read_config
+from selflengthen_jax.checkpoint.loader import param_shardings
+from selflengthen_jax.config import MeshSection
+from selflengthen_jax.models.config import ModelConfig
+from selflengthen_jax.models.lora import check_compatible, merge_lora
+from selflengthen_jax.models.transformer import Params
+from selflengthen_jax.parallel.mesh import make_mesh
+from selflengthen_jax.parallel.rules import strategy_rules
+from selflengthen_jax.training.checkpointing import load_adapter
+
+DTYPES = ("float32", "bfloat16")
+
+
+def source_dtype(model_dir: Path) -> str:
+    """The dtype config.json declares (HF: torch_dtype or dtype), if we support it."""
+    path = model_dir / "config.json"
+    if not path.is_file():
+        return "float32"  # read_config reports the missing file
+    hf = json.loads(path.read_text(encoding="utf-8"))
+    declared = hf.get("torch_dtype") or hf.get("dtype")
+    return declared if declared in DTYPES else "float32"
+
+
+def load_any(model_dir: Path, dtype: str, mesh: Mesh) -> tuple[ModelConfig, Params]:
+    """Config and params of a HF or Orbax directory, sharded (fsdp) over the mesh."""
+    cfg = read_config(model_dir, param_dtype=dtype)
+    shardings = param_shardings(cfg, mesh, strategy_rules("fsdp"))
+    if orbax_params.is_params_dir(model_dir):
+        return cfg, orbax_params.load_params(model_dir, cfg, shardings)
+    return cfg, load_params(model_dir, cfg, shardings)
+
+
+def with_adapter(params: Params, cfg: ModelConfig, adapter_dir: Path, mesh: Mesh) -> Params:
+    adapters, meta = load_adapter(adapter_dir)
+    check_compatible(cfg, adapters)
+    adapters = jax.device_put(adapters, NamedSharding(mesh, P()))
+    return merge_lora(params, adapters, float(meta["alpha"]) / float(meta["rank"]))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = cli.parser("launch.export",
+                   "Convert a model directory (HF <-> ours), optionally merging a LoRA adapter.")
+    p.add_argument("--from", dest="src", required=True, help="HF checkpoint or our params directory")
+    p.add_argument("--to", dest="dst", required=True, help="output directory (replaced if present)")
+    p.add_argument("--adapter", help="adapter directory from launch.train (merged into the weights)")
+    p.add_argument("--format", choices=("hf", "orbax"), default="hf")
+    p.add_argument("--dtype", choices=DTYPES, help="weight dtype to write (default: the source's)")
+    args = cli.parse(p, argv)
+    src, dst = Path(args.src), Path(args.dst)
+    with cli.user_errors():
+        if src.resolve() == dst.resolve():
+            raise ValueError("--to must differ from --from (the output directory is replaced)")
+        mesh = make_mesh(MeshSection(data=1, fsdp=-1))
+        cfg, params = load_any(src, args.dtype or source_dtype(src), mesh)
+        if args.adapter:
+            params = with_adapter(params, cfg, Path(args.adapter), mesh)
+    if args.format == "hf":
+        export_hf(params, cfg, dst, tokenizer_dir=src)
+    else:
+        orbax_params.save_params(dst, params, cfg, tokenizer_dir=src)
+    print(dst)
+
+
+if __name__ == "__main__":
+    main()
