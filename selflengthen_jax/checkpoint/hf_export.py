@@ -61,7 +61,7 @@ def export_hf(params: Params, cfg: ModelConfig, out_dir: str | Path,
         tmp.mkdir(parents=True)
     files: list[list[str]] = []   # tensor names per shard, written as soon as a shard fills
     shard: dict[str, np.ndarray] = {}
-    total = 0
+    total = shard_start = 0
 
     def flush() -> None:
         if shard and is_writer:
@@ -70,8 +70,9 @@ def export_hf(params: Params, cfg: ModelConfig, out_dir: str | Path,
         shard.clear()
 
     for name, t in hf_tensors(params, cfg):
-        if shard and sum(x.nbytes for x in shard.values()) + t.nbytes > max_shard_bytes:
+        if shard and total - shard_start + t.nbytes > max_shard_bytes:
             flush()
+            shard_start = total
         shard[name] = t
         total += t.nbytes
     flush()

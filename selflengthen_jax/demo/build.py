@@ -9,6 +9,7 @@ lists). It is tiny and its prose is not good; it exists to exercise every phase.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -83,7 +84,7 @@ def build_demo_checkpoint(languages: tuple[str, ...] = hf_files.LANGUAGES,
     data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in demo_records(languages)),
                     encoding="utf-8")
     train_cfg = TrainSection(**{**WARMUP, **({"epochs": epochs} if epochs else {})})
-    cfg: Config = from_dict({"seed": 0, "train": _asdict(train_cfg)})
+    cfg: Config = from_dict({"seed": 0, "train": dataclasses.asdict(train_cfg)})
     mesh = make_mesh(MeshSection(data=1), jax.devices()[:1])
     artifact = train(cfg, "warmup", data, tmp / "warmup", init_params(model_cfg, seed=0), model_cfg,
                      load_tokenizer(tmp), mesh)
@@ -98,7 +99,3 @@ def build_demo_checkpoint(languages: tuple[str, ...] = hf_files.LANGUAGES,
     tmp.rename(out)
     return out
 
-
-def _asdict(section: TrainSection) -> dict:
-    import dataclasses
-    return dataclasses.asdict(section)
