@@ -174,11 +174,6 @@ def load_instruction_documents(language: str) -> list[str]:
 
 
 def item_text(line: str) -> str:
-    """An instruction line without its "Instruction N: " / "指令N：" label."""
-    return _ITEM_LABEL.sub("", line)
-
-
-def item_text(line: str) -> str:
     """The instruction on one document line, its "Instruction N: " / "指令N：" label removed."""
     return _ITEM_LABEL.sub("", line)
 
