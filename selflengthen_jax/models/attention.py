@@ -1,7 +1,11 @@
-"""Grouped-query attention with a boolean mask, bounded in memory for long sequences.
+"""Grouped-query attention, causal within packed segments, bounded in time and memory.
 
-Scores are computed in float32 per query chunk, so a 16k-token sequence never holds a
-full [seq, seq] float32 score matrix; on GPU the cuDNN fused kernel can be chosen.
+Training and prefill attend causally, so query block i only needs keys up to its own
+end: splitting the queries into blocks skips the masked upper triangle (about half the
+work at one block, 9/16 of it at eight) and keeps each block's scores small enough to
+stay in cache on a CPU. Sequences longer than `SAVE_SCORES_UP_TO` rematerialise each
+block in the backward pass, so a 16k-token sequence never holds its [seq, seq] scores.
+On GPU the cuDNN fused kernel can be chosen instead.
 """
 
 from __future__ import annotations
@@ -10,44 +14,69 @@ import jax
 import jax.numpy as jnp
 
 NEG_INF = -1e30  # finite: a fully masked row (padding) gives a uniform, not NaN, softmax
+MIN_BLOCK = 128          # smallest query block
+MAX_BLOCKS = 16          # query blocks per sequence at most (they are unrolled)
+SAVE_SCORES_UP_TO = 1024  # longer sequences recompute each block's scores in the backward pass
 
 
-def _attend(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
-    """q [b,s,h,d], k/v [b,t,kv,d], mask [b,s,t] -> [b,s,h,d]."""
-    b, s, h, d = q.shape
-    kv = k.shape[2]
-    qg = q.reshape(b, s, kv, h // kv, d)
-    scores = jnp.einsum("bskgd,btkd->bkgst", qg, k, preferred_element_type=jnp.float32)
-    scores = scores * (d ** -0.5)
-    scores = jnp.where(mask[:, None, None, :, :], scores, NEG_INF)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgst,btkd->bskgd", probs, v)
-    return out.reshape(b, s, h, d)
+def softmax(scores: jnp.ndarray) -> jnp.ndarray:
+    """Softmax over the last axis; the max is a constant for autodiff (the result does not
+    depend on it), which keeps the backward pass to the textbook two products."""
+    m = jax.lax.stop_gradient(scores.max(axis=-1, keepdims=True))
+    e = jnp.exp(scores - m)
+    return e / e.sum(axis=-1, keepdims=True)
 
 
-def attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray,
-              *, impl: str = "xla", q_chunk: int = 1024) -> jnp.ndarray:
-    """Masked GQA. `impl`: "xla" (query-chunked einsum) or "cudnn" (fused, GPU only)."""
-    if impl == "cudnn":
-        return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], implementation="cudnn")
-    s = q.shape[1]
-    if s <= q_chunk or s % q_chunk:
-        return _attend(q, k, v, mask)
-    n = s // q_chunk
-    qc = q.reshape(q.shape[0], n, q_chunk, *q.shape[2:]).swapaxes(0, 1)
-    mc = mask.reshape(mask.shape[0], n, q_chunk, mask.shape[-1]).swapaxes(0, 1)
-    # rematerialised per chunk: the backward pass keeps one chunk's scores, not all of them
-    out = jax.lax.map(jax.checkpoint(lambda xs: _attend(xs[0], k, v, xs[1])), (qc, mc))
-    return out.swapaxes(0, 1).reshape(q.shape)
+def _attend(qh: jnp.ndarray, kh: jnp.ndarray, vh: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
+    """Head-major GQA: qh [b,kv,g,s,d], kh/vh [b,kv,t,d], mask [b,s,t] -> [b,kv,g,s,d].
+
+    The query groups and positions share one free axis, so each product is one plain
+    matmul per (batch, kv head) with no transposes between them.
+    """
+    b, kv, g, s, d = qh.shape
+    scores = jnp.einsum("bkqd,bktd->bkqt", qh.reshape(b, kv, g * s, d), kh,
+                        preferred_element_type=jnp.float32) * (d ** -0.5)
+    scores = jnp.where(mask[:, None, None], scores.reshape(b, kv, g, s, -1), NEG_INF)
+    probs = softmax(scores).astype(vh.dtype).reshape(b, kv, g * s, -1)
+    return jnp.einsum("bkqt,bktd->bkqd", probs, vh).reshape(b, kv, g, s, d)
+
+
+def query_blocks(s: int) -> list[tuple[int, int]]:
+    """[start, end) of each query block: at least MIN_BLOCK long, at most MAX_BLOCKS of them."""
+    size = max(MIN_BLOCK, -(-s // MAX_BLOCKS))
+    return [(a, min(a + size, s)) for a in range(0, s, size)]
+
+
+def block_mask(segment_ids: jnp.ndarray, start: int, end: int) -> jnp.ndarray:
+    """[b, end-start, end]: queries start..end-1 see earlier-or-equal keys of their segment."""
+    q_seg, k_seg = segment_ids[:, start:end], segment_ids[:, :end]
+    causal = (start + jnp.arange(end - start))[:, None] >= jnp.arange(end)[None, :]
+    return causal[None] & (q_seg[:, :, None] == k_seg[:, None, :]) & (k_seg != 0)[:, None, :]
 
 
 def sequence_mask(segment_ids: jnp.ndarray) -> jnp.ndarray:
-    """Causal mask within a sequence: same segment, earlier or equal index, not padding (0)."""
-    s = segment_ids.shape[1]
-    causal = jnp.tril(jnp.ones((s, s), dtype=bool))
-    same = segment_ids[:, :, None] == segment_ids[:, None, :]
-    real = (segment_ids != 0)[:, None, :]
-    return causal[None] & same & real
+    """The whole [b, s, s] mask: causal, same segment, not padding (0)."""
+    return block_mask(segment_ids, 0, segment_ids.shape[1])
+
+
+def attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, segment_ids: jnp.ndarray,
+              *, impl: str = "xla") -> jnp.ndarray:
+    """Causal GQA within segments. q [b,s,h,d], k/v [b,s,kv,d], segment_ids [b,s] (0 = padding).
+
+    `impl`: "xla" (causal query blocks) or "cudnn" (fused, GPU only).
+    """
+    if impl == "cudnn":
+        mask = sequence_mask(segment_ids)[:, None]
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
+    b, s, h, d = q.shape
+    kv = k.shape[2]
+    qh = q.reshape(b, s, kv, h // kv, d).transpose(0, 2, 3, 1, 4)
+    kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    attend = _attend if s <= SAVE_SCORES_UP_TO else jax.checkpoint(_attend)
+    outs = [attend(qh[:, :, :, a:e], kh[:, :, :e], vh[:, :, :e], block_mask(segment_ids, a, e))
+            for a, e in query_blocks(s)]
+    out = jnp.concatenate(outs, axis=3) if len(outs) > 1 else outs[0]
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, s, h, d)
 
 
 def cached_attention(q: jnp.ndarray, k_cache: jnp.ndarray, v_cache: jnp.ndarray, layer: jnp.ndarray,
@@ -84,3 +113,10 @@ def cached_attention(q: jnp.ndarray, k_cache: jnp.ndarray, v_cache: jnp.ndarray,
     _, l, acc = jax.lax.fori_loop(0, n_blocks, body, init)
     out = acc / l[..., None]                                  # [b, kv, g, s, d]
     return out.transpose(0, 3, 1, 2, 4).reshape(b, s, h, d).astype(q.dtype)
+
+
+def score_entries(s: int) -> tuple[int, int]:
+    """Attention scores per (row, head) for a length-s sequence: (the most alive at once
+    while differentiating, those kept for the backward pass). For the memory planner."""
+    sizes = [(e - a) * e for a, e in query_blocks(s)]
+    return (sum(sizes), sum(sizes)) if s <= SAVE_SCORES_UP_TO else (max(sizes), 0)

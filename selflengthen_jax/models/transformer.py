@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from selflengthen_jax.models.attention import attention, cached_attention, sequence_mask
+from selflengthen_jax.models.attention import attention, cached_attention
 from selflengthen_jax.models.config import ModelConfig
 from selflengthen_jax.models.rope import apply_rope, inverse_frequencies
 
@@ -171,7 +171,6 @@ def forward(params: Params, cfg: ModelConfig, tokens: jnp.ndarray, *,
         positions = jnp.broadcast_to(jnp.arange(s), (b, s))
     if cache is None:
         segment_ids = jnp.ones((b, s), jnp.int32) if segment_ids is None else segment_ids
-        mask = sequence_mask(segment_ids)
     else:
         q_index = write_index[:, None] + jnp.arange(s)[None, :]
         block = math.gcd(cache.k.shape[2], CACHE_BLOCK)
@@ -197,7 +196,7 @@ def forward(params: Params, cfg: ModelConfig, tokens: jnp.ndarray, *,
         k = apply_rope(k, positions, inv_freq)
         if ck is None:
             new = (k, v) if return_kv else None
-            o = attention(q, k, v, mask, impl=attention_impl)
+            o = attention(q, k, v, segment_ids, impl=attention_impl)
         else:  # write into the carried cache in place, then read it back block by block
             new = None
             ck = ck.at[li, jnp.arange(b)[:, None], q_index].set(k.astype(ck.dtype), mode="drop")

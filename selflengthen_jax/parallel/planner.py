@@ -46,6 +46,7 @@ from flax import nnx
 from jax.sharding import AbstractMesh, Mesh, NamedSharding
 
 from selflengthen_jax.config import Config, EngineSection, MeshSection, TrainSection
+from selflengthen_jax.models.attention import query_blocks, score_entries
 from selflengthen_jax.models.config import ModelConfig
 from selflengthen_jax.models.lora import adapter_shapes, lora_logical_axes
 from selflengthen_jax.models.transformer import CACHE_BLOCK, abstract_model, logical_axes
@@ -54,7 +55,6 @@ from selflengthen_jax.parallel.peaks import DEVICES, GiB, DeviceSpec, device_spe
 from selflengthen_jax.parallel.rules import STRATEGIES, Rules, spec_for, strategy_rules
 from selflengthen_jax.training.step import LOSS_CHUNK
 
-QUERY_CHUNK = 1024  # query positions per attention chunk: `attention`'s default q_chunk
 TRAIN_MODES = ("lora", "full")
 AnyMesh = Mesh | AbstractMesh
 
@@ -171,7 +171,8 @@ class _Acts:
     qkv: int      # q, k, v projections
     attn: int     # attention output, [b, s, heads, head_dim]
     mlp: int      # one [b, s, mlp] tensor
-    scores: int   # float32 [b, heads, s, t] attention scores
+    scores: int   # float32 attention scores alive at once
+    kept_scores: int  # float32 attention scores kept for the backward pass
     mask: int     # bool [b, s, t]
 
     @property
@@ -180,8 +181,9 @@ class _Acts:
         return 4 * self.x + 2 * self.qkv + self.attn + 3 * self.mlp
 
 
-def _acts(cfg: ModelConfig, rows: int, seq: int, keys: int, dtype: Any,
+def _acts(cfg: ModelConfig, rows: int, seq: int, scores: tuple[int, int], dtype: Any,
           mesh: AnyMesh, rules: Rules) -> _Acts:
+    """`scores`: (alive, kept) score entries per row and head (see `score_entries`)."""
     b = functools.partial(shard_bytes, mesh=mesh, rules=rules)
     H, K, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     heads = ("batch", None, "heads", "head_dim")
@@ -191,8 +193,9 @@ def _acts(cfg: ModelConfig, rows: int, seq: int, keys: int, dtype: Any,
         qkv=b(heads, (rows, seq, H, Dh), dtype) + 2 * b(kv, (rows, seq, K, Dh), dtype),
         attn=b(heads, (rows, seq, H, Dh), dtype),
         mlp=b(("batch", None, "mlp"), (rows, seq, cfg.intermediate_size), dtype),
-        scores=b(("batch", "heads", None, None), (rows, H, seq, keys), jnp.float32),
-        mask=b(("batch", None, None), (rows, seq, keys), jnp.bool_))
+        scores=b(("batch", "heads", None), (rows, H, scores[0]), jnp.float32),
+        kept_scores=b(("batch", "heads", None), (rows, H, scores[1]), jnp.float32),
+        mask=b(("batch", None), (rows, scores[0]), jnp.bool_))
 
 
 def _saved_per_layer(a: _Acts, remat: str) -> int:
@@ -203,14 +206,14 @@ def _saved_per_layer(a: _Acts, remat: str) -> int:
     if remat == "dots_no_batch":
         return kept_dots
     if remat == "dots":                                       # + the attention einsums
-        return kept_dots + a.scores + a.attn
-    return a.x + a.linear_working + 2 * a.scores            # none: everything
+        return kept_dots + a.kept_scores + a.attn
+    return a.x + a.linear_working + 2 * a.kept_scores       # none: everything
 
 
 def training_activations(cfg: ModelConfig, rows: int, seq: int, remat: str,
                          mesh: AnyMesh, rules: Rules) -> int:
     """Rough peak activation bytes per device of one micro-batch's forward + backward."""
-    a = _acts(cfg, rows, seq, seq, cfg.compute_dtype, mesh, rules)
+    a = _acts(cfg, rows, seq, score_entries(seq), cfg.compute_dtype, mesh, rules)
     working = a.linear_working + 3 * a.scores               # the layer being differentiated
     loss = 3 * shard_bytes(("batch", None, "vocab"), (rows, min(seq, LOSS_CHUNK), cfg.vocab_size),
                            jnp.float32, mesh, rules)
@@ -257,10 +260,10 @@ def generation_breakdown(cfg: ModelConfig, engine: EngineSection, mesh: AnyMesh,
     n, P = engine.slots, engine.max_prefill_len
     cache_names = ("layers", "batch", None, "kv_heads", "head_dim")
     cache = 2 * b(cache_names, (L, n, cache_length(engine), K, Dh), cfg.compute_dtype)
-    a = _acts(cfg, n, P, min(P, QUERY_CHUNK), cfg.compute_dtype, mesh, rules)
+    largest_block = max((end - start) * end for start, end in query_blocks(P))  # score entries
+    a = _acts(cfg, n, P, (largest_block, 0), cfg.compute_dtype, mesh, rules)
     prefill = (2 * b(cache_names, (L, n, P, K, Dh), cfg.compute_dtype)   # every layer's k/v
-               + a.linear_working + 2 * a.scores
-               + b(("batch", None, None), (n, P, P), jnp.bool_))
+               + a.linear_working + 2 * a.scores + a.mask)
     sampling = 2 * b(("batch", None), (n, V), jnp.bool_) + 3 * b(("batch", None), (n, V), jnp.float32)
     gathers = gathered_layer_bytes(cfg, mesh, rules, cfg.compute_dtype)
     return Breakdown(weights=param_bytes(cfg, mesh, rules), kv_cache=cache,
