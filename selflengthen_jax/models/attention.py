@@ -81,7 +81,7 @@ def attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, segment_ids: jnp.n
 
 def cached_attention(q: jnp.ndarray, k_cache: jnp.ndarray, v_cache: jnp.ndarray, layer: jnp.ndarray,
                      q_index: jnp.ndarray, block: int) -> jnp.ndarray:
-    """Attention of new tokens over one layer of the full cache [layers, b, T, kv, d].
+    """Attention of new tokens over one layer of the head-major cache [layers, b, kv, T, d].
 
     Reads the cache block by block (online softmax) and only up to the furthest query
     position in the batch, so a step costs what the live context costs, not the
@@ -89,29 +89,32 @@ def cached_attention(q: jnp.ndarray, k_cache: jnp.ndarray, v_cache: jnp.ndarray,
     q [b, s, h, d]; q_index [b, s] is each query's position (it sees keys <= it).
     """
     b, s, h, d = q.shape
-    kv = k_cache.shape[3]
-    qg = q.reshape(b, s, kv, h // kv, d).astype(jnp.float32) * (d ** -0.5)
+    kv = k_cache.shape[2]
+    g = h // kv
+    # [b, kv, g*s, d]: a KV head's query group and positions share one matmul row axis
+    qh = (q.reshape(b, s, kv, g, d).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * s, d)
+          .astype(jnp.float32) * (d ** -0.5))
+    q_pos = jnp.broadcast_to(q_index[:, None, None, :], (b, kv, g, s)).reshape(b, kv, g * s)
     n_blocks = (jnp.max(q_index) + block) // block
 
     def body(j, carry):
         m, l, acc = carry
-        start = (layer, 0, j * block, 0, 0)
-        kb = jax.lax.dynamic_slice(k_cache, start, (1, b, block, kv, d))[0].astype(jnp.float32)
-        vb = jax.lax.dynamic_slice(v_cache, start, (1, b, block, kv, d))[0].astype(jnp.float32)
-        scores = jnp.einsum("bskgd,btkd->bkgst", qg, kb)
-        visible = (j * block + jnp.arange(block))[None, None, :] <= q_index[:, :, None]
-        scores = jnp.where(visible[:, None, None], scores, NEG_INF)
+        start = (layer, 0, 0, j * block, 0)
+        kb = jax.lax.dynamic_slice(k_cache, start, (1, b, kv, block, d))[0].astype(jnp.float32)
+        vb = jax.lax.dynamic_slice(v_cache, start, (1, b, kv, block, d))[0].astype(jnp.float32)
+        scores = jnp.einsum("bkqd,bktd->bkqt", qh, kb)
+        visible = (j * block + jnp.arange(block)) <= q_pos[..., None]
+        scores = jnp.where(visible, scores, NEG_INF)
         m_new = jnp.maximum(m, scores.max(-1))
         p = jnp.exp(scores - m_new[..., None])
         corr = jnp.exp(m - m_new)
-        acc = acc * corr[..., None] + jnp.einsum("bkgst,btkd->bkgsd", p, vb)
+        acc = acc * corr[..., None] + jnp.einsum("bkqt,bktd->bkqd", p, vb)
         return m_new, l * corr + p.sum(-1), acc
 
-    g = h // kv
-    init = (jnp.full((b, kv, g, s), NEG_INF, jnp.float32), jnp.zeros((b, kv, g, s), jnp.float32),
-            jnp.zeros((b, kv, g, s, d), jnp.float32))
+    init = (jnp.full((b, kv, g * s), NEG_INF, jnp.float32), jnp.zeros((b, kv, g * s), jnp.float32),
+            jnp.zeros((b, kv, g * s, d), jnp.float32))
     _, l, acc = jax.lax.fori_loop(0, n_blocks, body, init)
-    out = acc / l[..., None]                                  # [b, kv, g, s, d]
+    out = (acc / l[..., None]).reshape(b, kv, g, s, d)
     return out.transpose(0, 3, 1, 2, 4).reshape(b, s, h, d).astype(q.dtype)
 
 

@@ -104,14 +104,18 @@ def init_params(cfg: ModelConfig, seed: int = 0) -> Params:
 
 
 class KVCache(NamedTuple):
-    """Preallocated keys/values for every layer: [layers, batch, max_len, kv_heads, head_dim]."""
+    """Keys/values for every layer, head-major: [layers, batch, kv_heads, max_len, head_dim].
+
+    Head-major so that one KV head's positions are contiguous: decode attention reads
+    them as plain [positions, head_dim] matrices, with no transpose per step.
+    """
 
     k: jnp.ndarray
     v: jnp.ndarray
 
     @classmethod
     def zeros(cls, cfg: ModelConfig, batch: int, max_len: int, dtype: Any) -> "KVCache":
-        shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+        shape = (cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.head_dim)
         return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
 
@@ -119,7 +123,7 @@ class Output(NamedTuple):
     logits: jnp.ndarray | None       # [b, s, vocab] float32 (None when hidden requested)
     hidden: jnp.ndarray | None       # [b, s, d] final-normed hidden states
     cache: KVCache | None            # updated cache (decode mode)
-    kv: KVCache | None               # this call's keys/values per layer (prefill mode)
+    kv: KVCache | None               # this call's keys/values per layer, cache layout (prefill mode)
 
 
 def rms_norm(x: jnp.ndarray, w: jnp.ndarray, eps: float) -> jnp.ndarray:
@@ -173,7 +177,7 @@ def forward(params: Params, cfg: ModelConfig, tokens: jnp.ndarray, *,
         segment_ids = jnp.ones((b, s), jnp.int32) if segment_ids is None else segment_ids
     else:
         q_index = write_index[:, None] + jnp.arange(s)[None, :]
-        block = math.gcd(cache.k.shape[2], CACHE_BLOCK)
+        block = math.gcd(cache.k.shape[3], CACHE_BLOCK)
     if lora is not None and adapter_ids is None:
         adapter_ids = jnp.zeros((b,), jnp.int32)
     inv_freq = jnp.asarray(inverse_frequencies(cfg))
@@ -195,12 +199,13 @@ def forward(params: Params, cfg: ModelConfig, tokens: jnp.ndarray, *,
         q = apply_rope(q, positions, inv_freq)
         k = apply_rope(k, positions, inv_freq)
         if ck is None:
-            new = (k, v) if return_kv else None
+            new = (k.swapaxes(1, 2), v.swapaxes(1, 2)) if return_kv else None
             o = attention(q, k, v, segment_ids, impl=attention_impl)
         else:  # write into the carried cache in place, then read it back block by block
             new = None
-            ck = ck.at[li, jnp.arange(b)[:, None], q_index].set(k.astype(ck.dtype), mode="drop")
-            cv = cv.at[li, jnp.arange(b)[:, None], q_index].set(v.astype(cv.dtype), mode="drop")
+            rows = jnp.arange(b)[:, None]   # with q_index: [b, s] leading, then kv, head_dim
+            ck = ck.at[li, rows, :, q_index].set(k.astype(ck.dtype), mode="drop")
+            cv = cv.at[li, rows, :, q_index].set(v.astype(cv.dtype), mode="drop")
             o = cached_attention(q, ck, cv, li, q_index, block)
         x = x + jnp.einsum("bshk,hkd->bsd", o, w("wo")) + delta("wo", o, (D,))
         h = rms_norm(x, p["mlp_norm"].astype(cdt), cfg.rms_norm_eps)

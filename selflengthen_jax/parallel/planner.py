@@ -258,11 +258,11 @@ def generation_breakdown(cfg: ModelConfig, engine: EngineSection, mesh: AnyMesh,
     b = functools.partial(shard_bytes, mesh=mesh, rules=rules)
     L, K, Dh, V = cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, cfg.vocab_size
     n, P = engine.slots, engine.max_prefill_len
-    cache_names = ("layers", "batch", None, "kv_heads", "head_dim")
-    cache = 2 * b(cache_names, (L, n, cache_length(engine), K, Dh), cfg.compute_dtype)
+    cache_names = ("layers", "batch", "kv_heads", None, "head_dim")
+    cache = 2 * b(cache_names, (L, n, K, cache_length(engine), Dh), cfg.compute_dtype)
     largest_block = max((end - start) * end for start, end in query_blocks(P))  # score entries
     a = _acts(cfg, n, P, (largest_block, 0), cfg.compute_dtype, mesh, rules)
-    prefill = (2 * b(cache_names, (L, n, P, K, Dh), cfg.compute_dtype)   # every layer's k/v
+    prefill = (2 * b(cache_names, (L, n, K, P, Dh), cfg.compute_dtype)   # every layer's k/v
                + a.linear_working + 2 * a.scores + a.mask)
     sampling = 2 * b(("batch", None), (n, V), jnp.bool_) + 3 * b(("batch", None), (n, V), jnp.float32)
     gathers = gathered_layer_bytes(cfg, mesh, rules, cfg.compute_dtype)

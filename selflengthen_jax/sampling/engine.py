@@ -100,8 +100,8 @@ class Engine:
         b, v = self.section.slots, self.cfg.vocab_size
         n = partial(named, self.mesh, self.rules)
         vec = n(("batch",), (b,))
-        cache_sh = n(("layers", "batch", None, "kv_heads", "head_dim"),
-                     (self.cfg.num_layers, b, self.cache_len, self.cfg.num_kv_heads, self.cfg.head_dim))
+        cache_sh = n(("layers", "batch", "kv_heads", None, "head_dim"),
+                     (self.cfg.num_layers, b, self.cfg.num_kv_heads, self.cache_len, self.cfg.head_dim))
         return ds.SlotState(
             cache=ds.KVCache(cache_sh, cache_sh), last_token=vec, pos=vec, n_gen=vec, max_new=vec,
             done=vec, seen=n(("batch", None), (b, v)), keys=n(("batch", None), (b, 2)), adapter=vec,
