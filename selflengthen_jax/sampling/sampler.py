@@ -53,10 +53,14 @@ def sample(logits: jnp.ndarray, seen: jnp.ndarray, params: RowParams, keys: jnp.
            k_cap: int) -> jnp.ndarray:
     """One token per row. logits [b, vocab] float32, seen [b, vocab] bool, keys [b, 2] uint32."""
     logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
-    greedy_ids = jnp.argmax(logits, axis=-1)
     temp = jnp.where(params.temperature > 0, params.temperature, 1.0)[:, None]
     vals, ids = filter_top_k_top_p(logits / temp, params.top_k, params.top_p, k_cap)
     choice = jax.vmap(jax.random.categorical)(keys, vals)
     sampled = jnp.take_along_axis(ids, choice[:, None], axis=-1)[:, 0]
+    # The best of the k_cap candidates is the vocabulary's argmax (a positive temperature
+    # keeps the order, both filters keep the top token, top_k breaks ties to the lower
+    # id as argmax does), so greedy rows need no second pass over the vocabulary. Not
+    # `ids[:, 0]`: slicing top_k's output makes XLA's CPU backend sort the whole row.
+    best = jnp.take_along_axis(ids, jnp.argmax(vals, axis=-1)[:, None], axis=-1)[:, 0]
     use_greedy = params.greedy | (params.temperature <= 0)
-    return jnp.where(use_greedy, greedy_ids, sampled).astype(jnp.int32)
+    return jnp.where(use_greedy, best, sampled).astype(jnp.int32)
