@@ -28,6 +28,19 @@ def test_top_k_1_equals_greedy():
     np.testing.assert_array_equal(drawn, jnp.argmax(logits, -1))
 
 
+def test_greedy_rows_take_the_penalised_argmax_lowest_id_on_ties():
+    logits = jax.random.normal(jax.random.PRNGKey(3), (8, 300))
+    logits = logits.at[:, 40].set(9.0).at[:, 41].set(9.0)        # a tie at the top
+    logits = logits.at[0, 17].set(12.0)                          # row 0: a seen token on top
+    seen = jnp.zeros((8, 300), bool).at[0, 17].set(True)
+    params = rows(8, temperature=0.7, top_k=5, top_p=0.3, rep=2.0, greedy=True)
+    params = params._replace(greedy=params.greedy.at[7].set(False), temperature=params.temperature.at[7].set(0.0))
+    drawn = sample(logits, seen, params, keys(8), k_cap=5)
+    expected = jnp.argmax(apply_repetition_penalty(logits, seen, params.repetition_penalty), -1)
+    np.testing.assert_array_equal(drawn, expected)
+    assert set(np.asarray(drawn).tolist()) == {40}  # 12 / 2 = 6 < 9; argmax takes the lower id
+
+
 def test_top_p_keeps_the_smallest_head_reaching_p():
     probs = np.array([0.5, 0.3, 0.15, 0.05])
     logits = jnp.log(jnp.asarray(probs))[None]
