@@ -196,9 +196,11 @@ class Engine:
             if not any(slots):
                 continue
             steps, exit_early = self._chunk_plan(slots, bool(pending))
+            wall, cpu = time.perf_counter(), time.process_time()
             state, toks = self._fn("decode", k_cap)(self.model.params, self.lora, state, self._eos,
                                                     steps, exit_early)
             toks = to_host(toks)
+            self._count_decode(toks, time.perf_counter() - wall, time.process_time() - cpu)
             for i, slot in enumerate(slots):
                 if slot is not None:
                     new = [int(t) for t in toks[i] if t >= 0]
@@ -209,6 +211,14 @@ class Engine:
         bar.close()
         self.stats["tokens"] += made
         return results  # type: ignore[return-value]
+
+    def _count_decode(self, toks: np.ndarray, wall: float, cpu: float) -> None:
+        """Decode-kernel totals in `stats`: calls, steps run, wall and process CPU seconds
+        (host sync included, prefill and stop checks not), for per-step cost."""
+        self.stats["decode_calls"] += 1
+        self.stats["decode_steps"] += int((toks >= 0).sum(axis=1).max())
+        self.stats["decode_s"] += wall
+        self.stats["decode_cpu_s"] += cpu
 
     def _admit(self, pending: collections.deque, free: int, prompts: list[list[int]]) -> list[int]:
         """Next prompts for free slots, as many as fit `prefill_tokens` at their bucket length."""

@@ -78,6 +78,9 @@ def test_long_decode_does_not_recompile(checkpoints):
     (c,) = engine.generate(raw_requests(["A"], params))
     assert len(c.token_ids) == 4100 and c.finish_reason == "length"
     assert engine.compile_count - before == 2  # one prefill, one decode kernel
+    # the engine counts its decode work: the first token comes from prefill
+    assert engine.stats["decode_steps"] == 4099 and engine.stats["decode_calls"] == 17  # ceil(4099/256)
+    assert engine.stats["decode_s"] > 0
     first = engine.compile_count
     engine.generate(raw_requests(["The quick brown fox"], params))
     assert engine.compile_count == first
