@@ -74,8 +74,7 @@ def attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, segment_ids: jnp.n
     attend = _attend if s <= SAVE_SCORES_UP_TO else jax.checkpoint(_attend)
     outs = [attend(qh[:, :, :, a:e], kh[:, :, :e], vh[:, :, :e], block_mask(segment_ids, a, e))
             for a, e in query_blocks(s)]
-    out = jnp.concatenate(outs, axis=3) if len(outs) > 1 else outs[0]
-    return out.transpose(0, 3, 1, 2, 4).reshape(b, s, h, d)
+    return jnp.concatenate(outs, axis=3).transpose(0, 3, 1, 2, 4).reshape(b, s, h, d)
 
 
 def cached_attention(q: jnp.ndarray, k_cache: jnp.ndarray, v_cache: jnp.ndarray, layer: jnp.ndarray,

@@ -70,6 +70,14 @@ class Interrupted(Exception):
     pass
 
 
+def checkpointed_run(config, records, write_jsonl, tmp_path):
+    """Data and config for a 6-step full fine-tuning run that checkpoints every 2 steps."""
+    data = write_jsonl(tmp_path / "d.jsonl", records(12, seed=2))
+    cfg = config("train.mode=full", "train.epochs=1", "train.batch_size=2", "train.save_every=2",
+                 "train.learning_rate=0.001", "train.warmup_ratio=0.2")
+    return data, cfg
+
+
 def interrupt_after(monkeypatch, calls: int):
     """Make the trainer's step function fail on call `calls + 1` (a killed run)."""
     real = trainer.make_train_step
@@ -88,9 +96,7 @@ def interrupt_after(monkeypatch, calls: int):
 
 def test_a_stopped_and_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one(
         tiny, config, records, write_jsonl, tmp_path, one_device, monkeypatch):
-    data = write_jsonl(tmp_path / "d.jsonl", records(12, seed=2))
-    cfg = config("train.mode=full", "train.epochs=1", "train.batch_size=2", "train.save_every=2",
-                 "train.learning_rate=0.001", "train.warmup_ratio=0.2")
+    data, cfg = checkpointed_run(config, records, write_jsonl, tmp_path)
     straight = run(cfg, tiny, data, tmp_path / "straight", one_device)
 
     interrupt_after(monkeypatch, 3)
@@ -124,9 +130,7 @@ def poison_loss_at(monkeypatch, bad_step: int):
 
 def test_a_non_finite_loss_stops_at_that_step_and_keeps_the_last_good_checkpoint(
         tiny, config, records, write_jsonl, tmp_path, one_device, monkeypatch):
-    data = write_jsonl(tmp_path / "d.jsonl", records(12, seed=2))
-    cfg = config("train.mode=full", "train.epochs=1", "train.batch_size=2", "train.save_every=2",
-                 "train.learning_rate=0.001", "train.warmup_ratio=0.2")
+    data, cfg = checkpointed_run(config, records, write_jsonl, tmp_path)
     poison_loss_at(monkeypatch, 3)
     with pytest.raises(trainer.TrainingError, match="loss is nan at step 3.*step 2"):
         run(cfg, tiny, data, tmp_path / "out", one_device)
