@@ -61,6 +61,14 @@ class EngineSection:
     decode_chunk: int = 64          # decode steps per device call
     prefill_tokens: int = 32768     # prompt tokens per prefill call (bounds its activations)
     mode: Literal["continuous", "static"] = "continuous"
+    weight_layout: Literal["auto", "stacked", "per_layer"] = "auto"  # auto: per_layer on CPU
+
+    def layout_on(self, platform: str) -> str:
+        """The weight layout the engine uses on `platform` ("cpu", "gpu", "tpu"): `auto` is
+        `per_layer` on CPU only (see `models.transformer.per_layer` for why)."""
+        if self.weight_layout != "auto":
+            return self.weight_layout
+        return "per_layer" if platform == "cpu" else "stacked"
 
 
 @dataclasses.dataclass

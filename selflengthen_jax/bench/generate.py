@@ -44,7 +44,7 @@ from selflengthen_jax.checkpoint.hf_export import export_hf
 from selflengthen_jax.checkpoint.loader import load_model
 from selflengthen_jax.config import EngineSection, MeshSection
 from selflengthen_jax.models.config import ModelConfig
-from selflengthen_jax.models.transformer import Params, init_params
+from selflengthen_jax.models.transformer import Params, init_params, lm_head
 from selflengthen_jax.parallel.mesh import make_mesh
 from selflengthen_jax.parallel.placement import put, replicated, to_host
 from selflengthen_jax.parallel.rules import strategy_rules
@@ -287,10 +287,11 @@ def _layer_matmuls(cfg: ModelConfig, h: jnp.ndarray, p: dict) -> jnp.ndarray:
     return h + ((h @ p["w_gate"]) * (h @ p["w_up"])) @ p["w_down"]
 
 
-def _head_and_feedback(h: jnp.ndarray, head: jnp.ndarray, tied: bool) -> jnp.ndarray:
-    """LM head, then the next step's input. The full-vocab max keeps XLA from shrinking
-    the head matmul to the columns used; tanh keeps values bounded (no inf/denormals)."""
-    logits = jnp.einsum("bd,vd->bv", h, head) if tied else h @ head
+def _head_and_feedback(h: jnp.ndarray, head: jnp.ndarray) -> jnp.ndarray:
+    """LM head ([embed, vocab], or [vocab, embed] for a tied embedding read as stored),
+    then the next step's input. The full-vocab max keeps XLA from shrinking the head
+    matmul to the columns used; tanh keeps values bounded (no inf/denormals)."""
+    logits = h @ head if head.shape[0] == h.shape[-1] else jnp.einsum("bd,vd->bv", h, head)
     return jnp.tanh(h) + 1e-6 * jnp.max(logits, axis=-1, keepdims=True)
 
 
@@ -309,45 +310,48 @@ def _flat_weights(params: Params, cfg: ModelConfig, layer: int | None) -> dict:
 
 
 class MatmulFloor:
-    """ms per decode step of just the matmuls: the faster of two weight layouts.
+    """ms per decode step of just the matmuls: the faster of the engine's two weight layouts.
 
-    `unrolled`: each layer's weights in their own buffer, layers unrolled in Python.
-    `scanned`: stacked weights under `lax.scan`. Both put `steps` steps in one jit
-    (`fori_loop`, each step feeding the next) so dispatch is amortised; the weights are
-    arguments, so every step reads them from memory. Compiled once; each call times
-    one run of each, so the caller can interleave it with the runs it is compared to
-    (the machine's load changes by the minute).
+    `unrolled` (the engine's `per_layer` layout): each layer's weights in their own
+    buffer, layers unrolled in Python, the head as its own [embed, vocab] buffer.
+    `scanned` (`stacked`): stacked weights under `lax.scan`, the head as the model
+    stores it. Both put `steps` steps in one jit (`fori_loop`, each step feeding the
+    next) so dispatch is amortised; the weights are arguments, so every step reads them
+    from memory. Compiled once; each call times one run of each, so the caller can
+    interleave it with the runs it is compared to (the machine's load changes by the minute).
     """
 
     def __init__(self, params: Params, cfg: ModelConfig, batch: int, steps: int):
-        tied = cfg.tie_word_embeddings
         self.steps = steps
-        self.head = params["embed"] if tied else params["lm_head"]
+        stored_head = params["embed"] if cfg.tie_word_embeddings else params["lm_head"]
         self.x0 = jnp.full((batch, cfg.hidden_size), 0.1, jnp.float32)
 
-        def unrolled(layers, head, x0):
+        def unrolled(weights, x0):
+            layers, head = weights
             def step(_, h):
                 for p in layers:
                     h = _layer_matmuls(cfg, h, p)
-                return _head_and_feedback(h, head, tied)
+                return _head_and_feedback(h, head)
             return jax.lax.fori_loop(0, steps, step, x0)
 
-        def scanned(stacked, head, x0):
+        def scanned(weights, x0):
+            stacked, head = weights
             def step(_, h):
                 h, _ = jax.lax.scan(lambda c, p: (_layer_matmuls(cfg, c, p), None), h, stacked)
-                return _head_and_feedback(h, head, tied)
+                return _head_and_feedback(h, head)
             return jax.lax.fori_loop(0, steps, step, x0)
 
+        head = jnp.asarray(np.asarray(lm_head(params, cfg)))  # its own [embed, vocab] buffer
         self.variants = {
-            "unrolled": (jax.jit(unrolled), [_flat_weights(params, cfg, i) for i in range(cfg.num_layers)]),
-            "scanned": (jax.jit(scanned), _flat_weights(params, cfg, None)),
+            "unrolled": (jax.jit(unrolled), ([_flat_weights(params, cfg, i) for i in range(cfg.num_layers)], head)),
+            "scanned": (jax.jit(scanned), (_flat_weights(params, cfg, None), stored_head)),
         }
         self()  # compile
 
     def __call__(self) -> dict[str, float]:
         wall, cpu = {}, {}
         for name, (fn, weights) in self.variants.items():
-            w, c, _ = _clocked(lambda: jax.block_until_ready(fn(weights, self.head, self.x0)))
+            w, c, _ = _clocked(lambda: jax.block_until_ready(fn(weights, self.x0)))
             wall[name], cpu[name] = 1e3 * w / self.steps, 1e3 * c / self.steps
         best = min(wall, key=wall.get)
         return {**{f"{k}_ms_per_step": v for k, v in wall.items()},
@@ -499,7 +503,7 @@ def position_curve(engine: Engine, spec: BenchSpec, bandwidth: float) -> dict:
         nonlocal state
         fresh = {k: jax.device_put(v, getattr(sh, k)) for k, v in fixed.items()}  # donated below
         state = state._replace(pos=jax.device_put(np.full(b, depth, np.int32), sh.pos), **fresh)
-        state, toks = fn(engine.model.params, engine.lora, state, engine._eos, n_steps, no_exit)
+        state, toks = fn(engine.params, engine.lora, state, engine._eos, n_steps, no_exit)
         made = int((to_host(toks) >= 0).sum())
         if made != b * steps:
             raise RuntimeError(f"decode at depth {depth} made {made} tokens, expected {b * steps}")

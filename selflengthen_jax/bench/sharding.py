@@ -362,7 +362,7 @@ def bench_generation(ctx: Context, model: LoadedModel, batch: int, length: int
                     out_shardings=engine._state_shardings())
     rows = _greedy_rows(model.cfg, batch, length, steps + 1, ctx.mesh, ctx.cfg.seed)
     rep = replicated(ctx.mesh)
-    params, eos = model.params, engine._eos
+    params, eos = engine.params, engine._eos
     chunk = (put(np.int32(steps), rep), put(np.bool_(False), rep))  # all steps, no early exit
     state = empty()
     opts = ctx.bench.compile_options
@@ -383,7 +383,8 @@ def bench_generation(ctx: Context, model: LoadedModel, batch: int, length: int
     tokens = runs[-1][2]
     if any(not np.array_equal(r[2], tokens) for r in runs):
         raise RuntimeError(f"{ctx.strategy}: greedy tokens changed between identical runs")
-    planned = generation_breakdown(model.cfg, section, ctx.mesh, ctx.rules).total
+    planned = generation_breakdown(model.cfg, section, ctx.mesh, ctx.rules,
+                                   platform=ctx.mesh.devices.flat[0].platform).total
     peak_flops = ctx.peak.flops if ctx.peak else None
     peak_bw = ctx.peak.bandwidth if ctx.peak else None
     pre, dec = Stat.of([r[0] for r in runs]), Stat.of([r[1] for r in runs])

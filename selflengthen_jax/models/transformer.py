@@ -4,7 +4,8 @@ The NNX module owns the parameter tree: shapes, initialisers and the logical axi
 (`logical_axes` metadata) that `parallel/` maps to a mesh. The computation is a pure
 function of a plain params dict (`forward`), so hot paths split the module once and
 jit `forward` with explicit shardings. Layers are stacked on a leading `layers` axis and
-run with `lax.scan`, so compile time does not grow with depth.
+run with `lax.scan`, so compile time does not grow with depth; `per_layer` gives the
+unrolled layout that decoding on CPU prefers.
 """
 
 from __future__ import annotations
@@ -133,8 +134,32 @@ def rms_norm(x: jnp.ndarray, w: jnp.ndarray, eps: float) -> jnp.ndarray:
 
 
 def lm_head(params: Params, cfg: ModelConfig) -> jnp.ndarray:
-    """The [embed, vocab] output projection (the embedding's transpose when tied)."""
-    return params["embed"].T if cfg.tie_word_embeddings else params["lm_head"]
+    """The [embed, vocab] output projection: the embedding's transpose when tied, unless
+    the params are in the per-layer layout, which holds it materialised."""
+    if "lm_head" in params or not cfg.tie_word_embeddings:
+        return params["lm_head"]
+    return params["embed"].T
+
+
+def per_layer(params: Params, cfg: ModelConfig) -> Params:
+    """The weights in the per-layer layout: `layers` becomes a list of one dict per layer,
+    each leaf its own buffer, and the output projection is materialised as [embed, vocab].
+
+    Why: XLA:CPU copies a scanned layer's weight slice before every matmul that reads it,
+    and multiplies by a transposed tied embedding at half speed; at decode batch sizes
+    those copies cost as much as the matmuls. `forward` runs this layout unrolled, so
+    every matmul reads its weight in place (at the price of a second copy of the weights).
+    Works on logical-axis trees too (leaves that are tuples of names).
+    """
+    def take(leaf: Any, i: int) -> Any:
+        return leaf[1:] if isinstance(leaf, tuple) else leaf[i]
+
+    stacked = params["layers"]
+    out = {k: v for k, v in params.items() if k != "layers"}
+    out["layers"] = [{k: take(v, i) for k, v in stacked.items()} for i in range(cfg.num_layers)]
+    head = params.get("lm_head", params["embed"])
+    out["lm_head"] = ("embed", "vocab") if isinstance(head, tuple) else lm_head(params, cfg)
+    return out
 
 
 def _lora_delta(x: jnp.ndarray, adapter: dict | None, ids: jnp.ndarray | None,
@@ -167,7 +192,8 @@ def forward(params: Params, cfg: ModelConfig, tokens: jnp.ndarray, *,
     0 = padding; packed examples get distinct ids). With `cache`, the tokens are written
     at `write_index[b]` onwards and attend to everything cached before them.
     `lora` holds per-projection adapters stacked [layers, n_adapters, ...]; `adapter_ids`
-    [b] picks one per row.
+    [b] picks one per row. `params` may be stacked (layers run under `lax.scan`) or in
+    the `per_layer` layout (layers unrolled).
     """
     b, s = tokens.shape
     cdt = jnp.dtype(cfg.compute_dtype)
@@ -220,7 +246,16 @@ def forward(params: Params, cfg: ModelConfig, tokens: jnp.ndarray, *,
         layer = jax.checkpoint(layer, policy=policy, prevent_cse=False)
     x = params["embed"].astype(cdt)[tokens]
     carry = (x, None, None) if cache is None else (x, cache.k, cache.v)
-    (x, ck, cv), new = jax.lax.scan(layer, carry, (params["layers"], lora, jnp.arange(cfg.num_layers)))
+    if isinstance(params["layers"], list):  # per-layer layout: unrolled
+        news = []
+        for li, p in enumerate(params["layers"]):
+            ad = None if lora is None else jax.tree.map(lambda a: a[li], lora)  # noqa: B023
+            carry, n = layer(carry, (p, ad, li))
+            news.append(n)
+        x, ck, cv = carry
+        new = jax.tree.map(lambda *a: jnp.stack(a), *news) if return_kv and cache is None else None
+    else:
+        (x, ck, cv), new = jax.lax.scan(layer, carry, (params["layers"], lora, jnp.arange(cfg.num_layers)))
     x = rms_norm(x, params["final_norm"].astype(cdt), cfg.rms_norm_eps)
     new_cache = None if cache is None else KVCache(ck, cv)
     kv = KVCache(*new) if (cache is None and return_kv) else None

@@ -31,6 +31,11 @@ class DeviceSpec:
     devices_per_host: int      # chips one host drives: a generation replica's size per host
     kinds: tuple[str, ...] = ()  # lower-case substrings of jax's `device_kind` that mean this
 
+    @property
+    def platform(self) -> str:
+        """jax's platform name for this kind of device."""
+        return "cpu" if self.name == "cpu" else "tpu" if self.name.startswith("v") else "gpu"
+
 
 DEVICES: dict[str, DeviceSpec] = {d.name: d for d in (
     DeviceSpec("v4", 32 * GiB, 275e12, 1.2e12, 4, ("tpu v4",)),

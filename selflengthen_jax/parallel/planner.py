@@ -49,7 +49,7 @@ from selflengthen_jax.config import Config, EngineSection, MeshSection, TrainSec
 from selflengthen_jax.models.attention import query_blocks, score_entries
 from selflengthen_jax.models.config import ModelConfig
 from selflengthen_jax.models.lora import adapter_shapes, lora_logical_axes
-from selflengthen_jax.models.transformer import CACHE_BLOCK, abstract_model, logical_axes
+from selflengthen_jax.models.transformer import CACHE_BLOCK, abstract_model, logical_axes, per_layer
 from selflengthen_jax.parallel.mesh import AXES, mesh_shape
 from selflengthen_jax.parallel.peaks import DEVICES, GiB, DeviceSpec, device_spec
 from selflengthen_jax.parallel.rules import STRATEGIES, Rules, spec_for, strategy_rules
@@ -249,11 +249,20 @@ def cache_length(engine: EngineSection) -> int:
     return -(-room // CACHE_BLOCK) * CACHE_BLOCK
 
 
+def per_layer_bytes(cfg: ModelConfig, mesh: AnyMesh, rules: Rules) -> int:
+    """Per-device bytes of the engine's per-layer copy of the weights (`per_layer`)."""
+    axes, shapes = _param_tree(cfg)
+    copy_shapes = jax.eval_shape(functools.partial(per_layer, cfg=cfg), shapes)
+    return tree_bytes(per_layer(axes, cfg), copy_shapes, mesh, rules)
+
+
 def generation_breakdown(cfg: ModelConfig, engine: EngineSection, mesh: AnyMesh,
-                         rules: Rules) -> Breakdown:
+                         rules: Rules, platform: str) -> Breakdown:
     """The engine's memory: weights, the slots' KV cache, a full-slots prefill, sampling state.
 
-    The cache holds `compute_dtype` keys/values (the engine's default cache dtype).
+    The cache holds `compute_dtype` keys/values (the engine's default cache dtype). On a
+    `platform` where the engine decodes from a per-layer copy, the weights count twice
+    (the loaded params stay for training).
     """
     b = functools.partial(shard_bytes, mesh=mesh, rules=rules)
     L, K, Dh, V = cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, cfg.vocab_size
@@ -266,7 +275,10 @@ def generation_breakdown(cfg: ModelConfig, engine: EngineSection, mesh: AnyMesh,
                + a.linear_working + 2 * a.scores + a.mask)
     sampling = 2 * b(("batch", None), (n, V), jnp.bool_) + 3 * b(("batch", None), (n, V), jnp.float32)
     gathers = gathered_layer_bytes(cfg, mesh, rules, cfg.compute_dtype)
-    return Breakdown(weights=param_bytes(cfg, mesh, rules), kv_cache=cache,
+    weights = param_bytes(cfg, mesh, rules)
+    if engine.layout_on(platform) == "per_layer":
+        weights += per_layer_bytes(cfg, mesh, rules)
+    return Breakdown(weights=weights, kv_cache=cache,
                      workspace=prefill + sampling + gathers)
 
 
@@ -351,7 +363,7 @@ def plan(cfg: Config, model_cfg: ModelConfig, device_kind: str, num_devices: int
         strategies.append(StrategyPlan(
             name=name, mesh=tuple(mesh.shape.values()),
             generation_mesh=None if gen is None else tuple(gen[0].shape.values()),
-            generation=None if gen is None else generation_breakdown(mcfg, cfg.engine, *gen),
+            generation=None if gen is None else generation_breakdown(mcfg, cfg.engine, *gen, platform=spec.platform),
             training={m: training_breakdown(mcfg, cfg.train, m, mesh, rules) for m in TRAIN_MODES}))
     description = (f"{mcfg.model_type} {mcfg.num_params() / 1e9:.2f}B params, "
                    f"{mcfg.param_dtype} weights, {mcfg.compute_dtype} generation / "

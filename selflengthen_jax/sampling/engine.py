@@ -21,10 +21,10 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from selflengthen_jax.checkpoint.loader import LoadedModel, param_shardings
+from selflengthen_jax.checkpoint.loader import LoadedModel, param_shardings, per_layer_shardings
 from selflengthen_jax.checkpoint.tokenizer import chat_prompt
 from selflengthen_jax.config import EngineSection
-from selflengthen_jax.models.transformer import CACHE_BLOCK, forward
+from selflengthen_jax.models.transformer import CACHE_BLOCK, forward, per_layer
 from selflengthen_jax.parallel.placement import put, put_tree, replicated, to_host
 from selflengthen_jax.parallel.rules import Rules, named
 from selflengthen_jax.sampling import decode_state as ds
@@ -69,7 +69,7 @@ class Engine:
         end_ids = {vocab[t] for t in CHAT_END_TOKENS if t in vocab}
         self.eos_ids = sorted(set(model.eos_ids) | end_ids)
         self._eos = put(np.asarray(self.eos_ids or [-1], np.int32), replicated(mesh))
-        self.param_shardings = param_shardings(self.cfg, mesh, rules)
+        self.params, self.param_shardings = self._weights()
         self.adapter_names: dict[str, int] = {"base": 0}
         self.lora: Any = None
         self._compiled: dict[tuple, Callable] = {}
@@ -79,6 +79,21 @@ class Engine:
     def compile_count(self) -> int:
         """XLA executables built so far by this engine's jitted kernels."""
         return sum(f._cache_size() for f in self._compiled.values())
+
+    # -- weights ----------------------------------------------------------------------------
+    def _weights(self) -> tuple[Any, Any]:
+        """The params the kernels read, and their shardings, in the configured layout.
+
+        `auto` picks the per-layer layout on CPU, where it saves the copies XLA makes of
+        scanned weight slices (see `per_layer`); elsewhere the engine shares the loaded
+        (stacked) params and holds no second copy.
+        """
+        stacked = param_shardings(self.cfg, self.mesh, self.rules)
+        if self.section.layout_on(self.mesh.devices.flat[0].platform) == "stacked":
+            return self.model.params, stacked
+        shardings = per_layer_shardings(self.cfg, self.mesh, self.rules)
+        convert = jax.jit(partial(per_layer, cfg=self.cfg), in_shardings=(stacked,), out_shardings=shardings)
+        return convert(self.model.params), shardings
 
     # -- adapters ---------------------------------------------------------------------------
     def set_adapters(self, adapters: dict[str, tuple[Any, float]]) -> None:
@@ -197,7 +212,7 @@ class Engine:
                 continue
             steps, exit_early = self._chunk_plan(slots, bool(pending))
             wall, cpu = time.perf_counter(), time.process_time()
-            state, toks = self._fn("decode", k_cap)(self.model.params, self.lora, state, self._eos,
+            state, toks = self._fn("decode", k_cap)(self.params, self.lora, state, self._eos,
                                                     steps, exit_early)
             toks = to_host(toks)
             self._count_decode(toks, time.perf_counter() - wall, time.process_time() - cpu)
@@ -269,7 +284,7 @@ class Engine:
         rep = replicated(self.mesh)
         rows = ds.NewRows(*(put(a, rep) for a in (tokens, length, slot, max_new, keys, adapter)),
                           sampling=RowParams(**{f: put(a, rep) for f, a in samp.items()}))
-        state, first = self._fn("prefill", k_cap)(self.model.params, self.lora, state, rows, self._eos)
+        state, first = self._fn("prefill", k_cap)(self.params, self.lora, state, rows, self._eos)
         return state, to_host(first)[:len(admitted)]
 
     def _release(self, state, slots, finish):
@@ -342,5 +357,5 @@ class Engine:
             self._compiled[key] = jax.jit(fn)
         seg = (np.arange(tokens.shape[1])[None] < length).astype(np.int32)
         rep = replicated(self.mesh)
-        return to_host(self._compiled[key](self.model.params, self.lora, put(tokens, rep),
+        return to_host(self._compiled[key](self.params, self.lora, put(tokens, rep),
                                            put(seg, rep), put(np.asarray([adapter], np.int32), rep)))

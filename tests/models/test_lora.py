@@ -8,7 +8,7 @@ import pytest
 from selflengthen_jax.models.config import ModelConfig
 from selflengthen_jax.models.lora import (init_lora, lora_logical_axes, merge_lora, projection_dims,
                                           stack_adapters)
-from selflengthen_jax.models.transformer import PROJECTIONS, forward, init_params
+from selflengthen_jax.models.transformer import PROJECTIONS, forward, init_params, per_layer
 
 CFG = ModelConfig(model_type="qwen2", vocab_size=96, hidden_size=32, intermediate_size=48,
                   num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, rms_norm_eps=1e-6,
@@ -85,3 +85,13 @@ def test_stacked_adapters_keep_the_base_at_index_0_and_fold_each_scale(params):
                 logits(params, lora=ext, lora_scale=0.5)[0]]
     for row, want in enumerate(expected):
         np.testing.assert_allclose(mixed[row], want, atol=1e-5)
+
+
+def test_per_layer_layout_applies_the_same_stacked_adapters(params):
+    gen = trained(init_lora(CFG, rank=4, seed=1), seed=2)
+    stacked = stack_adapters([(gen, 2.0)])
+    ids = jnp.asarray([0, 1])
+    want = logits(params, lora=stacked, adapter_ids=ids)
+    got = logits(per_layer(params, CFG), lora=stacked, adapter_ids=ids)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert not np.allclose(got[0], got[1], atol=1e-3)  # the adapter does change row 1

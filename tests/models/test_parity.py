@@ -7,7 +7,7 @@ import torch
 
 from hf_fixtures import hf_model, make_checkpoint
 from selflengthen_jax.checkpoint.hf_import import load_params, read_config
-from selflengthen_jax.models.transformer import forward
+from selflengthen_jax.models.transformer import forward, per_layer
 
 TOL = 1e-4
 
@@ -36,9 +36,11 @@ def padded_batch(lengths, total, vocab, left, seed=0):
     return tokens, mask, positions
 
 
-def ours(path, tokens, mask, positions):
+def ours(path, tokens, mask, positions, layout="stacked"):
     cfg = read_config(path)
     params = load_params(path, cfg)
+    if layout == "per_layer":
+        params = per_layer(params, cfg)
     out = forward(params, cfg, jnp.asarray(tokens), positions=jnp.asarray(positions),
                   segment_ids=jnp.asarray(mask, jnp.int32))
     return np.asarray(out.logits)
@@ -64,6 +66,17 @@ def test_logits_match_transformers_on_padded_batch(tmp_path, name, left):
     err = max_err_on_real_tokens(ours(path, tokens, mask, positions),
                                  theirs(path, tokens, mask, positions), mask)
     print(f"{name} {'left' if left else 'right'} max-abs logits error {err:.2e}")
+    assert err <= TOL
+
+
+@pytest.mark.parametrize("name", ["qwen2-gqa-tied", "llama-gqa4-untied"])
+def test_per_layer_layout_matches_transformers(tmp_path, name):
+    """The unrolled per-layer layout (what the engine decodes with on CPU), tied and untied."""
+    kind, overrides = VARIANTS[name]
+    path = make_checkpoint(tmp_path / name, kind, **overrides)
+    tokens, mask, positions = padded_batch([80, 37, 5], 80, 128, left=True)
+    err = max_err_on_real_tokens(ours(path, tokens, mask, positions, layout="per_layer"),
+                                 theirs(path, tokens, mask, positions), mask)
     assert err <= TOL
 
 

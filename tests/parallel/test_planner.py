@@ -6,15 +6,16 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from selflengthen_jax.checkpoint.loader import param_shardings
+from selflengthen_jax.checkpoint.loader import param_shardings, per_layer_shardings
 from selflengthen_jax.config import Config, EngineSection, TrainSection, load_config
 from selflengthen_jax.models.presets import PRESETS, model_config_from_name
-from selflengthen_jax.models.transformer import forward, init_params
+from selflengthen_jax.models.transformer import forward, init_params, per_layer
 from selflengthen_jax.parallel.mesh import make_mesh
 from selflengthen_jax.parallel.peaks import GiB, device_spec
 from selflengthen_jax.parallel.planner import (abstract_mesh, builtin_layout, cache_length,
                                                format_plan, generation_breakdown, param_bytes,
-                                               plan, training_activations, training_breakdown)
+                                               per_layer_bytes, plan, training_activations,
+                                               training_breakdown)
 from selflengthen_jax.parallel.rules import STRATEGIES, strategy_rules
 
 BF16 = ["model.param_dtype=bfloat16", "model.compute_dtype=bfloat16", "train.compute_dtype=bfloat16"]
@@ -61,6 +62,23 @@ def test_planned_weight_bytes_equal_the_shards_jax_places(strategy):
     assert param_bytes(cfg, abstract_mesh(tuple(mesh.shape.values())), rules) == on_device_0
 
 
+@pytest.mark.parametrize("strategy", ["dp", "fsdp_tp"])
+def test_planned_per_layer_copy_equals_the_shards_jax_places(strategy):
+    cfg = dataclasses.replace(model_config_from_name("tiny"), tie_word_embeddings=True)
+    section = builtin_layout(strategy, 8, cfg.num_heads)
+    mesh, rules = make_mesh(section), strategy_rules(strategy)
+    shapes = jax.eval_shape(lambda: per_layer(init_params(cfg), cfg))
+    copy = jax.jit(lambda: jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes),
+                   out_shardings=per_layer_shardings(cfg, mesh, rules))()
+    on_device_0 = sum(s.data.nbytes for leaf in jax.tree.leaves(copy)
+                      for s in leaf.addressable_shards if s.device == jax.devices()[0])
+    assert per_layer_bytes(cfg, abstract_mesh(tuple(mesh.shape.values())), rules) == on_device_0
+    plans = {p: generation_breakdown(cfg, EngineSection(), abstract_mesh((1, 1, 1)), rules, platform=p)
+             for p in ("cpu", "gpu")}
+    assert plans["cpu"].weights - plans["gpu"].weights == per_layer_bytes(
+        cfg, abstract_mesh((1, 1, 1)), rules)   # auto: the copy only on CPU
+
+
 def test_72b_full_finetuning_does_not_fit_8xh100_under_dp_but_its_weights_fit_under_fsdp():
     p = plan(load_config(None, BF16), model_config_from_name("qwen2-72b"), "h100", 8)
     dp, fsdp = p.strategy("dp"), p.strategy("fsdp")
@@ -95,7 +113,7 @@ def test_kv_cache_is_split_over_batch_and_kv_heads():
     engine = EngineSection(slots=16, max_prefill_len=4096, max_new_tokens=12288)
     whole = 16 * (4096 + 12288) * 28 * 4 * 128 * 2 * 2       # slots x len x L x K x Dh x (k,v) x bf16
     on = lambda strategy, shape: generation_breakdown(  # noqa: E731
-        cfg, engine, abstract_mesh(shape), strategy_rules(strategy)).kv_cache
+        cfg, engine, abstract_mesh(shape), strategy_rules(strategy), platform="tpu").kv_cache
     assert on("dp", (1, 1, 1)) == whole
     assert on("dp", (8, 1, 1)) == whole // 8                  # slots over data
     assert on("tp", (1, 1, 4)) == whole // 4                  # 4 KV heads over tensor

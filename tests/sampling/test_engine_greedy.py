@@ -37,23 +37,32 @@ def hf_greedy(path, prompts, new_tokens, eos_ids):
     return seqs
 
 
+@pytest.mark.parametrize("layout", ["stacked", "per_layer"])
 @pytest.mark.parametrize("kind", ["qwen2", "llama3.1"])
-def test_greedy_matches_hf_generate_on_left_padded_batch(checkpoints, kind):
-    engine = build_engine(checkpoints[kind])
+def test_greedy_matches_hf_generate_on_left_padded_batch(checkpoints, kind, layout):
+    engine = build_engine(checkpoints[kind], weight_layout=layout)
+    assert isinstance(engine.params["layers"], list) == (layout == "per_layer")
     ours = [c.token_ids for c in engine.generate(raw_requests(PROMPTS))]
     theirs = hf_greedy(checkpoints[kind], PROMPTS, 64, engine.eos_ids)
     assert ours == theirs
     assert max(map(len, ours)) >= 64 or all(c < 64 for c in map(len, ours))
 
 
-@pytest.mark.parametrize("strategy,data,fsdp,tensor", [
-    ("dp", 8, 1, 1), ("fsdp", 1, 8, 1), ("tp", 2, 1, 4), ("fsdp_tp", 1, 4, 2)])
-def test_same_greedy_tokens_on_8_device_meshes(checkpoints, strategy, data, fsdp, tensor):
+@pytest.mark.parametrize("strategy,data,fsdp,tensor,layout", [
+    ("dp", 8, 1, 1, "auto"), ("fsdp", 1, 8, 1, "auto"), ("tp", 2, 1, 4, "auto"),
+    ("fsdp_tp", 1, 4, 2, "auto"), ("fsdp_tp", 1, 4, 2, "stacked")])
+def test_same_greedy_tokens_on_8_device_meshes(checkpoints, strategy, data, fsdp, tensor, layout):
     path = checkpoints["qwen2"]
     single = [c.token_ids for c in build_engine(path).generate(raw_requests(PROMPTS))]
-    engine = build_engine(path, strategy, data, fsdp, tensor, slots=8)
+    engine = build_engine(path, strategy, data, fsdp, tensor, slots=8, weight_layout=layout)
     sharded = [c.token_ids for c in engine.generate(raw_requests(PROMPTS))]
     assert sharded == single
+
+
+def test_auto_layout_is_per_layer_on_cpu(checkpoints):
+    engine = build_engine(checkpoints["qwen2"])
+    assert isinstance(engine.params["layers"], list)
+    assert engine.params["layers"][0]["wq"].shape == engine.model.params["layers"]["wq"].shape[1:]
 
 
 def test_continuous_batching_returns_static_outputs_in_input_order(checkpoints):
