@@ -3,11 +3,12 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import torch
 from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
 
 from selflengthen_jax.sampling.sampler import (RowParams, apply_repetition_penalty,
-                                               filter_top_k_top_p, sample)
+                                               chunked_top_k, filter_top_k_top_p, sample)
 from selflengthen_jax.sampling.stops import cut_at_stop, first_stop
 
 
@@ -26,6 +27,21 @@ def test_top_k_1_equals_greedy():
     seen = jnp.zeros((16, 50), bool)
     drawn = sample(logits, seen, rows(16, temperature=1.3, top_k=1, top_p=1.0), keys(16), k_cap=20)
     np.testing.assert_array_equal(drawn, jnp.argmax(logits, -1))
+
+
+@pytest.mark.parametrize("n,k", [(32000, 20), (1000, 7), (300, 1), (129, 1), (2000, 3)])
+def test_chunked_top_k_equals_lax_top_k_with_ties_and_infinities(n, k):
+    rng = np.random.default_rng(n + k)
+    x = rng.integers(-4, 4, (6, n)).astype(np.float32)       # many equal values
+    x[rng.random((6, n)) < 0.2] = -np.inf
+    x[0] = -np.inf                                             # a row of nothing but ties
+    for row in (1, 2):   # a few large values: the rest of the top k are ties spread over chunks
+        x[row] = rng.integers(0, 3, n)
+        x[row, rng.choice(n, k // 2 + 1, replace=False)] = 10 + np.arange(k // 2 + 1)
+    want_vals, want_ids = jax.lax.top_k(jnp.asarray(x), k)
+    vals, ids = chunked_top_k(jnp.asarray(x), k)
+    np.testing.assert_array_equal(np.asarray(vals), np.asarray(want_vals))
+    np.testing.assert_array_equal(np.asarray(ids), np.asarray(want_ids))
 
 
 def test_greedy_rows_take_the_penalised_argmax_lowest_id_on_ties():
