@@ -79,7 +79,8 @@ def attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, segment_ids: jnp.n
 
 def cached_attention(q: jnp.ndarray, k_cache: jnp.ndarray, v_cache: jnp.ndarray, layer: jnp.ndarray,
                      q_index: jnp.ndarray, block: int) -> jnp.ndarray:
-    """Attention of new tokens over one layer of the head-major cache [layers, b, kv, T, d].
+    """Attention of new tokens over one layer of the head-major cache (`KVCache`: keys
+    [layers, b, kv, d, T], values [layers, b, kv, T, d]).
 
     Reads the cache block by block (online softmax) and only up to the furthest query
     position in the batch, so a step costs what the live context costs, not the
@@ -97,10 +98,11 @@ def cached_attention(q: jnp.ndarray, k_cache: jnp.ndarray, v_cache: jnp.ndarray,
 
     def body(j, carry):
         m, l, acc = carry
-        start = (layer, 0, 0, j * block, 0)
-        kb = jax.lax.dynamic_slice(k_cache, start, (1, b, kv, block, d))[0].astype(jnp.float32)
-        vb = jax.lax.dynamic_slice(v_cache, start, (1, b, kv, block, d))[0].astype(jnp.float32)
-        scores = jnp.einsum("bkqd,bktd->bkqt", qh, kb)
+        kb = jax.lax.dynamic_slice(k_cache, (layer, 0, 0, 0, j * block),
+                                   (1, b, kv, d, block))[0].astype(jnp.float32)
+        vb = jax.lax.dynamic_slice(v_cache, (layer, 0, 0, j * block, 0),
+                                   (1, b, kv, block, d))[0].astype(jnp.float32)
+        scores = jnp.einsum("bkqd,bkdt->bkqt", qh, kb)
         visible = (j * block + jnp.arange(block)) <= q_pos[..., None]
         scores = jnp.where(visible, scores, NEG_INF)
         m_new = jnp.maximum(m, scores.max(-1))

@@ -49,7 +49,8 @@ from selflengthen_jax.config import Config, EngineSection, MeshSection, TrainSec
 from selflengthen_jax.models.attention import query_blocks, score_entries
 from selflengthen_jax.models.config import ModelConfig
 from selflengthen_jax.models.lora import adapter_shapes, lora_logical_axes
-from selflengthen_jax.models.transformer import CACHE_BLOCK, abstract_model, logical_axes, per_layer
+from selflengthen_jax.models.transformer import (CACHE_BLOCK, K_CACHE_AXES, V_CACHE_AXES, abstract_model,
+                                                  logical_axes, per_layer)
 from selflengthen_jax.parallel.mesh import AXES, mesh_shape
 from selflengthen_jax.parallel.peaks import DEVICES, GiB, DeviceSpec, device_spec
 from selflengthen_jax.parallel.rules import STRATEGIES, Rules, spec_for, strategy_rules
@@ -267,11 +268,13 @@ def generation_breakdown(cfg: ModelConfig, engine: EngineSection, mesh: AnyMesh,
     b = functools.partial(shard_bytes, mesh=mesh, rules=rules)
     L, K, Dh, V = cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, cfg.vocab_size
     n, P = engine.slots, engine.max_prefill_len
-    cache_names = ("layers", "batch", "kv_heads", None, "head_dim")
-    cache = 2 * b(cache_names, (L, n, K, cache_length(engine), Dh), cfg.compute_dtype)
+    T = cache_length(engine)
+    cache = (b(K_CACHE_AXES, (L, n, K, Dh, T), cfg.compute_dtype)
+             + b(V_CACHE_AXES, (L, n, K, T, Dh), cfg.compute_dtype))
     largest_block = max((end - start) * end for start, end in query_blocks(P))  # score entries
     a = _acts(cfg, n, P, (largest_block, 0), cfg.compute_dtype, mesh, rules)
-    prefill = (2 * b(cache_names, (L, n, K, P, Dh), cfg.compute_dtype)   # every layer's k/v
+    prefill = (b(K_CACHE_AXES, (L, n, K, Dh, P), cfg.compute_dtype)     # every layer's k/v
+               + b(V_CACHE_AXES, (L, n, K, P, Dh), cfg.compute_dtype)
                + a.linear_working + 2 * a.scores + a.mask)
     sampling = 2 * b(("batch", None), (n, V), jnp.bool_) + 3 * b(("batch", None), (n, V), jnp.float32)
     gathers = gathered_layer_bytes(cfg, mesh, rules, cfg.compute_dtype)

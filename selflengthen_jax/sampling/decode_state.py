@@ -78,7 +78,7 @@ def prefill(params: Any, lora: Any, state: SlotState, rows: NewRows, eos_ids: jn
     seen = seen.at[jnp.arange(n), first].set(True)
 
     slot = jnp.where(rows.slot >= 0, rows.slot, state.pos.shape[0])  # filler rows are dropped
-    cache = KVCache(state.cache.k.at[:, slot, :, :p].set(out.kv.k.astype(state.cache.k.dtype), mode="drop"),
+    cache = KVCache(state.cache.k.at[:, slot, :, :, :p].set(out.kv.k.astype(state.cache.k.dtype), mode="drop"),
                     state.cache.v.at[:, slot, :, :p].set(out.kv.v.astype(state.cache.v.dtype), mode="drop"))
     put = lambda old, new: old.at[slot].set(new, mode="drop")  # noqa: E731
     done = _is_eos(first, eos_ids) | (rows.max_new <= 1)

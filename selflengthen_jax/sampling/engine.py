@@ -24,7 +24,7 @@ from tqdm import tqdm
 from selflengthen_jax.checkpoint.loader import LoadedModel, param_shardings, per_layer_shardings
 from selflengthen_jax.checkpoint.tokenizer import chat_prompt
 from selflengthen_jax.config import EngineSection
-from selflengthen_jax.models.transformer import CACHE_BLOCK, forward, per_layer
+from selflengthen_jax.models.transformer import CACHE_BLOCK, K_CACHE_AXES, V_CACHE_AXES, forward, per_layer
 from selflengthen_jax.parallel.placement import put, put_tree, replicated, to_host
 from selflengthen_jax.parallel.rules import Rules, named
 from selflengthen_jax.sampling import decode_state as ds
@@ -115,10 +115,9 @@ class Engine:
         b, v = self.section.slots, self.cfg.vocab_size
         n = partial(named, self.mesh, self.rules)
         vec = n(("batch",), (b,))
-        cache_sh = n(("layers", "batch", "kv_heads", None, "head_dim"),
-                     (self.cfg.num_layers, b, self.cfg.num_kv_heads, self.cache_len, self.cfg.head_dim))
+        cache = jax.eval_shape(partial(ds.KVCache.zeros, self.cfg, b, self.cache_len, self.cache_dtype))
         return ds.SlotState(
-            cache=ds.KVCache(cache_sh, cache_sh), last_token=vec, pos=vec, n_gen=vec, max_new=vec,
+            cache=ds.KVCache(n(K_CACHE_AXES, cache.k.shape), n(V_CACHE_AXES, cache.v.shape)), last_token=vec, pos=vec, n_gen=vec, max_new=vec,
             done=vec, seen=n(("batch", None), (b, v)), keys=n(("batch", None), (b, 2)), adapter=vec,
             sampling=RowParams(vec, vec, vec, vec, vec))
 

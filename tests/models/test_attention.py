@@ -63,7 +63,7 @@ def test_cached_attention_reads_only_visible_positions():
     """One new token per row over a head-major cache equals full attention up to its position."""
     q, k, v, _ = inputs(512, seed=1)
     pos = jnp.array([300, 77])
-    ck = k.transpose(0, 2, 1, 3)[None]   # [layers=1, b, kv, T, d]
+    ck = k.transpose(0, 2, 3, 1)[None]   # [layers=1, b, kv, d, T]
     cv = v.transpose(0, 2, 1, 3)[None]
     qn = q[jnp.arange(2), pos][:, None]  # [b, 1, h, d]
     out = attn.cached_attention(qn, ck, cv, jnp.int32(0), pos[:, None], block=256)
