@@ -342,8 +342,9 @@ class MatmulFloor:
             return jax.lax.fori_loop(0, steps, step, x0)
 
         head = jnp.asarray(np.asarray(lm_head(params, cfg)))  # its own [embed, vocab] buffer
+        layers = [_flat_weights(params, cfg, i) for i in range(cfg.num_layers)]
         self.variants = {
-            "unrolled": (jax.jit(unrolled), ([_flat_weights(params, cfg, i) for i in range(cfg.num_layers)], head)),
+            "unrolled": (jax.jit(unrolled), (layers, head)),
             "scanned": (jax.jit(scanned), (_flat_weights(params, cfg, None), stored_head)),
         }
         self()  # compile

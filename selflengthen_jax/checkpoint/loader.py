@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 from pathlib import Path
 from typing import Any
 
-import jax
 import transformers
 from flax import nnx
 from jax.sharding import Mesh
@@ -15,7 +13,7 @@ from jax.sharding import Mesh
 from selflengthen_jax.checkpoint.hf_import import load_params, read_config
 from selflengthen_jax.checkpoint.tokenizer import eos_token_ids, load_tokenizer
 from selflengthen_jax.models.config import ModelConfig
-from selflengthen_jax.models.transformer import abstract_model, logical_axes, per_layer
+from selflengthen_jax.models.transformer import abstract_model, logical_axes, per_layer_tree
 from selflengthen_jax.parallel.rules import Rules, tree_shardings
 
 
@@ -36,9 +34,7 @@ def param_shardings(cfg: ModelConfig, mesh: Mesh, rules: Rules) -> Any:
 
 def per_layer_shardings(cfg: ModelConfig, mesh: Mesh, rules: Rules) -> Any:
     """NamedShardings for the params in the per-layer layout (`per_layer`)."""
-    shapes = jax.eval_shape(functools.partial(per_layer, cfg=cfg),
-                            nnx.state(abstract_model(cfg), nnx.Param).to_pure_dict())
-    return tree_shardings(per_layer(logical_axes(cfg), cfg), shapes, mesh, rules)
+    return tree_shardings(*per_layer_tree(cfg), mesh, rules)
 
 
 def load_model(path: str | Path, mesh: Mesh | None = None, rules: Rules | None = None,

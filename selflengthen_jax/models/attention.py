@@ -2,8 +2,9 @@
 
 Training and prefill attend causally, so query block i only needs keys up to its own
 end: with n blocks only (n+1)/2n of the [seq, seq] scores are computed (9/16 at eight),
-and each block's scores are small enough to stay in cache on a CPU. Sequences longer than `SAVE_SCORES_UP_TO` rematerialise each
-block in the backward pass, so a 16k-token sequence never holds its [seq, seq] scores.
+and each block's scores are small enough to stay in cache on a CPU. Sequences longer
+than `SAVE_SCORES_UP_TO` rematerialise each block in the backward pass, so a 16k-token
+sequence never holds its [seq, seq] scores.
 On GPU the cuDNN fused kernel can be chosen instead.
 """
 

@@ -121,10 +121,15 @@ class KVCache(NamedTuple):
     k: jnp.ndarray
     v: jnp.ndarray
 
+    @staticmethod
+    def shapes(cfg: ModelConfig, batch: int, max_len: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(k shape, v shape), in the order of `K_CACHE_AXES` and `V_CACHE_AXES`."""
+        v_shape = (cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.head_dim)
+        return v_shape[:3] + (cfg.head_dim, max_len), v_shape
+
     @classmethod
     def zeros(cls, cfg: ModelConfig, batch: int, max_len: int, dtype: Any) -> "KVCache":
-        v_shape = (cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.head_dim)
-        k_shape = v_shape[:3] + (cfg.head_dim, max_len)
+        k_shape, v_shape = cls.shapes(cfg, batch, max_len)
         return cls(jnp.zeros(k_shape, dtype), jnp.zeros(v_shape, dtype))
 
 
@@ -154,8 +159,8 @@ def per_layer(params: Params, cfg: ModelConfig) -> Params:
     each leaf its own buffer, and the output projection is materialised as [embed, vocab].
 
     Why: XLA:CPU copies a scanned layer's weight slice before every matmul that reads it,
-    and multiplies by a transposed tied embedding at about two-thirds speed; at decode batch sizes
-    those copies cost as much as the matmuls. `forward` runs this layout unrolled, so
+    and multiplies by a transposed tied embedding at about two-thirds speed; at decode
+    batch sizes those copies cost as much as the matmuls. `forward` runs this layout unrolled, so
     every matmul reads its weight in place (at the price of a second copy of the weights).
     Works on logical-axis trees too (leaves that are tuples of names).
     """
@@ -168,6 +173,13 @@ def per_layer(params: Params, cfg: ModelConfig) -> Params:
     head = params.get("lm_head", params["embed"])
     out["lm_head"] = ("embed", "vocab") if isinstance(head, tuple) else lm_head(params, cfg)
     return out
+
+
+def per_layer_tree(cfg: ModelConfig) -> tuple[Params, Params]:
+    """(logical axes, shapes) of the per-layer layout, from shapes alone: what shardings
+    and the memory planner need."""
+    shapes = nnx.state(abstract_model(cfg), nnx.Param).to_pure_dict()
+    return per_layer(logical_axes(cfg), cfg), jax.eval_shape(lambda p: per_layer(p, cfg), shapes)
 
 
 def _lora_delta(x: jnp.ndarray, adapter: dict | None, ids: jnp.ndarray | None,
@@ -261,7 +273,7 @@ def forward(params: Params, cfg: ModelConfig, tokens: jnp.ndarray, *,
             carry, n = layer(carry, (p, ad, li))
             news.append(n)
         x, ck, cv = carry
-        new = jax.tree.map(lambda *a: jnp.stack(a), *news) if return_kv and cache is None else None
+        new = jax.tree.map(lambda *a: jnp.stack(a), *news)  # None when the layers return none
     else:
         (x, ck, cv), new = jax.lax.scan(layer, carry, (params["layers"], lora, jnp.arange(cfg.num_layers)))
     x = rms_norm(x, params["final_norm"].astype(cdt), cfg.rms_norm_eps)

@@ -49,8 +49,8 @@ from selflengthen_jax.config import Config, EngineSection, MeshSection, TrainSec
 from selflengthen_jax.models.attention import query_blocks, score_entries
 from selflengthen_jax.models.config import ModelConfig
 from selflengthen_jax.models.lora import adapter_shapes, lora_logical_axes
-from selflengthen_jax.models.transformer import (CACHE_BLOCK, K_CACHE_AXES, V_CACHE_AXES, abstract_model,
-                                                  logical_axes, per_layer)
+from selflengthen_jax.models.transformer import (CACHE_BLOCK, K_CACHE_AXES, V_CACHE_AXES, KVCache,
+                                                  abstract_model, logical_axes, per_layer_tree)
 from selflengthen_jax.parallel.mesh import AXES, mesh_shape
 from selflengthen_jax.parallel.peaks import DEVICES, GiB, DeviceSpec, device_spec
 from selflengthen_jax.parallel.rules import STRATEGIES, Rules, spec_for, strategy_rules
@@ -252,9 +252,7 @@ def cache_length(engine: EngineSection) -> int:
 
 def per_layer_bytes(cfg: ModelConfig, mesh: AnyMesh, rules: Rules) -> int:
     """Per-device bytes of the engine's per-layer copy of the weights (`per_layer`)."""
-    axes, shapes = _param_tree(cfg)
-    copy_shapes = jax.eval_shape(functools.partial(per_layer, cfg=cfg), shapes)
-    return tree_bytes(per_layer(axes, cfg), copy_shapes, mesh, rules)
+    return tree_bytes(*per_layer_tree(cfg), mesh, rules)
 
 
 def generation_breakdown(cfg: ModelConfig, engine: EngineSection, mesh: AnyMesh,
@@ -266,15 +264,17 @@ def generation_breakdown(cfg: ModelConfig, engine: EngineSection, mesh: AnyMesh,
     (the loaded params stay for training).
     """
     b = functools.partial(shard_bytes, mesh=mesh, rules=rules)
-    L, K, Dh, V = cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, cfg.vocab_size
+    V = cfg.vocab_size
     n, P = engine.slots, engine.max_prefill_len
-    T = cache_length(engine)
-    cache = (b(K_CACHE_AXES, (L, n, K, Dh, T), cfg.compute_dtype)
-             + b(V_CACHE_AXES, (L, n, K, T, Dh), cfg.compute_dtype))
+
+    def kv_bytes(length: int) -> int:
+        k_shape, v_shape = KVCache.shapes(cfg, n, length)
+        return b(K_CACHE_AXES, k_shape, cfg.compute_dtype) + b(V_CACHE_AXES, v_shape, cfg.compute_dtype)
+
+    cache = kv_bytes(cache_length(engine))
     largest_block = max((end - start) * end for start, end in query_blocks(P))  # score entries
     a = _acts(cfg, n, P, (largest_block, 0), cfg.compute_dtype, mesh, rules)
-    prefill = (b(K_CACHE_AXES, (L, n, K, Dh, P), cfg.compute_dtype)     # every layer's k/v
-               + b(V_CACHE_AXES, (L, n, K, P, Dh), cfg.compute_dtype)
+    prefill = (kv_bytes(P)   # every layer's k/v
                + a.linear_working + 2 * a.scores + a.mask)
     sampling = 2 * b(("batch", None), (n, V), jnp.bool_) + 3 * b(("batch", None), (n, V), jnp.float32)
     gathers = gathered_layer_bytes(cfg, mesh, rules, cfg.compute_dtype)
@@ -366,7 +366,8 @@ def plan(cfg: Config, model_cfg: ModelConfig, device_kind: str, num_devices: int
         strategies.append(StrategyPlan(
             name=name, mesh=tuple(mesh.shape.values()),
             generation_mesh=None if gen is None else tuple(gen[0].shape.values()),
-            generation=None if gen is None else generation_breakdown(mcfg, cfg.engine, *gen, platform=spec.platform),
+            generation=None if gen is None else generation_breakdown(
+                mcfg, cfg.engine, *gen, platform=spec.platform),
             training={m: training_breakdown(mcfg, cfg.train, m, mesh, rules) for m in TRAIN_MODES}))
     description = (f"{mcfg.model_type} {mcfg.num_params() / 1e9:.2f}B params, "
                    f"{mcfg.param_dtype} weights, {mcfg.compute_dtype} generation / "

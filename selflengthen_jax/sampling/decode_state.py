@@ -78,8 +78,9 @@ def prefill(params: Any, lora: Any, state: SlotState, rows: NewRows, eos_ids: jn
     seen = seen.at[jnp.arange(n), first].set(True)
 
     slot = jnp.where(rows.slot >= 0, rows.slot, state.pos.shape[0])  # filler rows are dropped
-    cache = KVCache(state.cache.k.at[:, slot, :, :, :p].set(out.kv.k.astype(state.cache.k.dtype), mode="drop"),
-                    state.cache.v.at[:, slot, :, :p].set(out.kv.v.astype(state.cache.v.dtype), mode="drop"))
+    k, v = state.cache
+    cache = KVCache(k.at[:, slot, :, :, :p].set(out.kv.k.astype(k.dtype), mode="drop"),   # [.., d, T]
+                    v.at[:, slot, :, :p].set(out.kv.v.astype(v.dtype), mode="drop"))      # [.., T, d]
     put = lambda old, new: old.at[slot].set(new, mode="drop")  # noqa: E731
     done = _is_eos(first, eos_ids) | (rows.max_new <= 1)
     state = SlotState(

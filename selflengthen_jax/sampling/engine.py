@@ -115,9 +115,10 @@ class Engine:
         b, v = self.section.slots, self.cfg.vocab_size
         n = partial(named, self.mesh, self.rules)
         vec = n(("batch",), (b,))
-        cache = jax.eval_shape(partial(ds.KVCache.zeros, self.cfg, b, self.cache_len, self.cache_dtype))
+        k_shape, v_shape = ds.KVCache.shapes(self.cfg, b, self.cache_len)
         return ds.SlotState(
-            cache=ds.KVCache(n(K_CACHE_AXES, cache.k.shape), n(V_CACHE_AXES, cache.v.shape)), last_token=vec, pos=vec, n_gen=vec, max_new=vec,
+            cache=ds.KVCache(n(K_CACHE_AXES, k_shape), n(V_CACHE_AXES, v_shape)),
+            last_token=vec, pos=vec, n_gen=vec, max_new=vec,
             done=vec, seen=n(("batch", None), (b, v)), keys=n(("batch", None), (b, 2)), adapter=vec,
             sampling=RowParams(vec, vec, vec, vec, vec))
 
