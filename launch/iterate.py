@@ -1,7 +1,7 @@
 """`python -m launch.iterate [--config FILE] [--dry-run] [--force] [key=value ...]`
 
 Runs the Self-Lengthen loop. With no arguments it runs the embedded demo
-(configs/demo.yaml: a tiny model the project builds itself). Killed at any point and
+(configs/demo.yaml on the tiny model shipped in the package). Killed at any point and
 started again with the same command, it continues where it stopped.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 
 from launch import cli
+from selflengthen_jax.demo.shipped import with_demo_model
 from selflengthen_jax.pipeline import signals, start
 
 
@@ -25,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.config is None:
         args.config = "demo"
     with cli.user_errors():
-        cfg = cli.config(args)
+        cfg = with_demo_model(cli.config(args))
         if args.dry_run:
             print(start.dry_run(cfg))
             return 0

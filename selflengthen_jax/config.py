@@ -16,7 +16,9 @@ from typing import Any, Literal, Sequence
 
 import yaml
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# The shipped run configs: the repository's configs/, reached through the package (a
+# link in the source tree, copied files in a wheel), so names resolve in any install.
+CONFIG_DIR = Path(__file__).parent / "configs"
 
 
 class ConfigError(ValueError):

@@ -1,4 +1,4 @@
-"""The non-weight files of the demo checkpoint, and the corpus they are built from.
+"""The non-weight files of the demo checkpoint.
 
 The embedded demo checkpoint is laid out like a downloaded Qwen2 model (config.json,
 generation_config.json, tokenizer files) so that `launch.iterate` exercises the
@@ -10,7 +10,6 @@ newest transformers serialization.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 from tokenizers import Tokenizer
@@ -18,19 +17,9 @@ from tokenizers import Tokenizer
 from selflengthen_jax.demo.tokenizer import (
     ENDOFTEXT_ID,
     IM_END_ID,
-    render_chatml,
     write_hf_tokenizer,
 )
-from selflengthen_jax.pipeline.prompts import extend_messages, judge_messages, self_instruct_prompt
 from selflengthen_jax.sampling.request import SamplingParams
-
-CORPUS_DIR = Path(__file__).parent / "corpus"
-LANGUAGES: tuple[str, ...] = ("en", "zh")
-# write: long-writing pairs (<lang>.jsonl); judge: "needs > 2,000 words?" yes/no
-# (judge_<lang>.jsonl); extend: short draft -> longer version (extend_<lang>.jsonl).
-TASKS: tuple[str, ...] = ("write", "judge", "extend")
-_ITEM_LABEL = re.compile(r"^(?:Instruction \d+: |指令\d+：)")
-_LABEL_SEPARATOR = {"en": " ", "zh": ""}  # what follows "Instruction 3:" / "指令3："
 
 
 def qwen2_demo_config(
@@ -128,86 +117,3 @@ def write_non_weight_files(out_dir: str | Path, tokenizer: Tokenizer, **config_o
     write_config(out_dir, config)
     write_generation_config(out_dir, [IM_END_ID, ENDOFTEXT_ID], ENDOFTEXT_ID)
     return config
-
-
-def _read_jsonl(name: str) -> list[dict]:
-    lines = (CORPUS_DIR / name).read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
-
-
-def load_corpus(
-    language: str, task: str = "write", templates_dir: str | Path | None = None
-) -> list[dict]:
-    """The demo pairs of one language and task, each with "prompt" and "response".
-
-    judge and extend files hold only the raw fields ("instruction", and the
-    "short" draft for extend); their prompts are rendered here with the
-    pipeline's own templates (or those in `templates_dir`), so the warm-up
-    fine-tune teaches exactly the prompts the loop will send.
-    """
-    if language not in LANGUAGES or task not in TASKS:
-        raise ValueError(f"unknown corpus {language!r}/{task!r}; have {LANGUAGES} x {TASKS}")
-    if task == "write":
-        return _read_jsonl(f"{language}.jsonl")
-    rows = _read_jsonl(f"{task}_{language}.jsonl")
-    for row in rows:
-        if task == "judge":
-            messages = judge_messages(language, row["instruction"], templates_dir=templates_dir)
-        else:
-            messages = extend_messages(
-                language, row["instruction"], row["short"], templates_dir=templates_dir
-            )
-        row["prompt"] = messages[0]["content"]
-    return rows
-
-
-def load_instruction_documents(language: str) -> list[str]:
-    """Self-instruct style documents ("Instruction 1: ..." / "指令1：..." lines).
-
-    Documents are separated by blank lines in instructions_<lang>.txt, each
-    listing three to five long-writing instructions.
-    """
-    if language not in LANGUAGES:
-        raise ValueError(f"unknown language {language!r}; have {LANGUAGES}")
-    text = (CORPUS_DIR / f"instructions_{language}.txt").read_text(encoding="utf-8")
-    return [doc.strip() for doc in text.split("\n\n") if doc.strip()]
-
-
-def item_text(line: str) -> str:
-    """The instruction on one document line, its "Instruction N: " / "指令N：" label removed."""
-    return _ITEM_LABEL.sub("", line)
-
-
-def self_instruct_texts(language: str, templates_dir: str | Path | None = None) -> list[str]:
-    """Raw-completion training texts: each instruction document continued from
-    the pipeline's self-instruct prompt (its first two items as the examples).
-
-    The model thus learns to follow "Instruction 3:" with one new instruction
-    and then start "Instruction 4", which is where the pipeline's stops cut.
-    """
-    texts = []
-    for doc in load_instruction_documents(language):
-        lines = doc.splitlines()
-        items = [item_text(line) for line in lines]
-        prompt = self_instruct_prompt(language, items[0], items[1], templates_dir=templates_dir)
-        texts.append(prompt + _LABEL_SEPARATOR[language] + "\n".join([items[2], *lines[3:]]))
-    return texts
-
-
-def corpus_texts() -> list[str]:
-    """Every demo text, in a fixed order, for tokenizer training.
-
-    Each pair contributes its prompt, its response and its ChatML rendering, so
-    the merges also cover the chat scaffolding the model will see.
-    """
-    texts: list[str] = []
-    for language in LANGUAGES:
-        for task in TASKS:
-            for pair in load_corpus(language, task):
-                messages = [
-                    {"role": "user", "content": pair["prompt"]},
-                    {"role": "assistant", "content": pair["response"]},
-                ]
-                texts += [pair["prompt"], pair["response"], render_chatml(messages)]
-        texts += self_instruct_texts(language)
-    return texts

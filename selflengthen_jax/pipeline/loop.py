@@ -1,7 +1,8 @@
 """The Self-Lengthen loop: iterations of self-instruct, generate, extend, train.
 
 Iteration 1 uses the base model in both roles; iteration k uses the Generator and
-Extender adapters trained in iteration k-1, registered on the one loaded base. Each
+Extender adapters trained in iteration k-1, registered on the one loaded base. New
+instructions always come from the base model. Each
 phase writes its records under `output_dir/iter_k/` and an atomic `<phase>.done`
 marker; generation goes through per-phase caches, so a killed run restarted with the
 same command continues where it stopped and ends with the same records.
@@ -24,11 +25,14 @@ from selflengthen_jax.pipeline.collect import write_long
 from selflengthen_jax.pipeline.seeds import load_seeds
 from selflengthen_jax.pipeline.store import (atomic_write_json, atomic_write_text, is_done, mark_done,
                                              read_jsonl, read_marker)
-from selflengthen_jax.pipeline.summary import iteration_summary, plot_lengths, summary_table
+from selflengthen_jax.pipeline.summary import growth_line, iteration_summary, plot_lengths, summary_table
 from selflengthen_jax.training.checkpointing import load_adapter
 from selflengthen_jax.training.trainer import train
 
 ROLE_DIRS = {"generator": "gen", "extender": "ext"}
+# As in the reference, the base model writes and judges new instructions in every
+# iteration: the trained roles answer and extend, they do not invent the tasks.
+SELF_INSTRUCT_ROLE = "base"
 
 
 def write_jsonl(path: Path, records: list[dict]) -> None:
@@ -108,7 +112,7 @@ class Loop:
         p = self.cfg.pipeline
         mk = lambda cache: self._phase_obj(d, k, cache, roles)  # noqa: E731
         instructions = self._phase(d, "instructions", lambda ph: phases.self_instruct(
-            ph, self._pool(k), p.instruct_count, f"i{k}", roles.generator), mk("instructions"))
+            ph, self._pool(k), p.instruct_count, f"i{k}", SELF_INSTRUCT_ROLE), mk("instructions"))
         initial = self._phase(d, "initial", lambda ph: phases.initial_responses(ph, instructions),
                               mk("initial"))
         extended = self._phase(d, "extended", lambda ph: phases.extend(ph, initial), mk("extended"))
@@ -153,7 +157,9 @@ class Loop:
         self._collect_more()
         if jax.process_index() == 0:
             n, dropped = write_long(self.out, self.out / "long.jsonl")
-            self.log(f"long.jsonl: {n} pairs ({dropped} duplicates dropped)")
+            self.log(growth_line(summaries))
+            self.log(f"{self.out / 'long.jsonl'}: {n} pairs ({dropped} duplicates dropped); "
+                     f"length histograms: {self.out / 'lengths.png'}")
         return summaries
 
     def _collect_more(self) -> None:
@@ -167,6 +173,6 @@ class Loop:
         roles = self._roles(k)
         ph = lambda cache: self._phase_obj(d, k, cache, roles)  # noqa: E731
         instructions = self._phase(d, "instructions", lambda p: phases.self_instruct(
-            p, self._pool(k), count, "c", roles.generator), ph("instructions"))
+            p, self._pool(k), count, "c", SELF_INSTRUCT_ROLE), ph("instructions"))
         self._phase(d, "initial", lambda p: phases.initial_responses(p, instructions), ph("initial"))
 

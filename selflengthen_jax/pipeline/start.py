@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import jax
@@ -31,8 +30,7 @@ def model_config(cfg: Config) -> ModelConfig:
         except KeyError as e:
             raise ConfigError(str(e.args[0])) from None
     if not cfg.model.path:
-        from selflengthen_jax.demo.hf_files import qwen2_demo_config
-        return ModelConfig.from_hf(qwen2_demo_config(4096), **dtypes)
+        raise ConfigError("model.path is empty and model.preset is not set: name a checkpoint")
     raise ConfigError(f"model.path {cfg.model.path} has no config.json and model.preset is not set")
 
 
@@ -55,10 +53,11 @@ def check_inputs(cfg: Config) -> None:
         raise ValueError("the seeds file must hold at least 2 instructions (few-shot examples)")
     if cfg.train.mode != "lora":
         raise ConfigError("the loop switches roles as LoRA adapters on one base: set train.mode=lora")
-    if cfg.model.path:
-        check_model(cfg.model.path)
-        weight_files(cfg.model.path)
-        validate_for_model(cfg, read_config(cfg.model.path).num_heads)
+    if not cfg.model.path:
+        raise ConfigError("model.path is empty: a run needs a checkpoint (model.preset serves --dry-run only)")
+    check_model(cfg.model.path)
+    weight_files(cfg.model.path)
+    validate_for_model(cfg, read_config(cfg.model.path).num_heads)
 
 
 def prepare(cfg: Config, force: bool = False) -> Path:
@@ -68,10 +67,6 @@ def prepare(cfg: Config, force: bool = False) -> Path:
 
 
 def run(cfg: Config, out: Path, log=print) -> list[dict]:
-    """The whole loop; builds the demo model first when model.path is empty."""
-    if not cfg.model.path:
-        from selflengthen_jax.demo.build import build_demo_checkpoint
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(
-            cfg.model, path=str(build_demo_checkpoint((cfg.language,), log=log))))
+    """The whole loop on the checkpoint in model.path."""
     engine = build_engine(cfg)
     return Loop(cfg, engine, out, log).run()

@@ -53,6 +53,15 @@ def summary_table(summaries: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def growth_line(summaries: list[dict]) -> str:
+    """The paper's claim in one line: mean words of the initial responses, first
+    iteration to last (each last one written by a Generator trained on longer texts)."""
+    first, last = summaries[0]["initial_words"]["mean"], summaries[-1]["initial_words"]["mean"]
+    ratio = f" ({last / first:.2f}×)" if first else ""
+    return (f"initial responses: {first:.0f} → {last:.0f} words{ratio} "
+            f"(iteration {summaries[0]['iteration']} → {summaries[-1]['iteration']})")
+
+
 def plot_lengths(out: Path, summaries: list[dict], path: Path) -> Path:
     """Histograms of initial and extended lengths per iteration."""
     import matplotlib

@@ -1,22 +1,14 @@
-"""Demo assets: corpus shape, tokenizer behaviour, and the HF-layout files."""
+"""Demo assets: tokenizer behaviour and the HF-layout files."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
 from tokenizers import Tokenizer
 
-from selflengthen_jax.demo.hf_files import (
-    LANGUAGES,
-    corpus_texts,
-    load_corpus,
-    load_instruction_documents,
-    qwen2_demo_config,
-    self_instruct_texts,
-    write_non_weight_files,
-)
+from selflengthen_jax.demo.corpus import LANGUAGES, stories, tokenizer_texts
+from selflengthen_jax.demo.hf_files import qwen2_demo_config, write_non_weight_files
 from selflengthen_jax.demo.tokenizer import (
     ENDOFTEXT,
     ENDOFTEXT_ID,
@@ -27,13 +19,6 @@ from selflengthen_jax.demo.tokenizer import (
     render_chatml,
     train_tokenizer,
 )
-from selflengthen_jax.pipeline.prompts import (
-    judge_answers,
-    parse_instruction,
-    self_instruct_prompt,
-    self_instruct_stop,
-)
-from selflengthen_jax.pipeline.text import count_words, quality_problems
 
 VOCAB = 2048
 SAMPLES = (
@@ -45,7 +30,7 @@ SAMPLES = (
 
 @pytest.fixture(scope="module")
 def texts() -> list[str]:
-    return corpus_texts()
+    return tokenizer_texts()
 
 
 @pytest.fixture(scope="module")
@@ -58,69 +43,6 @@ def hf_dir(tokenizer: Tokenizer, tmp_path_factory: pytest.TempPathFactory) -> Pa
     out = tmp_path_factory.mktemp("demo_ckpt")
     write_non_weight_files(out, tokenizer)
     return out
-
-
-# --- corpus -------------------------------------------------------------------
-
-
-def _paragraphs(text: str) -> list[str]:
-    return [p for p in re.split(r"\n\s*\n", text) if p.strip()]
-
-
-@pytest.mark.parametrize("language", LANGUAGES)
-def test_writing_pairs_are_well_formed(language: str) -> None:
-    pairs = load_corpus(language)
-    assert len(pairs) >= 60
-    assert len({p["prompt"] for p in pairs}) == len(pairs)
-    final = "." if language == "en" else "。"
-    low, high = (120, 300) if language == "en" else (200, 500)
-    for pair in pairs:
-        response = pair["response"]
-        assert pair["prompt"].strip() and response == response.strip()
-        assert response.endswith(final), pair["prompt"]
-        assert 3 <= len(_paragraphs(response)) <= 6, pair["prompt"]
-        assert low <= count_words(response) <= high, pair["prompt"]
-        # The pipeline's own filter (repeated n-grams, meta words, unfinished end).
-        assert quality_problems(response, language) == [], pair["prompt"]
-
-
-@pytest.mark.parametrize("language", LANGUAGES)
-def test_judge_pairs_use_pipeline_prompts(language: str) -> None:
-    judge = load_corpus(language, "judge")
-    assert len(judge) >= 20
-    assert {p["response"] for p in judge} == set(judge_answers(language))
-    for pair in judge:
-        assert pair["instruction"] in pair["prompt"] and pair["prompt"] != pair["instruction"]
-
-
-@pytest.mark.parametrize("language", LANGUAGES)
-def test_extend_pairs_lengthen_their_draft(language: str) -> None:
-    extend = load_corpus(language, "extend")
-    assert len(extend) >= 20
-    for pair in extend:
-        assert pair["short"] in pair["prompt"] and pair["instruction"] in pair["prompt"]
-        assert count_words(pair["response"]) > 2 * count_words(pair["short"])
-        assert quality_problems(pair["response"], language) == []
-
-
-@pytest.mark.parametrize("language", LANGUAGES)
-def test_instruction_documents_continue_the_self_instruct_prompt(language: str) -> None:
-    label = re.compile(r"^Instruction \d+: \S" if language == "en" else r"^指令\d+：\S")
-    docs = load_instruction_documents(language)
-    texts = self_instruct_texts(language)
-    assert len(docs) == len(texts) >= 10
-    for doc, text in zip(docs, texts):
-        lines = doc.splitlines()
-        assert len(lines) >= 3 and all(label.match(line) for line in lines)
-        numbers = [int(re.search(r"\d+", line).group()) for line in lines]
-        assert numbers == list(range(1, len(lines) + 1))
-        first, second, third = (parse_instruction(line) for line in lines[:3])
-        prompt = self_instruct_prompt(language, first, second)
-        assert text.startswith(prompt)
-        # What the engine would return: the continuation cut at the first stop.
-        completion = text[len(prompt) :]
-        stops = [completion.find(s) for s in self_instruct_stop(language) if s in completion]
-        assert parse_instruction(completion[: min(stops, default=len(completion))]) == third
 
 
 # --- tokenizer ----------------------------------------------------------------
@@ -150,7 +72,7 @@ def test_round_trip(tokenizer: Tokenizer, sample: str) -> None:
 
 def test_bpe_compresses_both_languages(tokenizer: Tokenizer) -> None:
     for language in LANGUAGES:
-        response = load_corpus(language)[0]["response"]
+        response = stories(language)[0]["response"]
         assert len(tokenizer.encode(response).ids) < len(response.encode("utf-8")) / 2
 
 
