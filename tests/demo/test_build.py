@@ -72,9 +72,9 @@ def test_build_command_writes_a_checkpoint_transformers_and_we_read_alike(tmp_pa
     assert not list(tmp_path.glob("*.building"))
 
     tok = transformers.AutoTokenizer.from_pretrained(out, local_files_only=True)
-    ids = tok.apply_chat_template([{"role": "user", "content": "Write a story about a river."}],
-                                  add_generation_prompt=True)
-    ids = ids["input_ids"] if isinstance(ids, dict) else ids
+    text = tok.apply_chat_template([{"role": "user", "content": "Write a story about a river."}],
+                                   add_generation_prompt=True, tokenize=False)
+    ids = tok(text, add_special_tokens=False)["input_ids"]
     hf = transformers.AutoModelForCausalLM.from_pretrained(out, torch_dtype=torch.float32).eval()
     with torch.no_grad():
         theirs = hf(input_ids=torch.tensor([ids])).logits.numpy()

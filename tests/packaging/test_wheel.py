@@ -68,7 +68,7 @@ def test_the_wheel_holds_the_demo_model_and_every_data_file(installed):
         "root = files('selflengthen_jax')",
         "for rel in ('configs/demo.yaml', 'pipeline/templates/en/extend.txt',",
         "            'pipeline/seeds/zh.jsonl', 'demo/corpus/en.jsonl',",
-        "            'demo/model/model.safetensors', 'demo/model/tokenizer.json',",
+        "            'demo/model/model.safetensors.index.json', 'demo/model/tokenizer.json',",
         "            'demo/model/demo_build.json'):",
         "    assert root.joinpath(rel).is_file(), rel",
     ]))
