@@ -2,7 +2,8 @@
 
 Runs the Self-Lengthen loop. With no arguments it runs the embedded demo
 (configs/demo.yaml: a tiny model the project builds itself). Killed at any point and
-started again with the same command, it continues where it stopped.
+started again with the same command, it continues where it stopped; Ctrl-C or SIGTERM
+stops it with one line and a resume hint.
 """
 
 from __future__ import annotations
@@ -10,13 +11,13 @@ from __future__ import annotations
 import sys
 
 from launch import cli
-from selflengthen_jax.pipeline import signals, start
+from selflengthen_jax.pipeline import start
 
 
 def main(argv: list[str] | None = None) -> int:
     p = cli.parser("launch.iterate", __doc__.splitlines()[2])
     p.add_argument("--dry-run", action="store_true",
-                   help="validate the config and print per-device memory; load no weights")
+                   help="run every start-up check and print per-device memory; load no weights")
     p.add_argument("--force", action="store_true", help="take over an output_dir of another run")
     p.add_argument("--distributed", action="store_true",
                    help="multi-host: every host runs this same command (jax.distributed.initialize)")
@@ -30,13 +31,9 @@ def main(argv: list[str] | None = None) -> int:
             print(start.dry_run(cfg))
             return 0
         out = start.prepare(cfg, force=args.force)
-    signals.install()
-    try:
-        start.run(cfg, out)
-    except signals.Preempted as stop:
-        print(f"{stop}: progress is saved in {cfg.output_dir}; rerun the same command to resume",
-              file=sys.stderr)
-        return 143
+        loop = start.start(cfg, out, force=args.force)
+    with cli.resumable(cfg.output_dir):
+        loop.run()
     return 0
 
 
