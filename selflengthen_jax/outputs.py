@@ -61,17 +61,22 @@ def _check_not_in_run(path: Path, what: str, own_run: str | Path | None) -> None
 
 def check_file(path: str | Path, inputs: Iterable[str | Path] = (), what: str = "--output",
                own_run: str | Path | None = None) -> Path:
-    """An output file: not a directory, in a writable place, not one of `inputs`, not
-    inside a run directory (other than `own_run`). Returns the path."""
+    """An output file: not a directory, in a writable place, neither one of `inputs`
+    nor inside an input directory, not inside a run directory (other than `own_run`).
+    Returns the path."""
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"{what} {path} is a directory; give a file path")
     _check_writable(path, what)
     resolved = path.resolve()
     for source in inputs:
-        if Path(source).resolve() == resolved:
+        src = Path(source).resolve()
+        if resolved == src:
             raise OutputError(f"{what} {path} is also an input ({source}); writing it would destroy "
                               "the input: choose another output")
+        if src.is_dir() and src in resolved.parents:
+            raise OutputError(f"{what} {path} lies inside the input directory {source}; choose a "
+                              "path outside it")
     _check_not_in_run(path, what, own_run)
     return path
 
