@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     with cli.user_errors():
         cfg = cli.config(args)
         if args.dry_run:
-            print(start.dry_run(cfg))
+            print(start.dry_run(cfg, force=args.force))
             return 0
         out = start.prepare(cfg, force=args.force)
         loop = start.start(cfg, out, force=args.force)

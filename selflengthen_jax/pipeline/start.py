@@ -51,11 +51,12 @@ def check_loop_settings(cfg: Config) -> None:
         raise ValueError("the seeds file must hold at least 2 instructions (few-shot examples)")
 
 
-def dry_run(cfg: Config) -> str:
+def dry_run(cfg: Config, force: bool = False) -> str:
     """Validate everything and plan memory for the configured device, loading no weights."""
     mcfg = model_config(cfg)
     validate_for_model(cfg, mcfg.num_heads)
     check_loop_settings(cfg)
+    check_output(cfg, force)
     n = cfg.plan.num_devices or jax.device_count()
     return format_plan(plan(cfg, mcfg, cfg.plan.device, n))
 
@@ -70,12 +71,18 @@ def check_inputs(cfg: Config) -> None:
         validate_for_model(cfg, read_config(cfg.model.path).num_heads)
 
 
-def prepare(cfg: Config, force: bool = False) -> Path:
-    """All start-up checks, output_dir included (refusing another run's); writes nothing."""
-    check_inputs(cfg)
+def check_output(cfg: Config, force: bool = False) -> Path:
+    """output_dir: a writable directory apart from the inputs, not inside another run,
+    and not another config's run (unless `force`); writes nothing."""
     inputs = [p for p in (cfg.model.path, cfg.pipeline.seeds_path, cfg.pipeline.templates_dir) if p]
     out = check_dir(cfg.output_dir, inputs, what="output_dir", own_run=cfg.output_dir)
     return run_dir.check(out, cfg.to_dict(), force)
+
+
+def prepare(cfg: Config, force: bool = False) -> Path:
+    """All start-up checks, output_dir included; writes nothing."""
+    check_inputs(cfg)
+    return check_output(cfg, force)
 
 
 def start(cfg: Config, out: Path, force: bool = False, log=print) -> Loop:

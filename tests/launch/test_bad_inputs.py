@@ -122,9 +122,10 @@ def test_iterate_refuses_an_output_dir_inside_another_run(work, capsys):
     refused(capsys, iterate.main, [f"output_dir={run / 'sub'}"], ["inside the run directory"], [work])
 
 
-def test_iterate_refuses_another_runs_output_dir(work, capsys):
+@pytest.mark.parametrize("dry", [[], ["--dry-run"]])
+def test_iterate_refuses_another_runs_output_dir(work, capsys, dry):
     run = run_dir(work)
-    refused(capsys, iterate.main, [f"output_dir={run}"], ["holds another run", "--force"], [work])
+    refused(capsys, iterate.main, [*dry, f"output_dir={run}"], ["holds another run", "--force"], [work])
 
 
 def test_iterate_truncated_weights_are_one_line_and_leave_output_dir_unclaimed(ckpt, work, capsys):
@@ -209,7 +210,8 @@ def test_generate_truncated_weights_are_one_line(ckpt, work, prompts, capsys):
 
 def test_generate_refuses_an_engine_larger_than_the_device(ckpt, work, prompts, capsys):
     refused(capsys, generate.main, ["--model", ckpt, "--input", prompts, "--output", work / "o.jsonl",
-                                    "engine.slots=100000000"], ["(engine.slots=100000000,", "lower engine.slots"], [work, ckpt])
+                                    "engine.slots=100000000"],
+            ["(engine.slots=100000000,", "lower engine.slots"], [work, ckpt])
 
 
 def test_generate_ctrl_c_exits_130_with_a_resume_hint(ckpt, work, prompts, capsys, monkeypatch):
@@ -424,3 +426,16 @@ def test_bench_sharding_refuses_an_out_inside_another_run(work, capsys):
 
 def test_bench_sharding_refuses_a_nan_value(work, capsys):
     refused(capsys, bench_sharding.main, ["train.learning_rate=.nan"], ["finite number"], [work])
+
+
+# -- bench_generate, bench_train -------------------------------------------------------------
+def test_bench_generate_refuses_an_out_that_is_a_file_before_measuring(work, capsys):
+    from launch import bench_generate
+    (work / "result").write_text("x")
+    refused(capsys, bench_generate.main, ["--out", "result", "--quick"], ["--out result is a file"], [work])
+
+
+def test_bench_train_refuses_an_out_that_is_a_directory_before_measuring(work, capsys):
+    from launch import bench_train
+    (work / "result.json").mkdir()
+    refused(capsys, bench_train.main, ["--out", "result.json"], ["--out result.json is a directory"], [work])
