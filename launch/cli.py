@@ -82,8 +82,9 @@ def user_errors() -> Iterator[None]:
     except RuntimeError as error:
         if "RESOURCE_EXHAUSTED" not in str(error):
             raise
-        fail(f"out of device memory: {str(error).strip().splitlines()[0]} (lower engine.slots, engine.max_new_tokens "
-             "or train.batch_size, or use more devices)")
+        first = str(error).strip().splitlines()[0]
+        fail(f"out of device memory: {first} (lower engine.slots, engine.max_new_tokens or "
+             "train.batch_size, or use more devices)")
 
 
 @contextlib.contextmanager
