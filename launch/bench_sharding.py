@@ -50,7 +50,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         [cfg.model.path] if cfg.model.path else [], what="--out",
                         own_run=None if chosen else cfg.output_dir)  # the default sits in the run's dir
         setup = prepare(cfg, bench, args.random_init)
-    result = run(setup)
+    with cli.resumable(out, saved=False):
+        result = run(setup)
     if jax.process_index() == 0:
         print(report.markdown(result))
         for path in report.write(result, out):

@@ -88,13 +88,15 @@ def user_errors() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def resumable(where: str | object) -> Iterator[None]:
-    """The compute phase: SIGTERM or Ctrl-C stops it with one line naming `where` the
-    progress is, and the exit code 128 + signal (143, 130); rerunning resumes."""
+def resumable(where: str | object, saved: bool = True) -> Iterator[None]:
+    """The compute phase: SIGTERM or Ctrl-C stops it with one line and the exit code
+    128 + signal (143, 130). With `saved`, progress kept in `where` lets a rerun
+    resume; without, `where` is written whole at the end, so it is untouched."""
     try:
         with signals.stoppable():
             yield
     except signals.Preempted as stop:
-        print(f"{stop}: progress is saved in {where}; rerun the same command to resume",
-              file=sys.stderr)
+        hint = (f"progress is saved in {where}; rerun the same command to resume" if saved
+                else f"{where} was not written (it is written whole at the end); rerun the same command")
+        print(f"{stop}: {hint}", file=sys.stderr)
         raise SystemExit(stop.exit_code) from None

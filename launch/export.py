@@ -81,10 +81,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         cfg, params = load_any(src, args.dtype or source_dtype(src), mesh)
         if args.adapter:
             params = with_adapter(params, cfg, Path(args.adapter), mesh)
-    if args.format == "hf":
-        export_hf(params, cfg, dst, tokenizer_dir=src)
-    else:
-        orbax_params.save_params(dst, params, cfg, tokenizer_dir=src)
+    with cli.resumable(dst, saved=False):
+        if args.format == "hf":
+            export_hf(params, cfg, dst, tokenizer_dir=src)
+        else:
+            orbax_params.save_params(dst, params, cfg, tokenizer_dir=src)
     print(dst)
 
 

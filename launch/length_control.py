@@ -41,8 +41,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             params = run.rewrite_params(cfg)
             engine = build_engine(cfg, args.model, max_new_tokens=params.max_new_tokens)
             rewrite = run.engine_rewriter(engine, params)
-    records = run.length_control(pairs, cfg, rewrite)
-    run.write_jsonl(args.output, records)
+    with cli.resumable(args.output, saved=False):
+        records = run.length_control(pairs, cfg, rewrite)
+        run.write_jsonl(args.output, records)
     sources = collections.Counter(r["rewrite"] for r in records)
     print(f"kept {len(records)} of {len(pairs)} pairs ({cfg.eval.min_words}-{cfg.eval.max_words} words); "
           f"rewrites: model {sources['model']}, template {sources['template']}; wrote {args.output}")

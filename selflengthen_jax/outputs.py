@@ -67,6 +67,8 @@ def check_file(path: str | Path, inputs: Iterable[str | Path] = (), what: str = 
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"{what} {path} is a directory; give a file path")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise OutputError(f"{what} {path} is not writable")
     _check_writable(path, what)
     resolved = path.resolve()
     for source in inputs:

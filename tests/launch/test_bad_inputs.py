@@ -365,6 +365,18 @@ def test_length_control_refuses_a_directory_as_output(work, pairs, capsys):
             ["is a directory"], [work])
 
 
+def test_length_control_ctrl_c_exits_130_and_writes_nothing(work, pairs, capsys, monkeypatch):
+    monkeypatch.setattr(length_control.run, "length_control",
+                        lambda *a: os.kill(os.getpid(), signal.SIGINT))
+    before = snapshot(work)
+    code, _, err = run_main(length_control.main, ["--input", pairs, "--output", "o.jsonl", "--template-only"],
+                            capsys)
+    assert code == 130
+    assert err.strip().splitlines() == ["stopped by signal SIGINT: o.jsonl was not written (it is written "
+                                        "whole at the end); rerun the same command"]
+    assert snapshot(work) == before
+
+
 def test_length_control_refuses_a_nan_top_p(work, pairs, capsys):
     refused(capsys, length_control.main, ["--input", pairs, "--output", "o.jsonl", "sampling.top_p=.nan"],
             ["sampling.top_p=nan must be a finite number"], [work])
