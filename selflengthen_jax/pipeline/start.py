@@ -52,9 +52,13 @@ def check_loop_settings(cfg: Config) -> None:
 
 
 def dry_run(cfg: Config, force: bool = False) -> str:
-    """Validate everything and plan memory for the configured device, loading no weights."""
+    """Validate everything and plan memory for the configured device, loading no weights
+    (a model.path that is here is checked like the real start checks it)."""
     mcfg = model_config(cfg)
     validate_for_model(cfg, mcfg.num_heads)
+    if cfg.model.path and Path(cfg.model.path, "config.json").is_file():
+        check_model(cfg.model.path)
+        weight_files(cfg.model.path)
     check_loop_settings(cfg)
     check_output(cfg, force)
     n = cfg.plan.num_devices or jax.device_count()

@@ -112,6 +112,13 @@ def test_iterate_dry_run_refuses_full_training_in_the_loop(work, capsys):
     refused(capsys, iterate.main, ["--dry-run", "train.mode=full"], ["set train.mode=lora"], [work])
 
 
+def test_iterate_dry_run_checks_the_weights_the_real_run_needs(ckpt, work, capsys):
+    bare = work / "no-weights"
+    shutil.copytree(ckpt, bare)
+    (bare / "model.safetensors").unlink()
+    refused(capsys, iterate.main, ["--dry-run", f"model.path={bare}"], ["has no weights"], [work])
+
+
 def test_iterate_refuses_an_output_dir_that_is_a_file(work, capsys):
     (work / "out").write_text("not a directory")
     refused(capsys, iterate.main, ["output_dir=out"], ["output_dir out is a file"], [work])
