@@ -31,8 +31,9 @@ def main(argv: list[str] | None = None) -> int:
             print(start.dry_run(cfg, force=args.force))
             return 0
         out = start.prepare(cfg, force=args.force)
-        loop = start.start(cfg, out, force=args.force)
-    with cli.resumable(cfg.output_dir):
+    with cli.resumable(cfg.output_dir):  # from here on, even while the model builds or loads
+        with cli.user_errors():
+            loop = start.start(cfg, out, force=args.force)
         loop.run()
     return 0
 

@@ -458,3 +458,14 @@ def test_bench_train_refuses_an_out_that_is_a_directory_before_measuring(work, c
     from launch import bench_train
     (work / "result.json").mkdir()
     refused(capsys, bench_train.main, ["--out", "result.json"], ["--out result.json is a directory"], [work])
+
+
+def test_iterate_sigterm_while_the_model_loads_stops_cleanly(ckpt, work, capsys, monkeypatch):
+    from selflengthen_jax.pipeline import start
+
+    def loading(cfg, out, force=False):
+        os.kill(os.getpid(), signal.SIGTERM)
+    monkeypatch.setattr(start, "start", loading)
+    code, _, err = run_main(iterate.main, [f"model.path={ckpt}", "output_dir=run"], capsys)
+    assert code == 143 and "stopped by signal SIGTERM" in err
+    assert not (work / "run").exists()
