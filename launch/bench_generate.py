@@ -20,7 +20,9 @@ import dataclasses  # noqa: E402
 import sys  # noqa: E402
 from typing import Sequence  # noqa: E402
 
+from launch import cli  # noqa: E402
 from selflengthen_jax.bench import generate as bench  # noqa: E402
+from selflengthen_jax.outputs import check_dir  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -29,6 +31,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, help="timed repeats of workload A (after a warm-up)")
     p.add_argument("--quick", action="store_true", help="a ~1 minute smoke run with small workloads")
     args = p.parse_args(argv)
+    with cli.user_errors():
+        check_dir(args.out, what="--out")  # before minutes of measuring
     spec = bench.QUICK if args.quick else bench.FULL
     if args.repeats is not None:
         spec = dataclasses.replace(spec, repeats=max(1, args.repeats))

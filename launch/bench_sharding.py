@@ -23,6 +23,7 @@ from launch import cli
 from selflengthen_jax.bench import sharding_report as report
 from selflengthen_jax.bench.sharding import load_bench, prepare, run
 from selflengthen_jax.config import load_config
+from selflengthen_jax.outputs import check_dir
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -44,10 +45,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         bench = load_bench(args.bench, bench_overrides)
         if args.strategies:
             bench = dataclasses.replace(bench, strategies=[s.strip() for s in args.strategies.split(",")])
+        chosen = args.out or bench.output_dir
+        out = check_dir(chosen or Path(cfg.output_dir) / "bench_sharding",
+                        [cfg.model.path] if cfg.model.path else [], what="--out",
+                        own_run=None if chosen else cfg.output_dir)  # the default sits in the run's dir
         setup = prepare(cfg, bench, args.random_init)
-    result = run(setup)
+    with cli.resumable(out, saved=False):
+        result = run(setup)
     if jax.process_index() == 0:
-        out = Path(args.out or bench.output_dir or Path(cfg.output_dir) / "bench_sharding")
         print(report.markdown(result))
         for path in report.write(result, out):
             print(f"wrote {path}", file=sys.stderr)

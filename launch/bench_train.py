@@ -38,10 +38,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
+from launch import cli  # noqa: E402
 from selflengthen_jax.checkpoint.hf_import import load_params, read_config  # noqa: E402
 from selflengthen_jax.config import MeshSection, TrainSection  # noqa: E402
 from selflengthen_jax.models.lora import init_lora, lora_logical_axes  # noqa: E402
 from selflengthen_jax.models.transformer import logical_axes  # noqa: E402
+from selflengthen_jax.outputs import check_file  # noqa: E402
 from selflengthen_jax.parallel.mesh import make_mesh  # noqa: E402
 from selflengthen_jax.parallel.rules import strategy_rules, tree_shardings  # noqa: E402
 from selflengthen_jax.training.data import Batch  # noqa: E402
@@ -240,6 +242,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.rss_of:
         rss_child(args.rss_of, args.checkpoint, args.steps)
         return
+    with cli.user_errors():
+        check_file(args.out, what="--out")  # before minutes of measuring
     with tempfile.TemporaryDirectory() as tmp:
         path = build_checkpoint(Path(tmp) / "qwen2-40m")
         rss = {name: peak_rss_mib(name, path, args.warmup + 1) for name in RUNNERS}

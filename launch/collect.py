@@ -5,6 +5,8 @@
 Default: every iteration whose iter_k/ holds initial.jsonl and extended.jsonl, plus the
 extra round in DIR/collect/ if the run made one; --iters takes only the listed iterations.
 Records are deduplicated by (instruction, response); ids become iter_k/<file>/<id>.
+The output must lie outside the run directory, and an existing file there must be one
+this script wrote.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import argparse
 from typing import Sequence
 
 from launch import cli
-from selflengthen_jax.pipeline.collect import write_long
+from selflengthen_jax.outputs import check_file
+from selflengthen_jax.pipeline.collect import FIELDS, write_long
+from selflengthen_jax.pipeline.store import check_rewritable
 
 
 def iteration_list(text: str) -> list[int]:
@@ -37,6 +41,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--output", required=True, help="JSONL to write (atomically)")
     args = p.parse_args(argv)
     with cli.user_errors():
+        check_file(args.output, [args.run])
+        check_rewritable(args.output, (*FIELDS, "source"))
         written, dropped = write_long(args.run, args.output, args.iters)
     print(f"wrote {written} records to {args.output} ({dropped} duplicates dropped)")
 

@@ -19,6 +19,7 @@ from typing import Mapping, Sequence
 from launch import cli
 from selflengthen_jax.config import Config
 from selflengthen_jax.eval import run
+from selflengthen_jax.outputs import check_dir, check_file
 from selflengthen_jax.sampling.batch import PromptItem
 
 
@@ -51,14 +52,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     with cli.user_errors():
         cfg = cli.config(args)
         judge = run.judge_choice(cfg, args.judge_model, args.judge_url, args.judge_name)
+        models = [m for m in (args.model or cfg.model.path, args.judge_model) if m]
+        out_dir = check_dir(args.output, models)
+        for name in run.WRITES:
+            check_file(out_dir / name, [args.benchmark])
         items = run.read_benchmark(args.benchmark, with_responses=args.responses_only)
-        out_dir = Path(args.output)
-        out_dir.mkdir(parents=True, exist_ok=True)
         generation = None if args.responses_only else run.prepare_generation(cfg, args.model, items, out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
     if generation is None:
         rows = [item.record for item in items]
     else:
-        rows = run.generate_responses(generation, items)
+        with cli.resumable(out_dir / run.RESPONSES):
+            rows = run.generate_responses(generation, items)
     report = run.write_scores(rows, [item.id for item in items], out_dir)
     judged = _judge(judge, cfg, rows, items, out_dir) if judge else None
     print("\n".join(run.summary(report, judged)))

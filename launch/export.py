@@ -7,7 +7,8 @@ The source is a Hugging Face checkpoint or one of our Orbax params directories (
 apart by its `params/` folder). `--format hf` (default) writes sharded safetensors that
 transformers and vLLM load; `--format orbax` writes our params directory, which
 restores faster onto a mesh. Tokenizer files are copied along. Weights are sharded over
-all devices while converting, so a model larger than one device still converts.
+all devices while converting, so a model larger than one device still converts. An
+existing --to is replaced only if it holds nothing but what this export writes.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from launch import cli
 from selflengthen_jax.checkpoint import orbax_params
-from selflengthen_jax.checkpoint.hf_export import export_hf
+from selflengthen_jax.checkpoint.hf_export import WRITES as HF_WRITES, export_hf
 from selflengthen_jax.checkpoint.hf_import import load_params, read_config
 from selflengthen_jax.checkpoint.loader import param_shardings
 from selflengthen_jax.config import MeshSection
 from selflengthen_jax.models.config import ModelConfig
 from selflengthen_jax.models.lora import check_compatible, merge_lora
 from selflengthen_jax.models.transformer import Params
+from selflengthen_jax.outputs import check_dir, check_replaceable
 from selflengthen_jax.parallel.mesh import make_mesh
 from selflengthen_jax.parallel.rules import strategy_rules
 from selflengthen_jax.training.checkpointing import load_adapter
@@ -65,23 +67,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     p = cli.parser("launch.export",
                    "Convert a model directory (HF <-> ours), optionally merging a LoRA adapter.")
     p.add_argument("--from", dest="src", required=True, help="HF checkpoint or our params directory")
-    p.add_argument("--to", dest="dst", required=True, help="output directory (replaced if present)")
+    p.add_argument("--to", dest="dst", required=True,
+                   help="output directory (an earlier export there is replaced; anything else is refused)")
     p.add_argument("--adapter", help="adapter directory from launch.train (merged into the weights)")
     p.add_argument("--format", choices=("hf", "orbax"), default="hf")
     p.add_argument("--dtype", choices=DTYPES, help="weight dtype to write (default: the source's)")
     args = cli.parse(p, argv)
     src, dst = Path(args.src), Path(args.dst)
     with cli.user_errors():
-        if src.resolve() == dst.resolve():
-            raise ValueError("--to must differ from --from (the output directory is replaced)")
+        check_dir(dst, [src, *filter(None, [args.adapter])], what="--to")
+        check_replaceable(dst, HF_WRITES if args.format == "hf" else orbax_params.WRITES)
         mesh = make_mesh(MeshSection(data=1, fsdp=-1))
         cfg, params = load_any(src, args.dtype or source_dtype(src), mesh)
         if args.adapter:
             params = with_adapter(params, cfg, Path(args.adapter), mesh)
-    if args.format == "hf":
-        export_hf(params, cfg, dst, tokenizer_dir=src)
-    else:
-        orbax_params.save_params(dst, params, cfg, tokenizer_dir=src)
+    with cli.resumable(dst, saved=False):
+        if args.format == "hf":
+            export_hf(params, cfg, dst, tokenizer_dir=src)
+        else:
+            orbax_params.save_params(dst, params, cfg, tokenizer_dir=src)
     print(dst)
 
 

@@ -5,7 +5,8 @@
 
 Input lines: {"id"?, "prompt", "raw"?} or {"id"?, "messages": [...]}; output lines are the
 input fields plus response, response_token_ids, prompt_tokens, completion_tokens and
-finish_reason. Ids already in the output are skipped, so rerunning resumes.
+finish_reason. Ids already in the output are skipped, so rerunning resumes. An existing
+output that this script did not write is refused, never truncated.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from __future__ import annotations
 from typing import Sequence
 
 from launch import cli
+from selflengthen_jax.outputs import check_file
 from selflengthen_jax.pipeline.store import JsonlStore
-from selflengthen_jax.sampling.batch import check_prompt_lengths, generate_missing, read_prompts
+from selflengthen_jax.sampling.batch import OUTPUT_FIELDS, check_prompt_lengths, generate_missing, read_prompts
 from selflengthen_jax.sampling.service import build_engine, sampling_params
 
 
@@ -29,8 +31,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     with cli.user_errors():
         flags = [] if args.max_new_tokens is None else [f"sampling.max_new_tokens={args.max_new_tokens}"]
         cfg = cli.config(args, flags)
+        check_file(args.output, [args.input, *filter(None, [args.model or cfg.model.path])])
         items = read_prompts(args.input)
-        store = JsonlStore.open(args.output)
+        store = JsonlStore.open(args.output, fields=OUTPUT_FIELDS)
         todo = [item for item in items if item.id not in store]
         params = sampling_params(cfg.sampling, seed=cfg.seed, greedy=args.greedy)
         if not todo:
@@ -38,7 +41,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             return
         engine = build_engine(cfg, args.model, max_new_tokens=params.max_new_tokens)
         check_prompt_lengths(engine, todo)
-    done = generate_missing(engine, todo, store, params)
+    with cli.resumable(args.output):
+        done = generate_missing(engine, todo, store, params)
     print(f"generated {done}, skipped {len(items) - done} already in {args.output}")
 
 

@@ -6,7 +6,8 @@
 Input lines: {"id", "instruction" | "prompt", "response", "language"?}. Pairs with
 eval.min_words..eval.max_words words are kept; the model (greedy) rewrites each query to
 include its demand, and a template is used where the rewrite is unusable or with
---template-only. The output is written atomically once all records exist.
+--template-only. The output is written atomically once all records exist; it must not
+be the input, and an existing file there must be one this script wrote.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Sequence
 
 from launch import cli
 from selflengthen_jax.eval import run
+from selflengthen_jax.outputs import check_file
+from selflengthen_jax.pipeline.store import check_rewritable
 from selflengthen_jax.sampling.service import build_engine
 
 
@@ -30,14 +33,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     with cli.user_errors():
         cfg = cli.config(args)
         run.word_bounds(cfg)
+        check_file(args.output, [args.input, *filter(None, [args.model or cfg.model.path])])
+        check_rewritable(args.output, run.LENGTH_CONTROL_FIELDS)
         pairs = run.read_pairs(args.input)
         rewrite = None
         if not args.template_only:
             params = run.rewrite_params(cfg)
             engine = build_engine(cfg, args.model, max_new_tokens=params.max_new_tokens)
             rewrite = run.engine_rewriter(engine, params)
-    records = run.length_control(pairs, cfg, rewrite)
-    run.write_jsonl(args.output, records)
+    with cli.resumable(args.output, saved=False):
+        records = run.length_control(pairs, cfg, rewrite)
+        run.write_jsonl(args.output, records)
     sources = collections.Counter(r["rewrite"] for r in records)
     print(f"kept {len(records)} of {len(pairs)} pairs ({cfg.eval.min_words}-{cfg.eval.max_words} words); "
           f"rewrites: model {sources['model']}, template {sources['template']}; wrote {args.output}")

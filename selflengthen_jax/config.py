@@ -9,6 +9,7 @@ are parsed with `yaml.safe_load` only (never eval).
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -162,11 +163,20 @@ class Config:
 
 POSITIVE = {"engine.slots", "engine.max_prefill_len", "engine.max_new_tokens",
             "engine.decode_chunk", "engine.prefill_tokens", "train.epochs", "train.batch_size", "train.grad_accum",
-            "train.cutoff_len", "train.save_every", "train.keep", "train.lora.rank",
-            "pipeline.max_iter", "pipeline.instruct_count", "sampling.max_new_tokens",
-            "mesh.fsdp", "mesh.tensor", "pipeline.max_new_tokens"}
+            "train.cutoff_len", "train.save_every", "train.keep", "train.log_every", "train.lora.rank",
+            "pipeline.max_iter", "pipeline.instruct_count", "pipeline.instruct_tries",
+            "pipeline.responses_per_instruction", "pipeline.response_tries",
+            "pipeline.extensions_per_response", "pipeline.extension_rounds", "pipeline.extension_tries",
+            "pipeline.min_instruction_words", "pipeline.max_instruction_words", "pipeline.ngram_zh",
+            "pipeline.ngram_en", "pipeline.max_new_tokens", "pipeline.instruct_max_new_tokens",
+            "sampling.max_new_tokens", "eval.max_new_tokens", "mesh.fsdp", "mesh.tensor"}
+NON_NEGATIVE = {"seed", "sampling.top_k", "pipeline.collect_count", "plan.num_devices",
+                "train.weight_decay", "train.max_grad_norm", "sampling.temperature"}
 FRACTIONS = {"train.warmup_ratio", "pipeline.finish_fraction", "pipeline.line_keep_prob",
              "sampling.top_p", "train.lora.dropout", "pipeline.dedup_threshold"}
+ABOVE_ZERO = {"train.learning_rate", "sampling.repetition_penalty", "train.lora.alpha"}  # floats > 0
+HINTS = {"sampling.top_k": " (0 disables it)", "plan.num_devices": " (0: the devices present)",
+         "train.max_grad_norm": " (0 disables clipping)"}
 
 
 def _build(cls: type, data: Any, prefix: str) -> Any:
@@ -296,27 +306,47 @@ def _get(cfg: Config, dotted: str) -> Any:
     return node
 
 
+def _leaves(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted key, value) of every scalar field in the tree."""
+    out = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            out += _leaves(value, f"{prefix}{f.name}.")
+        else:
+            out.append((f"{prefix}{f.name}", value))
+    return out
+
+
 def validate(cfg: Config) -> None:
-    """Value checks that types alone cannot express."""
-    for key in POSITIVE:
+    """Value checks that types alone cannot express: every float finite, every count
+    positive where zero or less means nothing, every ratio in its range."""
+    for key, value in _leaves(cfg):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key}={value} must be a finite number")
+    for key in sorted(POSITIVE):
         if _get(cfg, key) <= 0:
             raise ConfigError(f"{key}={_get(cfg, key)} must be a positive integer")
-    for key in FRACTIONS:
+    for key in sorted(NON_NEGATIVE):
+        if _get(cfg, key) < 0:
+            raise ConfigError(f"{key}={_get(cfg, key)} must be >= 0{HINTS.get(key, '')}")
+    for key in sorted(ABOVE_ZERO):
+        if _get(cfg, key) <= 0:
+            raise ConfigError(f"{key}={_get(cfg, key)} must be > 0")
+    for key in sorted(FRACTIONS):
         v = _get(cfg, key)
         if not 0.0 <= v <= 1.0:
             raise ConfigError(f"{key}={v} must lie in [0, 1]")
     if cfg.mesh.data == 0 or cfg.mesh.data < -1:
         raise ConfigError(f"mesh.data={cfg.mesh.data} must be a positive integer or -1 (all remaining devices)")
-    if cfg.sampling.temperature < 0:
-        raise ConfigError(f"sampling.temperature={cfg.sampling.temperature} must be >= 0")
-    if cfg.sampling.top_k < 0:
-        raise ConfigError(f"sampling.top_k={cfg.sampling.top_k} must be >= 0 (0 disables it)")
-    if cfg.sampling.repetition_penalty <= 0:
-        raise ConfigError("sampling.repetition_penalty must be > 0")
-    if cfg.train.learning_rate <= 0:
-        raise ConfigError(f"train.learning_rate={cfg.train.learning_rate} must be > 0")
+    if cfg.train.max_steps == 0 or cfg.train.max_steps < -1:
+        raise ConfigError(f"train.max_steps={cfg.train.max_steps} must be a positive integer or -1 "
+                          "(the epochs decide)")
     if cfg.pipeline.min_extension_ratio < 1.0:
-        raise ConfigError("pipeline.min_extension_ratio must be >= 1.0")
+        raise ConfigError(f"pipeline.min_extension_ratio={cfg.pipeline.min_extension_ratio} must be >= 1.0")
+    if cfg.pipeline.min_instruction_words > cfg.pipeline.max_instruction_words:
+        raise ConfigError(f"pipeline.min_instruction_words={cfg.pipeline.min_instruction_words} exceeds "
+                          f"pipeline.max_instruction_words={cfg.pipeline.max_instruction_words}")
 
 
 def validate_for_model(cfg: Config, num_heads: int) -> None:

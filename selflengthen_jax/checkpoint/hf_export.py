@@ -20,10 +20,14 @@ from selflengthen_jax.checkpoint.hf_layout import leaf_mappings
 from selflengthen_jax.checkpoint.safetensors_io import save_file
 from selflengthen_jax.models.config import ModelConfig
 from selflengthen_jax.models.transformer import Params
+from selflengthen_jax.outputs import fresh_partial, replace_dir
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "vocab.json", "merges.txt", "tokenizer.model", "generation_config.json",
                    "chat_template.jinja", "added_tokens.json")
+# Everything `export_hf` puts in its directory: only such a directory is ever replaced.
+WRITES = ("config.json", "model-*-of-*.safetensors", "part-*.safetensors",
+          "model.safetensors.index.json", *TOKENIZER_FILES)
 
 
 def hf_tensors(params: Params, cfg: ModelConfig) -> Iterator[tuple[str, np.ndarray]]:
@@ -51,14 +55,14 @@ def export_hf(params: Params, cfg: ModelConfig, out_dir: str | Path,
 
     Shards are written as they fill (the host holds one shard, not the model). Only
     process 0 writes; the directory is filled under a temporary name and renamed at the
-    end, so a crash never leaves a directory that looks complete.
+    end, so a crash never leaves a directory that looks complete. An existing `out_dir`
+    is replaced only if it holds nothing but what this function writes (`WRITES`).
     """
     out = Path(out_dir)
-    tmp = out.with_name(out.name + ".partial")
     is_writer = jax.process_index() == 0
+    tmp = out.absolute().with_name(out.name + ".partial")
     if is_writer:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        fresh_partial(out, WRITES).mkdir(parents=True)
     files: list[list[str]] = []   # tensor names per shard, written as soon as a shard fills
     shard: dict[str, np.ndarray] = {}
     total = shard_start = 0
@@ -91,7 +95,5 @@ def export_hf(params: Params, cfg: ModelConfig, out_dir: str | Path,
             src = Path(tokenizer_dir) / f
             if src.is_file():
                 shutil.copy2(src, tmp / f)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    replace_dir(tmp, out, WRITES)
     return out

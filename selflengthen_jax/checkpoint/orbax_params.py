@@ -23,8 +23,11 @@ from jax.sharding import SingleDeviceSharding
 from selflengthen_jax.checkpoint.hf_export import TOKENIZER_FILES
 from selflengthen_jax.models.config import ModelConfig
 from selflengthen_jax.models.transformer import Params, abstract_model
+from selflengthen_jax.outputs import fresh_partial, replace_dir
 
 PARAMS_DIR = "params"
+# Everything `save_params` puts in its directory (Orbax may leave `params.*` temporaries).
+WRITES = (f"{PARAMS_DIR}*", "config.json", *TOKENIZER_FILES)
 
 
 def is_params_dir(path: str | Path) -> bool:
@@ -34,11 +37,12 @@ def is_params_dir(path: str | Path) -> bool:
 
 def save_params(out_dir: str | Path, params: Params, cfg: ModelConfig,
                 tokenizer_dir: str | Path | None = None) -> Path:
-    """Write params (cast to cfg.param_dtype), config.json and the tokenizer files."""
+    """Write params (cast to cfg.param_dtype), config.json and the tokenizer files. An
+    existing `out_dir` is replaced only if it holds nothing but what this writes."""
     out = Path(out_dir).absolute()
     tmp = out.with_name(out.name + ".partial")
     if jax.process_index() == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
+        fresh_partial(out, WRITES)
     multihost_utils.sync_global_devices(f"save_params:{tmp}")
     dtype = jnp.dtype(cfg.param_dtype)
     with ocp.StandardCheckpointer() as ckpt:
@@ -50,8 +54,7 @@ def save_params(out_dir: str | Path, params: Params, cfg: ModelConfig,
             src = Path(tokenizer_dir) / name
             if src.is_file():
                 shutil.copy2(src, tmp / name)
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
+        replace_dir(tmp, out, WRITES)
     multihost_utils.sync_global_devices(f"save_params:{out}")
     return out
 

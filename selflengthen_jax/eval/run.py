@@ -32,6 +32,7 @@ from selflengthen_jax.eval.scores import markdown_table, report_json, score_reco
 from selflengthen_jax.pipeline.store import JsonlStore, atomic_write_json, atomic_write_text
 from selflengthen_jax.pipeline.text import LANGUAGES
 from selflengthen_jax.sampling.batch import (
+    OUTPUT_FIELDS,
     PromptItem,
     check_prompt_lengths,
     check_unique,
@@ -44,6 +45,8 @@ from selflengthen_jax.sampling.request import Request, SamplingParams
 from selflengthen_jax.sampling.service import build_engine, check_model, sampling_params
 
 BENCHMARK_FIELDS = ("query", "type", "constraint", "language", "range")
+RESPONSES = "responses.jsonl"
+WRITES = (RESPONSES, "report.json", "report.md", "lengths.png", "judge.json")  # in --output
 JUDGE_MAX_NEW_TOKENS = 512
 
 
@@ -113,7 +116,7 @@ def prepare_generation(cfg: Config, model_path: str | None, items: Sequence[Prom
                        out_dir: Path) -> Generation:
     """Open out_dir/responses.jsonl, check it fits the benchmark, and load the model only
     if some row is unanswered (all checks happen here, before any compute)."""
-    store = JsonlStore.open(out_dir / "responses.jsonl")
+    store = JsonlStore.open(out_dir / RESPONSES, fields=OUTPUT_FIELDS)
     check_resumable(items, store)
     params = eval_params(cfg)
     todo = [item for item in items if item.id not in store]
@@ -223,6 +226,7 @@ def summary(report: Mapping, judged: Mapping | None) -> list[str]:
 
 # -- length-control data --------------------------------------------------------------------
 Rewrite = Callable[[Sequence[Plan]], list[str | None]]
+LENGTH_CONTROL_FIELDS = ("id", "prompt", "response", "demand", "rewrite")  # in every record written
 
 
 def read_pairs(path: str | Path) -> list[dict]:

@@ -1,30 +1,45 @@
-"""An output directory belongs to one run config; reusing it for another is refused."""
+"""An output directory belongs to one run config; reusing it for another is refused.
+
+`check` only reads, so start-up can refuse a taken directory before any work; `claim`
+writes the record once every start-up check has passed, so a failed start leaves the
+directory as it found it and the corrected command is not refused as "another run".
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
-from selflengthen_jax.config import Config
+from selflengthen_jax.outputs import RUN_FILE
 from selflengthen_jax.pipeline.store import atomic_write_json
 
-RUN_FILE = "run_config.json"
 
-
-def claim(cfg: Config, force: bool = False) -> Path:
-    """Create output_dir (or resume it); refuse one written with a different config."""
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    mine = cfg.to_dict()
-    path = out / RUN_FILE
-    if path.is_file() and not force:
-        theirs = json.loads(path.read_text(encoding="utf-8"))
+def check(out: str | Path, mine: dict[str, Any], force: bool = False, name: str = RUN_FILE) -> Path:
+    """Refuse `out` when its `name` record is another run's (unless `force`); writes nothing."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output directory {out} is a file; give a directory path")
+    path = out / name
+    if path.exists() and not force:
+        try:
+            theirs = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise ValueError(f"{path} is not a run record (not JSON); pass --force to take "
+                             f"{out} over") from None
         if theirs != mine:
             diff = sorted(_diff(theirs, mine))
             raise ValueError(
-                f"output_dir {out} holds another run (config differs at: {', '.join(diff[:8])}); "
-                "choose another output_dir= or pass --force to take it over")
-    atomic_write_json(path, mine)
+                f"output directory {out} holds another run (config differs at: {', '.join(diff[:8])}); "
+                "choose another output directory or pass --force to take it over")
+    return out
+
+
+def claim(out: str | Path, mine: dict[str, Any], force: bool = False, name: str = RUN_FILE) -> Path:
+    """`check`, then create `out` (or resume it) and record `mine` as its owner."""
+    out = check(out, mine, force, name)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / name, mine)
     return out
 
 

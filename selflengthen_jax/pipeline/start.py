@@ -1,4 +1,8 @@
-"""Start-up of the loop: every check before compute, then the engine and the loop."""
+"""Start-up of the loop: every check before compute, then the engine, then the claim.
+
+`output_dir` is claimed (its run_config.json written) only once the model has loaded,
+so a start-up that fails for any reason leaves the directory as it found it.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +14,12 @@ from selflengthen_jax.checkpoint.hf_import import read_config, weight_files
 from selflengthen_jax.config import Config, ConfigError, validate_for_model
 from selflengthen_jax.models.config import ModelConfig
 from selflengthen_jax.models.presets import model_config_from_name
+from selflengthen_jax.outputs import check_dir
 from selflengthen_jax.parallel.mesh import mesh_shape
 from selflengthen_jax.parallel.planner import format_plan, plan
+from selflengthen_jax.pipeline import run_dir
 from selflengthen_jax.pipeline.loop import Loop
 from selflengthen_jax.pipeline.prompts import load_templates
-from selflengthen_jax.pipeline.run_dir import claim
 from selflengthen_jax.pipeline.seeds import load_seeds
 from selflengthen_jax.sampling.service import build_engine, check_model
 
@@ -34,12 +39,26 @@ def model_config(cfg: Config) -> ModelConfig:
     raise ConfigError(f"model.path {cfg.model.path} has no config.json and model.preset is not set")
 
 
-def dry_run(cfg: Config) -> str:
-    """Validate everything and plan memory for the configured device, loading no weights."""
+def check_loop_settings(cfg: Config) -> None:
+    """What the loop itself needs, checked by --dry-run and the real start alike."""
+    if cfg.train.mode != "lora":
+        raise ConfigError("the loop switches roles as LoRA adapters on one base: set train.mode=lora")
+    load_templates(cfg.language, cfg.pipeline.templates_dir or None)
+    seeds = load_seeds(cfg.language, cfg.pipeline.seeds_path or None)
+    if len(seeds) < 2:
+        raise ValueError("the seeds file must hold at least 2 instructions (few-shot examples)")
+
+
+def dry_run(cfg: Config, force: bool = False) -> str:
+    """Validate everything and plan memory for the configured device, loading no weights
+    (a model.path that is here is checked like the real start checks it)."""
     mcfg = model_config(cfg)
     validate_for_model(cfg, mcfg.num_heads)
-    load_templates(cfg.language, cfg.pipeline.templates_dir or None)
-    load_seeds(cfg.language, cfg.pipeline.seeds_path or None)
+    if cfg.model.path and Path(cfg.model.path, "config.json").is_file():
+        check_model(cfg.model.path)
+        weight_files(cfg.model.path)
+    check_loop_settings(cfg)
+    check_output(cfg, force)
     n = cfg.plan.num_devices or jax.device_count()
     return format_plan(plan(cfg, mcfg, cfg.plan.device, n))
 
@@ -47,12 +66,7 @@ def dry_run(cfg: Config) -> str:
 def check_inputs(cfg: Config) -> None:
     """Everything a user can get wrong, checked before any weight is read."""
     mesh_shape(cfg.mesh, jax.device_count())
-    load_templates(cfg.language, cfg.pipeline.templates_dir or None)
-    seeds = load_seeds(cfg.language, cfg.pipeline.seeds_path or None)
-    if len(seeds) < 2:
-        raise ValueError("the seeds file must hold at least 2 instructions (few-shot examples)")
-    if cfg.train.mode != "lora":
-        raise ConfigError("the loop switches roles as LoRA adapters on one base: set train.mode=lora")
+    check_loop_settings(cfg)
     if not cfg.model.path:
         raise ConfigError("model.path is empty: a run needs a checkpoint (model.preset serves --dry-run only)")
     check_model(cfg.model.path)
@@ -60,13 +74,23 @@ def check_inputs(cfg: Config) -> None:
     validate_for_model(cfg, read_config(cfg.model.path).num_heads)
 
 
+def check_output(cfg: Config, force: bool = False) -> Path:
+    """output_dir: a writable directory apart from the inputs, not inside another run,
+    and not another config's run (unless `force`); writes nothing."""
+    inputs = [p for p in (cfg.model.path, cfg.pipeline.seeds_path, cfg.pipeline.templates_dir) if p]
+    out = check_dir(cfg.output_dir, inputs, what="output_dir", own_run=cfg.output_dir)
+    return run_dir.check(out, cfg.to_dict(), force)
+
+
 def prepare(cfg: Config, force: bool = False) -> Path:
-    """All start-up checks, then claim output_dir for this run (refusing another run's)."""
+    """All start-up checks, output_dir included; writes nothing."""
     check_inputs(cfg)
-    return claim(cfg, force)
+    return check_output(cfg, force)
 
 
-def run(cfg: Config, out: Path, log=print) -> list[dict]:
-    """The whole loop on the checkpoint in model.path."""
+def start(cfg: Config, out: Path, force: bool = False, log=print) -> Loop:
+    """Load the model in model.path, then claim `out` for this run: the loop, ready to run."""
+    mine = cfg.to_dict()
     engine = build_engine(cfg)
-    return Loop(cfg, engine, out, log).run()
+    run_dir.claim(out, mine, force)
+    return Loop(cfg, engine, out, log)

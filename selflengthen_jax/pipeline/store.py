@@ -3,7 +3,8 @@
 Every finished sample is appended (and fsynced) to a JSONL file as soon as it
 exists, and a phase is marked done with an atomically written marker file. After
 a crash the only possible damage is a torn final line, which is dropped; anything
-else unreadable is reported, never silently skipped.
+else unreadable is reported, never silently skipped. A file that is not one of ours
+(lines that are not our records) is refused whole, never cut or appended to.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import tempfile
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 _PHASE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -29,6 +30,12 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write `text` so readers see the old file or the new one, never a mix:
     temp file in the same directory, fsync, rename over, fsync the directory."""
@@ -36,6 +43,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; the file gets what open() would
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
@@ -69,25 +77,36 @@ def _decode_object(raw: bytes, where: str) -> dict:
     return value
 
 
+def _torn(raw: bytes) -> bool:
+    """Whether `raw` can be the start of a line `append` wrote (a JSON object)."""
+    return raw.lstrip().startswith(b'{"')
+
+
 class JsonlStore:
-    """Append-only JSONL file of dict records, each with a unique string "id".
+    """Append-only JSONL file of dict records, each with a unique string "id" and the
+    store's `fields`.
 
     Opening reads what a previous run left; a torn last line (no newline, or not
-    JSON) is the trace of a crash mid-append, so it is dropped with a warning and
-    cut from the file. Any other bad line raises ValueError naming its line.
+    JSON) that starts like one of our records is the trace of a crash mid-append, so
+    it is dropped with a warning and cut from the file. Any other bad line, or a
+    record without `fields` (a file some other program wrote), raises ValueError
+    naming its line, and the file is left as it was.
     """
 
-    def __init__(self, path: str | Path, *, fsync: bool = True) -> None:
+    def __init__(self, path: str | Path, *, fsync: bool = True, fields: Sequence[str] = ()) -> None:
         self.path = Path(path)
         self.fsync = fsync
+        self.fields = tuple(fields)
         self._records: dict[str, dict] = {}
+        if self.path.is_dir():
+            raise ValueError(f"{self.path} is a directory; give a file path")
         if self.path.exists():
             self._load()
 
     @classmethod
-    def open(cls, path: str | Path, *, fsync: bool = True) -> JsonlStore:
+    def open(cls, path: str | Path, *, fsync: bool = True, fields: Sequence[str] = ()) -> JsonlStore:
         """Open (or prepare to create) the store at `path`."""
-        return cls(path, fsync=fsync)
+        return cls(path, fsync=fsync, fields=fields)
 
     def _load(self) -> None:
         data = self.path.read_bytes()
@@ -103,13 +122,17 @@ class JsonlStore:
             where = f"{self.path}:{i + 1}"
             try:
                 record = _decode_object(raw, where)
-            except _Unreadable:
-                if i != last or has_tail:
-                    raise
+            except _Unreadable as error:
+                if i != last or has_tail or not _torn(raw):
+                    raise ValueError(f"{error}; not a file this command wrote, left as it is: "
+                                     "choose another output") from None
                 self._drop_torn(where, start)
                 return
             self._remember(record, where)
         if has_tail:
+            if not _torn(data[body_end:]):
+                raise ValueError(f"{self.path}:{len(lines) + 1}: not a record this command wrote; "
+                                 "the file is left as it is: choose another output")
             self._drop_torn(f"{self.path}:{len(lines) + 1}", body_end)
 
     def _drop_torn(self, where: str, start: int) -> None:
@@ -125,6 +148,10 @@ class JsonlStore:
         key = record.get("id")
         if not isinstance(key, str):
             raise ValueError(f"{where}: record needs a string 'id', got {key!r}")
+        missing = [f for f in self.fields if f not in record]
+        if missing:
+            raise ValueError(f"{where}: not a record this command wrote (no {', '.join(missing)}); "
+                             "the file is left as it is: choose another output")
         if key in self._records:
             raise ValueError(f"{where}: duplicate id {key!r}")
         self._records[key] = record
@@ -212,3 +239,16 @@ def read_jsonl(path: str | Path, required_fields: Iterable[str] = ()) -> list[di
             raise ValueError(f"{where}: missing field(s) {', '.join(missing)}")
         records.append(record)
     return records
+
+
+def check_rewritable(path: str | Path, fields: Sequence[str]) -> None:
+    """Before a whole-file rewrite of `path`: absent, or every line one of our records
+    (a JSON object with `fields`); a file someone else wrote is refused, not replaced."""
+    path = Path(path)
+    if not path.exists():
+        return
+    try:
+        read_jsonl(path, fields)
+    except ValueError as error:
+        raise ValueError(f"{error}: {path} exists and is not a file this command wrote; "
+                         "refusing to replace it: choose another output") from None

@@ -121,6 +121,9 @@ def check_prompt_lengths(engine: Engine, items: Sequence[PromptItem]) -> None:
                              "(raise it with engine.max_prefill_len=N)")
 
 
+OUTPUT_FIELDS = ("response",)  # what marks an output file's records as answers, not prompts
+
+
 def output_record(item: PromptItem, completion: Completion) -> dict:
     """The id (always a string) first, the other input fields, then the completion."""
     fields = {k: v for k, v in item.record.items() if k != "id"}

@@ -8,13 +8,19 @@ and a config key means the same thing everywhere.
 from __future__ import annotations
 
 import dataclasses
+import os
+
+import jax
+from jax.sharding import Mesh
 
 from selflengthen_jax.checkpoint.hf_import import read_config
 from selflengthen_jax.checkpoint.loader import load_model
 from selflengthen_jax.checkpoint.tokenizer import load_tokenizer
-from selflengthen_jax.config import Config, ConfigError, SamplingSection, validate_for_model
+from selflengthen_jax.config import Config, ConfigError, EngineSection, SamplingSection, validate_for_model
+from selflengthen_jax.models.config import ModelConfig
 from selflengthen_jax.parallel.mesh import generation_mesh
-from selflengthen_jax.parallel.rules import strategy_rules
+from selflengthen_jax.parallel.planner import fmt_bytes, generation_breakdown
+from selflengthen_jax.parallel.rules import Rules, strategy_rules
 from selflengthen_jax.sampling.engine import Engine
 from selflengthen_jax.sampling.request import SamplingParams
 
@@ -31,14 +37,48 @@ def build_engine(cfg: Config, model_path: str | None = None,
     path = model_path or cfg.model.path
     if not path:
         raise ConfigError("no model given: pass --model PATH or set model.path")
-    validate_for_model(cfg, read_config(path).num_heads)
+    model_cfg = read_config(path, param_dtype=cfg.model.param_dtype, compute_dtype=cfg.model.compute_dtype)
+    validate_for_model(cfg, model_cfg.num_heads)
     section = cfg.engine
     if max_new_tokens is not None:
         section = dataclasses.replace(section, max_new_tokens=min(section.max_new_tokens, max_new_tokens))
     mesh = generation_mesh(cfg.mesh)
     rules = strategy_rules(cfg.mesh.strategy, cfg.mesh.rules)
+    check_memory(model_cfg, section, mesh, rules)
     model = load_model(path, mesh, rules, cfg.model.param_dtype, cfg.model.compute_dtype)
     return Engine(model, section, mesh, rules, attention_impl=cfg.model.attention_impl)
+
+
+def device_memory(device: jax.Device) -> int | None:
+    """Bytes one device can hold: its allocator's limit, or on CPU its share of the
+    host's memory; None when neither is known."""
+    stats = device.memory_stats() or {}
+    if stats.get("bytes_limit"):
+        return int(stats["bytes_limit"])
+    if device.platform != "cpu":
+        return None
+    try:
+        host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return None
+    return host // max(1, jax.local_device_count())
+
+
+def check_memory(model_cfg: ModelConfig, section: EngineSection, mesh: Mesh, rules: Rules) -> None:
+    """Refuse, before any weight is read, an engine whose weights and KV cache alone
+    exceed a device's memory (the planner's per-device bytes): e.g. engine.slots=10^8
+    would otherwise fail with RESOURCE_EXHAUSTED after the whole model has loaded."""
+    device = mesh.devices.flat[0]
+    have = device_memory(device)
+    if have is None:
+        return
+    need = generation_breakdown(model_cfg, section, mesh, rules, device.platform)
+    if need.weights + need.kv_cache > have:
+        raise ConfigError(
+            f"the engine needs {fmt_bytes(need.weights + need.kv_cache)} per device for weights and "
+            f"KV cache (engine.slots={section.slots}, cache {section.max_prefill_len}+"
+            f"{section.max_new_tokens} tokens) but a device holds {fmt_bytes(have)}: lower engine.slots, "
+            "engine.max_new_tokens or engine.max_prefill_len, or use more devices")
 
 
 def check_model(path: str) -> None:

@@ -9,7 +9,6 @@ half-way is invisible to `restore_latest` and the previous checkpoint is used.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +18,13 @@ from jax.experimental import multihost_utils
 from jax.sharding import SingleDeviceSharding
 
 from selflengthen_jax import faults
+from selflengthen_jax.outputs import fresh_partial, replace_dir
 from selflengthen_jax.training.data import DataPosition
 from selflengthen_jax.training.step import TrainState
 
 ADAPTER_WEIGHTS = "weights"
 ADAPTER_META = "adapter_config.json"
+ADAPTER_WRITES = (f"{ADAPTER_WEIGHTS}*", ADAPTER_META)  # all `save_adapter` puts in its directory
 
 
 def open_manager(directory: str | Path, keep: int) -> ocp.CheckpointManager:
@@ -67,15 +68,14 @@ def save_adapter(path: str | Path, adapters: Any, meta: dict[str, Any]) -> Path:
     out = Path(path).absolute()
     tmp = out.with_name(out.name + ".partial")
     if jax.process_index() == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
+        fresh_partial(out, ADAPTER_WRITES)
     multihost_utils.sync_global_devices(f"save_adapter:{tmp}")
     with ocp.StandardCheckpointer() as ckpt:
         ckpt.save(tmp / ADAPTER_WEIGHTS, adapters)
         ckpt.wait_until_finished()
     if jax.process_index() == 0:
         (tmp / ADAPTER_META).write_text(json.dumps(meta, indent=2, sort_keys=True))
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
+        replace_dir(tmp, out, ADAPTER_WRITES)
     multihost_utils.sync_global_devices(f"save_adapter:{out}")
     return out
 

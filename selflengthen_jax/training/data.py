@@ -82,21 +82,61 @@ class Layout:
 # -- records -> examples ------------------------------------------------------------------
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:
-    """JSON Lines (one record per line) or a JSON list of records."""
+    """JSON Lines (one record per line) or a JSON list of records, every record checked
+    (`check_record`) so a bad one fails naming its file and line before any weight loads."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"training data file {p} does not exist")
-    text = p.read_text(encoding="utf-8")
     try:
-        if text.lstrip().startswith("["):
+        text = p.read_text(encoding="utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{p}: not UTF-8 text ({e.reason})") from None
+    if text.lstrip().startswith("["):
+        try:
             records = json.loads(text)
-        else:
-            records = [json.loads(line) for line in text.splitlines() if line.strip()]
-    except json.JSONDecodeError as e:
-        raise DataError(f"{p}: not JSON Lines or a JSON list: {e}") from None
+        except json.JSONDecodeError as e:
+            raise DataError(f"{p}:{e.lineno}: not a JSON list of records: {e.msg}") from None
+        if not isinstance(records, list):
+            raise DataError(f"{p}: expected a JSON list of records")
+        wheres = [f"{p}: record {k + 1}" for k in range(len(records))]
+    else:
+        records, wheres = [], []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{p}:{number}: invalid JSON ({e.msg})") from None
+            wheres.append(f"{p}:{number}")
     if not records:
         raise DataError(f"{p} holds no records")
+    for record, where in zip(records, wheres):
+        check_record(record, where)
     return records
+
+
+def check_record(record: Any, where: str) -> None:
+    """A training record's shape: a string `response`, and a string `prompt` (with an
+    optional boolean `raw`) or a non-empty list of {role, content} `messages`."""
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    if not isinstance(record.get("response"), str):
+        raise DataError(f"{where}: 'response' must be a string, got {record.get('response')!r}")
+    if ("prompt" in record) == ("messages" in record):
+        raise DataError(f"{where}: give exactly one of 'prompt' or 'messages'")
+    if "prompt" in record and not isinstance(record["prompt"], str):
+        raise DataError(f"{where}: 'prompt' must be a string, got {record['prompt']!r}")
+    if not isinstance(record.get("raw", False), bool):
+        raise DataError(f"{where}: 'raw' must be true or false, got {record['raw']!r}")
+    if record.get("raw") and "prompt" not in record:
+        raise DataError(f"{where}: 'raw' applies to 'prompt' only, not to 'messages'")
+    messages = record.get("messages", [{"role": "user", "content": ""}])
+    if not isinstance(messages, list) or not messages or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages):
+        raise DataError(f"{where}: 'messages' must be a non-empty list of objects with string "
+                        "'role' and 'content'")
 
 
 def prompt_messages(record: dict[str, Any]) -> list[dict[str, str]]:

@@ -198,16 +198,20 @@ def run_steps(run: Run, state: TrainState, pos: DataPosition, out: Path, manager
 def train(cfg: Config, role: str, data_path: str | Path, out_dir: str | Path,
           base_params: Params, model_cfg: ModelConfig,
           tokenizer: transformers.PreTrainedTokenizerBase, mesh: Mesh,
-          init_adapters: Any = None) -> Path:
+          init_adapters: Any = None, claim: Callable[[], Any] | None = None) -> Path:
     """Train `role` on the records in `data_path`; return the artifact's directory.
 
     The artifact is `out_dir/adapter` (LoRA: adapter weights + adapter_config.json) or
     `out_dir/model` (full: an Orbax params directory, see checkpoint/orbax_params.py).
     `init_adapters` continues from earlier adapters instead of fresh ones (LoRA).
+    `claim` runs once the data and the step are ready, before anything is written to
+    `out_dir`, so a run that fails its checks leaves the directory as it was.
     """
     out = Path(out_dir)
     examples = encode_dataset(read_records(data_path), tokenizer, cfg.train.cutoff_len)
     run = prepare(cfg, examples, base_params, model_cfg, mesh, init_adapters)
+    if claim is not None:
+        claim()
     out.mkdir(parents=True, exist_ok=True)
     manager = checkpointing.open_manager(out / "checkpoints", cfg.train.keep)
     try:

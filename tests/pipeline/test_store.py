@@ -116,7 +116,6 @@ GOOD = line({"id": "a", "text": "one"}) + line({"id": "b", "text": "two"})
         '{"id": "c", "te',  # cut mid-record
         '{"id": "c"}',  # complete JSON but its newline never made it
         '{"id": "c", "text": "\xe9',  # cut inside a multi-byte character (see below)
-        "not json at all\n",  # garbage line at the end
     ],
 )
 def test_torn_last_line_is_dropped_and_cut_from_the_file(tmp_path, torn):
@@ -131,6 +130,31 @@ def test_torn_last_line_is_dropped_and_cut_from_the_file(tmp_path, torn):
     assert path.read_text(encoding="utf-8") == GOOD
     store.append({"id": "c"})
     assert JsonlStore(path).ids() == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("tail", ["not json at all\n", "not json, no newline"])
+def test_a_last_line_that_is_not_our_record_is_refused_and_kept(tmp_path, tail):
+    path = tmp_path / "data.jsonl"
+    path.write_text(GOOD + tail, encoding="utf-8")
+    with pytest.raises(ValueError, match=r"data\.jsonl:3: .*not .* this command wrote"):
+        JsonlStore(path)
+    assert path.read_text(encoding="utf-8") == GOOD + tail
+
+
+def test_a_text_file_that_is_not_ours_is_refused_not_truncated(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("my notes", encoding="utf-8")
+    with pytest.raises(ValueError, match="notes.txt:1"):
+        JsonlStore(path)
+    assert path.read_text(encoding="utf-8") == "my notes"
+
+
+def test_records_without_the_store_fields_are_refused(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text(line({"id": "a", "prompt": "p"}), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"prompts\.jsonl:1: not a record this command wrote \(no response\)"):
+        JsonlStore(path, fields=("response",))
+    assert JsonlStore(path, fields=("prompt",)).ids() == ["a"]
 
 
 def test_a_file_holding_only_a_torn_line_becomes_empty(tmp_path):
@@ -239,3 +263,13 @@ def test_read_jsonl_errors_name_file_and_line(tmp_path, content, message):
     path.write_bytes(content)
     with pytest.raises(ValueError, match=message):
         read_jsonl(path, required_fields=("prompt",))
+
+
+def test_atomic_writes_follow_the_process_umask(tmp_path):
+    import os
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "shared.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "shared.txt").stat().st_mode & 0o777 == 0o644
