@@ -5,6 +5,7 @@ resolves inside the installed package."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -20,8 +21,12 @@ def installed(tmp_path_factory) -> Path:
     """A fresh venv holding only the built wheel; the dependencies come from this
     environment's site-packages, added as a plain path (so no editable finder)."""
     tmp = tmp_path_factory.mktemp("wheel")
+    # Built from a copy: setuptools leaves build/ in the tree it builds from.
+    src = tmp / "src"
+    shutil.copytree(ROOT, src, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv", ".v", "runs", "build", "*.egg-info", "__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(tmp / "dist"), str(ROOT)], check=True, cwd=tmp)
+                    "-w", str(tmp / "dist"), str(src)], check=True, cwd=tmp)
     wheel = next((tmp / "dist").glob("selflengthen_jax-*.whl"))
     venv = tmp / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
