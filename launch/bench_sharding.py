@@ -1,13 +1,16 @@
 """Benchmark sharding strategies on this machine's devices, or a pod slice (one process per host).
 
-    python -m launch.bench_sharding [--config FILE] [--bench BENCH.yaml] \
-        [--strategies dp,fsdp,tp,fsdp_tp] [--random-init] [--distributed] [--out DIR] \
+    python -m launch.bench_sharding [--config FILE] [--bench BENCH.yaml]
+        [--strategies dp,fsdp,tp,fsdp_tp] [--random-init] [--distributed] [--output DIR]
         [key=value ...] [bench.key=value ...]
 
-Prints a ranked markdown table and writes bench_sharding.{md,csv,json,png} to --out
-(default: bench.output_dir, else <output_dir>/bench_sharding). `bench.*` overrides go to
-the bench section (docs/bench_sharding.md); the rest to the run config. Exits 1 when
-strategies that must agree (float32) do not.
+No argument is required: with none it measures the built-in tiny model on this
+machine's devices. Prints a ranked markdown table and writes
+bench_sharding.{md,csv,json,png} to --output (default: bench.output_dir, else
+<output_dir>/bench_sharding). `bench.*` overrides go to the bench section (its keys:
+README.md, "Benchmark on the devices you have"); the rest to the run config. Exits 1
+when strategies that must agree (float32) do not. The older spelling --out still
+works, with a hint.
 """
 
 from __future__ import annotations
@@ -27,17 +30,17 @@ from selflengthen_jax.outputs import check_dir
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    p = cli.parser("launch.bench_sharding", "Benchmark sharding strategies: speed, memory, numerics.")
+    p = cli.parser("launch.bench_sharding", __doc__)
     p.add_argument("--bench", help="bench YAML: shapes to measure and custom layouts")
     p.add_argument("--strategies", help="comma-separated: dp,fsdp,tp,fsdp_tp, config (the run "
                                         "config's mesh) or layouts named in the bench YAML")
     p.add_argument("--random-init", action="store_true",
                    help="random weights even when the model is a checkpoint directory")
-    p.add_argument("--out", help="output directory for the table, CSV, JSON and chart")
+    p.add_argument("--output", help="output directory for the table, CSV, JSON and chart")
     p.add_argument("--distributed", action="store_true",
                    help="multi-host: jax.distributed.initialize() first (auto-detected on TPU "
                         "pod slices, Slurm and Open MPI); run the same command on every host")
-    args = cli.parse(p, argv)
+    args = cli.parse(p, argv, old_flags={"--out": "--output"})
     cli.init_distributed(args.distributed)
     with cli.user_errors():
         bench_overrides = [o.removeprefix("bench.") for o in args.overrides if o.startswith("bench.")]
@@ -45,9 +48,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         bench = load_bench(args.bench, bench_overrides)
         if args.strategies:
             bench = dataclasses.replace(bench, strategies=[s.strip() for s in args.strategies.split(",")])
-        chosen = args.out or bench.output_dir
+        chosen = args.output or bench.output_dir
         out = check_dir(chosen or Path(cfg.output_dir) / "bench_sharding",
-                        [cfg.model.path] if cfg.model.path else [], what="--out",
+                        [cfg.model.path] if cfg.model.path else [], what="--output",
                         own_run=None if chosen else cfg.output_dir)  # the default sits in the run's dir
         setup = prepare(cfg, bench, args.random_init)
     with cli.resumable(out, saved=False):

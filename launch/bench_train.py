@@ -1,6 +1,10 @@
 """Training-step speed and memory: our JAX step vs transformers + torch, same model and data.
 
-    python -m launch.bench_train [--steps 6] [--warmup 3] [--out runs/bench_train.json]
+    python -m launch.bench_train [--steps 6] [--warmup 3] [--output runs/bench_train.json]
+
+No argument is required. It takes no run config: the model and workload below are
+fixed, so results compare across machines and commits. The older spelling --out still
+works, with a hint.
 
 The model is a ~40M-parameter Qwen2 shape (hidden 512, 8 layers, 8 heads / 2 KV heads,
 vocab 32000, tied embeddings, float32), built once with random weights by transformers
@@ -232,18 +236,19 @@ def print_table(result: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m launch.bench_train", description=__doc__.split("\n")[0])
+    p = cli.parser("launch.bench_train", __doc__, config=False)
     p.add_argument("--steps", type=int, default=6, help="timed steps per runner")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per runner (compiles ours)")
-    p.add_argument("--out", type=Path, default=Path("runs/bench_train.json"))
+    p.add_argument("--output", type=Path, default=Path("runs/bench_train.json"),
+                   help="JSON file for the results (default runs/bench_train.json)")
     p.add_argument("--rss-of", choices=RUNNERS, help=argparse.SUPPRESS)  # child process mode
     p.add_argument("--checkpoint", type=Path, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    args = cli.parse(p, argv, old_flags={"--out": "--output"})
     if args.rss_of:
         rss_child(args.rss_of, args.checkpoint, args.steps)
         return
     with cli.user_errors():
-        check_file(args.out, what="--out")  # before minutes of measuring
+        check_file(args.output, what="--output")  # before minutes of measuring
     with tempfile.TemporaryDirectory() as tmp:
         path = build_checkpoint(Path(tmp) / "qwen2-40m")
         rss = {name: peak_rss_mib(name, path, args.warmup + 1) for name in RUNNERS}
@@ -254,8 +259,8 @@ def main(argv: list[str] | None = None) -> None:
             times.update(interleaved(pair, args.steps, args.warmup))
             del pair
     result = report(times, rss)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2))
     print_table(result)
 
 

@@ -1,6 +1,9 @@
-"""What every launch script shares: `--config FILE` plus `key=value` overrides, one
-way to report bad input (a single `error: ...` line on stderr, exit code 2), and one
-way to stop (Ctrl-C or SIGTERM: one line, progress kept, exit 130 or 143).
+"""What every launch script shares: `--config FILE` plus `key=value` overrides (and
+`--print-config`), one naming scheme for a script's own inputs and outputs (`--model`
+checkpoint in, `--input` data in, `--adapter` adapter directory, `--output` what it
+writes; older spellings still work with a one-line hint), one way to report bad input
+(a single `error: ...` line on stderr, exit code 2), and one way to stop (Ctrl-C or
+SIGTERM: one line, progress kept, exit 130 or 143).
 
 Input problems (config keys, JSONL lines, missing files, checkpoint layout, output
 paths) all surface as ValueError or OSError from the library; scripts run their
@@ -12,32 +15,118 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import sys
-from typing import Iterator, NoReturn, Sequence
+from typing import Callable, Iterator, Mapping, NoReturn, Sequence
+
+import yaml
 
 from selflengthen_jax.config import Config, load_config
+from selflengthen_jax.metrics import profile
+from selflengthen_jax.parallel.rules import check_rules
 from selflengthen_jax.pipeline import signals
 
 
-def parser(module: str, description: str) -> argparse.ArgumentParser:
-    """An argument parser for `python -m <module>` that already takes --config and
-    trailing key=value overrides."""
-    p = argparse.ArgumentParser(prog=f"python -m {module}", description=description)
-    p.add_argument("--config", help="YAML run config (a path, or a name in configs/)")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="config overrides, e.g. sampling.temperature=0.9")
+def parser(module: str, doc: str, config: bool = True) -> argparse.ArgumentParser:
+    """An argument parser for `python -m <module>` whose help is the script's whole
+    docstring (usage line included). With `config`, it takes --config, --print-config
+    and trailing key=value overrides."""
+    p = argparse.ArgumentParser(prog=f"python -m {module}", description=doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    if config:
+        p.add_argument("--config", help="YAML run config (a path, or a name in configs/)")
+        p.add_argument("--print-config", action="store_true",
+                       help="print the effective config (file + overrides) as YAML and exit")
+        p.add_argument("overrides", nargs="*", metavar="key=value",
+                       help="config overrides, e.g. sampling.temperature=0.9")
     return p
 
 
-def parse(p: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
-    """Flags and overrides may come in any order."""
-    return p.parse_intermixed_args(argv)
+def renamed(argv: Sequence[str], old_flags: Mapping[str, str],
+            old_keys: Mapping[str, str] = {}) -> list[str]:
+    """argv with deprecated spellings rewritten to the current flags, one stderr hint each.
+
+    `old_flags` maps e.g. "--out" -> "--output" (also `--out=X`); `old_keys` maps a
+    script-owned `key=` argument, e.g. "out" -> "--output", so `out=DIR` becomes
+    `--output DIR`.
+    """
+    out: list[str] = []
+    for arg in argv:
+        flag, eq, value = arg.partition("=")
+        if flag in old_flags:
+            _hint(flag, old_flags[flag])
+            out += [f"{old_flags[flag]}={value}"] if eq else [old_flags[flag]]
+        elif eq and flag in old_keys:
+            _hint(f"{flag}=", old_keys[flag])
+            out += [old_keys[flag], value]
+        else:
+            out.append(arg)
+    return out
 
 
-def config(args: argparse.Namespace, extra: Sequence[str] = ()) -> Config:
-    """The run config: file, then command-line overrides, then `extra` (from flags)."""
-    return load_config(args.config, [*args.overrides, *extra])
+def _hint(old: str, new: str) -> None:
+    print(f"warning: {old} is deprecated; use {new}", file=sys.stderr)
+
+
+def parse(p: argparse.ArgumentParser, argv: Sequence[str] | None, old_flags: Mapping[str, str] = {},
+          old_keys: Mapping[str, str] = {}) -> argparse.Namespace:
+    """Flags and overrides may come in any order; deprecated spellings are rewritten."""
+    argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
+    return p.parse_intermixed_args(renamed(argv, old_flags, old_keys))
+
+
+def config(args: argparse.Namespace, extra: Sequence[str] = (),
+           complete: Callable[[Config], Config] | None = None) -> Config:
+    """The run config: file, then command-line overrides, then `extra` (from flags),
+    then `complete` (e.g. the demo model filled in where none is named).
+
+    The mesh rules are checked here (they name axes of the model and mesh, which the
+    config floor does not know). With --print-config the result is printed as YAML and
+    the script exits 0 before doing anything else.
+    """
+    cfg = load_config(args.config, [*args.overrides, *extra])
+    check_rules(cfg.mesh.rules)
+    cfg = complete(cfg) if complete else cfg
+    if getattr(args, "print_config", False):
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True), end="")
+        raise SystemExit(0)
+    return cfg
+
+
+def flag_overrides(pairs: Mapping[str, object]) -> list[str]:
+    """`key=value` overrides for the flags that were given (a flag wins over --config)."""
+    return [f"{key}={json.dumps(str(value))}" for key, value in pairs.items() if value is not None]
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (anything else is a usage error, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def add_profile(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", type=positive_int, metavar="N",
+                   help="capture a jax.profiler trace of N decode chunks and N train steps into the "
+                        "run's tensorboard/ directory (open it with TensorBoard's profile plugin)")
+
+
+@contextlib.contextmanager
+def profiling(args: argparse.Namespace, log_dir: str | os.PathLike) -> Iterator[None]:
+    """Arm the profiler for the compute phase when --profile N was given."""
+    if not getattr(args, "profile", None):
+        yield
+        return
+    profile.arm(log_dir, args.profile)
+    try:
+        yield
+    finally:
+        profile.disarm()
 
 
 def init_distributed(flag: bool) -> None:

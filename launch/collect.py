@@ -1,12 +1,16 @@
 """Assemble long.jsonl from finished iterations of a Self-Lengthen run.
 
-    python -m launch.collect --run DIR [--iters 1,2] --output long.jsonl
+    python -m launch.collect --input RUN_DIR --output long.jsonl [--iters 1,2]
+        [--config FILE] [key=value ...]
+
+Required: --output, and --input (the run's output_dir) unless the config gives
+`output_dir` (the only config key this script reads).
 
 Default: every iteration whose iter_k/ holds initial.jsonl and extended.jsonl, plus the
 extra round in DIR/collect/ if the run made one; --iters takes only the listed iterations.
 Records are deduplicated by (instruction, response); ids become iter_k/<file>/<id>.
 The output must lie outside the run directory, and an existing file there must be one
-this script wrote.
+this script wrote. The older spelling --run still works, with a hint.
 """
 
 from __future__ import annotations
@@ -33,17 +37,20 @@ def iteration_list(text: str) -> list[int]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m launch.collect",
-                                description="Collect long data from a run's finished iterations.")
-    p.add_argument("--run", required=True, help="the run's output_dir")
+    p = cli.parser("launch.collect", __doc__)
+    p.add_argument("--input", help="the run's output_dir (default: output_dir from --config)")
+    p.add_argument("--output", required=True, help="JSONL to write (atomically)")
     p.add_argument("--iters", type=iteration_list,
                    help="iterations to take, e.g. 1,2 (default: all finished + the extra round)")
-    p.add_argument("--output", required=True, help="JSONL to write (atomically)")
-    args = p.parse_args(argv)
+    args = cli.parse(p, argv, old_flags={"--run": "--input"})
     with cli.user_errors():
-        check_file(args.output, [args.run])
+        if not args.input and not args.config and not args.overrides:
+            raise ValueError("--input is required (or --config, whose output_dir is the run): "
+                             "the run directory to collect from")
+        run = args.input or cli.config(args).output_dir
+        check_file(args.output, [run])
         check_rewritable(args.output, (*FIELDS, "source"))
-        written, dropped = write_long(args.run, args.output, args.iters)
+        written, dropped = write_long(run, args.output, args.iters)
     print(f"wrote {written} records to {args.output} ({dropped} duplicates dropped)")
 
 

@@ -1,13 +1,18 @@
 """Evaluate length following on a LonGen-format benchmark (and optionally quality).
 
-    python -m launch.evaluate --model PATH --benchmark FILE.jsonl --output DIR \
-        [--responses-only] [--judge-model PATH | --judge-url URL --judge-name NAME] \
+    python -m launch.evaluate --input BENCHMARK.jsonl --output DIR [--model PATH]
+        [--responses-only] [--judge-model PATH | --judge-url URL --judge-name NAME]
         [--config FILE] [key=value ...]
+
+Required: --input (a LonGen-format benchmark) and --output; the model is --model, else
+`model.path` from the config (not needed with --responses-only).
 
 Writes DIR/responses.jsonl (resumable), DIR/report.json, DIR/report.md, DIR/lengths.png
 and with a judge DIR/judge.json. The last stdout line is `overall=<LonGen score in [0, 1]>`.
 --responses-only scores the benchmark's own `response` fields without loading a model.
-The judge endpoint's key, if it needs one, is read from $OPENAI_API_KEY.
+The judge endpoint's key, if it needs one, is read from $OPENAI_API_KEY; its answers are
+kept in DIR/judge_answers.jsonl as they arrive, so a rerun asks only for the missing
+ones. The older spelling --benchmark still works, with a hint.
 """
 
 from __future__ import annotations
@@ -24,9 +29,9 @@ from selflengthen_jax.sampling.batch import PromptItem
 
 
 def _arguments() -> argparse.ArgumentParser:
-    p = cli.parser("launch.evaluate", "Score length following (LonGen) and optionally quality (LLM judge).")
+    p = cli.parser("launch.evaluate", __doc__)
+    p.add_argument("--input", required=True, help="LonGen-format benchmark JSONL")
     p.add_argument("--model", help="checkpoint to evaluate (default: model.path from the config)")
-    p.add_argument("--benchmark", required=True, help="LonGen-format JSONL")
     p.add_argument("--output", required=True, help="directory for responses and reports")
     p.add_argument("--responses-only", action="store_true",
                    help="score the benchmark's own 'response' fields; load no model")
@@ -48,15 +53,15 @@ def _judge(choice: run.JudgeChoice, cfg: Config, rows: Sequence[Mapping], items:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = cli.parse(_arguments(), argv)
+    args = cli.parse(_arguments(), argv, old_flags={"--benchmark": "--input"})
     with cli.user_errors():
         cfg = cli.config(args)
         judge = run.judge_choice(cfg, args.judge_model, args.judge_url, args.judge_name)
         models = [m for m in (args.model or cfg.model.path, args.judge_model) if m]
         out_dir = check_dir(args.output, models)
         for name in run.WRITES:
-            check_file(out_dir / name, [args.benchmark])
-        items = run.read_benchmark(args.benchmark, with_responses=args.responses_only)
+            check_file(out_dir / name, [args.input])
+        items = run.read_benchmark(args.input, with_responses=args.responses_only)
         generation = None if args.responses_only else run.prepare_generation(cfg, args.model, items, out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
     if generation is None:

@@ -1,14 +1,18 @@
 """Convert model directories, optionally merging a trained LoRA adapter into the weights.
 
-    python -m launch.export --from DIR --to DIR [--adapter ADAPTER_DIR] [--format hf|orbax]
-        [--dtype float32|bfloat16]
+    python -m launch.export --model DIR --output DIR [--adapter ADAPTER_DIR]
+        [--format hf|orbax] [--dtype float32|bfloat16] [--config FILE] [key=value ...]
+
+Required: --output, and --model unless the config names `model.path` (the only config
+key this script reads).
 
 The source is a Hugging Face checkpoint or one of our Orbax params directories (told
 apart by its `params/` folder). `--format hf` (default) writes sharded safetensors that
 transformers and vLLM load; `--format orbax` writes our params directory, which
 restores faster onto a mesh. Tokenizer files are copied along. Weights are sharded over
 all devices while converting, so a model larger than one device still converts. An
-existing --to is replaced only if it holds nothing but what this export writes.
+existing --output is replaced only if it holds nothing but what this export writes.
+The older spellings --from and --to still work, with a hint.
 """
 
 from __future__ import annotations
@@ -64,18 +68,21 @@ def with_adapter(params: Params, cfg: ModelConfig, adapter_dir: Path, mesh: Mesh
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    p = cli.parser("launch.export",
-                   "Convert a model directory (HF <-> ours), optionally merging a LoRA adapter.")
-    p.add_argument("--from", dest="src", required=True, help="HF checkpoint or our params directory")
-    p.add_argument("--to", dest="dst", required=True,
+    p = cli.parser("launch.export", __doc__)
+    p.add_argument("--model", help="HF checkpoint or our params directory (default: model.path)")
+    p.add_argument("--output", required=True,
                    help="output directory (an earlier export there is replaced; anything else is refused)")
     p.add_argument("--adapter", help="adapter directory from launch.train (merged into the weights)")
-    p.add_argument("--format", choices=("hf", "orbax"), default="hf")
+    p.add_argument("--format", choices=("hf", "orbax"), default="hf",
+                   help="hf: sharded safetensors (default); orbax: our params directory")
     p.add_argument("--dtype", choices=DTYPES, help="weight dtype to write (default: the source's)")
-    args = cli.parse(p, argv)
-    src, dst = Path(args.src), Path(args.dst)
+    args = cli.parse(p, argv, old_flags={"--from": "--model", "--to": "--output"})
     with cli.user_errors():
-        check_dir(dst, [src, *filter(None, [args.adapter])], what="--to")
+        model = args.model or cli.config(args).model.path
+        if not model:
+            raise ValueError("--model is required (or model.path in --config): the checkpoint to export")
+        src, dst = Path(model), Path(args.output)
+        check_dir(dst, [src, *filter(None, [args.adapter])], what="--output")
         check_replaceable(dst, HF_WRITES if args.format == "hf" else orbax_params.WRITES)
         mesh = make_mesh(MeshSection(data=1, fsdp=-1))
         cfg, params = load_any(src, args.dtype or source_dtype(src), mesh)

@@ -1,6 +1,6 @@
 """Generate completions for a JSONL file of prompts, resumably.
 
-    python -m launch.generate --model PATH --input prompts.jsonl --output out.jsonl \
+    python -m launch.generate --model PATH --input prompts.jsonl --output out.jsonl
         [--config FILE] [--greedy] [--max-new-tokens N] [key=value ...]
 
 Input lines: {"id"?, "prompt", "raw"?} or {"id"?, "messages": [...]}; output lines are the
@@ -21,7 +21,7 @@ from selflengthen_jax.sampling.service import build_engine, sampling_params
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    p = cli.parser("launch.generate", "Generate completions for a JSONL file of prompts (resumable).")
+    p = cli.parser("launch.generate", __doc__)
     p.add_argument("--model", help="checkpoint directory (default: model.path from the config)")
     p.add_argument("--input", required=True, help="JSONL prompts")
     p.add_argument("--output", required=True, help="JSONL completions (appended; existing ids are skipped)")

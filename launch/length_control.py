@@ -1,6 +1,6 @@
 """Build length-control SFT data: long pairs whose queries state their answer's length.
 
-    python -m launch.length_control --input long.jsonl --output sft.jsonl \
+    python -m launch.length_control --input long.jsonl --output sft.jsonl
         [--model PATH] [--template-only] [--config FILE] [key=value ...]
 
 Input lines: {"id", "instruction" | "prompt", "response", "language"?}. Pairs with
@@ -23,8 +23,7 @@ from selflengthen_jax.sampling.service import build_engine
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    p = cli.parser("launch.length_control",
-                   "Give long (instruction, response) pairs explicit length demands.")
+    p = cli.parser("launch.length_control", __doc__)
     p.add_argument("--input", required=True, help="JSONL long pairs")
     p.add_argument("--output", required=True, help="JSONL SFT records (prompt, response, ...)")
     p.add_argument("--model", help="checkpoint that rewrites queries (default: model.path)")

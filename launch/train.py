@@ -1,13 +1,16 @@
 """Fine-tune one role on (prompt, response) records.
 
-    python -m launch.train --config configs/X.yaml role=gen data=PATH out=DIR [--force] [key=value ...]
+    python -m launch.train --role gen --input DATA.jsonl --output DIR
+        [--config FILE] [--model PATH] [--profile N] [--force] [key=value ...]
 
-`role` (gen or ext), `data` and `out` belong to this script; every other key=value
-overrides the config. The base model is `model.path` (a Hugging Face directory or one of
-ours, see launch.export). Rerunning the same command resumes from the newest checkpoint
-in `out`; `out` records the command that owns it (train_config.json), and another
-command's `out` is refused unless --force. Prints the artifact directory (out/adapter
-for LoRA, out/model for full fine-tuning).
+Required: --role (gen or ext), --input (JSONL records with `prompt` and `response`)
+and --output (the run directory this command owns). The base model is --model, else
+`model.path` from the config (a Hugging Face directory or one of ours, see
+launch.export). Rerunning the same command resumes from the newest checkpoint in
+--output; --output records the command that owns it (train_config.json), and another
+command's directory is refused unless --force. Prints the artifact directory
+(OUTPUT/adapter for LoRA, OUTPUT/model for full fine-tuning). Training curves go to
+OUTPUT/tensorboard. The older spellings role=, data= and out= still work, with a hint.
 """
 
 from __future__ import annotations
@@ -34,33 +37,14 @@ from selflengthen_jax.pipeline.loop import ROLE_DIRS
 from selflengthen_jax.training.data import DataError, read_records
 from selflengthen_jax.training.trainer import TrainingError, train
 
-SCRIPT_KEYS = ("role", "data", "out")
 ROLES = tuple(ROLE_DIRS.values())  # the loop's names for the generator and the extender
 OWNER_FILE = "train_config.json"
+OLD_KEYS = {"role": "--role", "data": "--input", "out": "--output"}  # deprecated key=value spellings
 
 
-def split_script_args(args: Sequence[str]) -> tuple[dict[str, str], list[str]]:
-    """(role/data/out values, the remaining config overrides); all three are required."""
-    mine: dict[str, str] = {}
-    rest = []
-    for arg in args:
-        key, sep, value = arg.partition("=")
-        if sep and key in SCRIPT_KEYS:
-            mine[key] = value
-        else:
-            rest.append(arg)
-    missing = [k for k in SCRIPT_KEYS if not mine.get(k)]
-    if missing:
-        raise ConfigError(f"missing {', '.join(f'{k}=...' for k in missing)} "
-                          "(usage: role=gen data=PATH out=DIR [key=value ...])")
-    if mine["role"] not in ROLES:
-        raise ConfigError(f"role={mine['role']} is not a role; choose one of: {', '.join(ROLES)}")
-    return mine, rest
-
-
-def owner(cfg: Config, mine: dict[str, str]) -> dict:
-    """What `out` records as its owner: the role, the data file and the whole config."""
-    return {"role": mine["role"], "data": str(Path(mine["data"]).resolve()), "config": cfg.to_dict()}
+def owner(cfg: Config, role: str, data: str) -> dict:
+    """What --output records as its owner: the role, the data file and the whole config."""
+    return {"role": role, "data": str(Path(data).resolve()), "config": cfg.to_dict()}
 
 
 def load_base(cfg: Config) -> tuple[ModelConfig, Params, PreTrainedTokenizerBase, Mesh]:
@@ -81,23 +65,29 @@ def load_base(cfg: Config) -> tuple[ModelConfig, Params, PreTrainedTokenizerBase
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    p = cli.parser("launch.train", "Fine-tune a role (generator/extender) on prompt/response records.")
-    p.add_argument("--force", action="store_true", help="take over an out= directory of another command")
-    args = cli.parse(p, argv)
+    p = cli.parser("launch.train", __doc__)
+    p.add_argument("--role", required=True, help="the role to train: gen or ext")
+    p.add_argument("--input", required=True, help="JSONL training records (prompt, response)")
+    p.add_argument("--output", required=True, help="run directory: checkpoints, metrics, the artifact")
+    p.add_argument("--model", help="base checkpoint directory (default: model.path from the config)")
+    cli.add_profile(p)
+    p.add_argument("--force", action="store_true", help="take over an --output directory of another command")
+    args = cli.parse(p, argv, old_keys=OLD_KEYS)
     with cli.user_errors():
-        mine, args.overrides = split_script_args(args.overrides)
-        cfg = cli.config(args)
-        out = check_dir(mine["out"], [mine["data"], *filter(None, [cfg.model.path])], what="out=")
-        run_dir.check(out, owner(cfg, mine), args.force, name=OWNER_FILE)
-        read_records(mine["data"])  # a bad data file fails now, before any weight is read
+        if args.role not in ROLES:
+            raise ConfigError(f"--role {args.role} is not a role; choose one of: {', '.join(ROLES)}")
+        cfg = cli.config(args, cli.flag_overrides({"model.path": args.model}))
+        out = check_dir(args.output, [args.input, *filter(None, [cfg.model.path])], what="--output")
+        run_dir.check(out, owner(cfg, args.role, args.input), args.force, name=OWNER_FILE)
+        read_records(args.input)  # a bad data file fails now, before any weight is read
         model_cfg, params, tok, mesh = load_base(cfg)
 
     def claim() -> None:
-        run_dir.claim(out, owner(cfg, mine), args.force, name=OWNER_FILE)
+        run_dir.claim(out, owner(cfg, args.role, args.input), args.force, name=OWNER_FILE)
 
     try:
-        with cli.resumable(out):
-            artifact = train(cfg, mine["role"], Path(mine["data"]), out, params, model_cfg, tok, mesh,
+        with cli.resumable(out), cli.profiling(args, out / "tensorboard"):
+            artifact = train(cfg, args.role, Path(args.input), out, params, model_cfg, tok, mesh,
                              claim=claim)
     except (TrainingError, DataError) as e:
         cli.fail(str(e))

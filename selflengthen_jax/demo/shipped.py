@@ -36,5 +36,5 @@ def with_demo_model(cfg: Config) -> Config:
     if cfg.language not in languages:
         raise ConfigError(f"the shipped demo model knows {languages}, not language={cfg.language}: "
                           f"build one with `python -m launch.build_demo --languages {cfg.language} "
-                          f"--out DIR` and pass model.path=DIR")
+                          f"--output DIR` and pass model.path=DIR")
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=str(SHIPPED_DIR)))

@@ -183,12 +183,21 @@ def per_layer_tree(cfg: ModelConfig) -> tuple[Params, Params]:
 
 
 def _lora_delta(x: jnp.ndarray, adapter: dict | None, ids: jnp.ndarray | None,
-                scale: float, out_shape: tuple[int, ...]) -> jnp.ndarray | float:
-    """x @ A[id] @ B[id] per batch row; adapters are stacked [n_adapters, in, r] / [n, r, out]."""
+                scale: float, out_shape: tuple[int, ...],
+                dropout: tuple[float, jax.Array] | None = None) -> jnp.ndarray | float:
+    """x @ A[id] @ B[id] per batch row; adapters are stacked [n_adapters, in, r] / [n, r, out].
+
+    `dropout` (rate, key) drops the adapter's input as PEFT's lora_dropout does (inverted
+    dropout: kept values scaled by 1 / (1 - rate)); the base projection sees all of x.
+    """
     if adapter is None:
         return 0.0
     a, b = adapter["a"][ids], adapter["b"][ids]          # [batch, in, r], [batch, r, out]
     xf = x.reshape(*x.shape[:2], -1)
+    if dropout is not None:
+        rate, key = dropout
+        keep = jax.random.bernoulli(key, 1.0 - rate, xf.shape)
+        xf = jnp.where(keep, xf / (1.0 - rate), 0.0).astype(x.dtype)
     y = jnp.einsum("bsi,bir->bsr", xf, a.astype(x.dtype))
     y = jnp.einsum("bsr,bro->bso", y, b.astype(x.dtype))
     return (scale * y).reshape(*x.shape[:2], *out_shape)
@@ -204,6 +213,8 @@ def forward(params: Params, cfg: ModelConfig, tokens: jnp.ndarray, *,
             lora: Params | None = None,
             adapter_ids: jnp.ndarray | None = None,
             lora_scale: float = 1.0,
+            lora_dropout: float = 0.0,
+            dropout_key: jax.Array | None = None,
             remat: str = "none",
             attention_impl: str = "xla") -> Output:
     """Run the decoder.
@@ -212,7 +223,8 @@ def forward(params: Params, cfg: ModelConfig, tokens: jnp.ndarray, *,
     0 = padding; packed examples get distinct ids). With `cache`, the tokens are written
     at `write_index[b]` onwards and attend to everything cached before them.
     `lora` holds per-projection adapters stacked [layers, n_adapters, ...]; `adapter_ids`
-    [b] picks one per row. `params` may be stacked (layers run under `lax.scan`) or in
+    [b] picks one per row. With `lora_dropout` > 0 and a `dropout_key` (training only),
+    each adapter's input is dropped, a fresh mask per layer and projection. `params` may be stacked (layers run under `lax.scan`) or in
     the `per_layer` layout (layers unrolled).
     """
     b, s = tokens.shape
@@ -234,8 +246,10 @@ def forward(params: Params, cfg: ModelConfig, tokens: jnp.ndarray, *,
         p, ad, li = xs
         ad = ad or {}
         w = lambda name: p[name].astype(cdt)  # noqa: E731
+        drop = lambda name: None if dropout_key is None or not lora_dropout else (  # noqa: E731
+            lora_dropout, jax.random.fold_in(jax.random.fold_in(dropout_key, li), PROJECTIONS.index(name)))
         delta = lambda name, inp, shape: _lora_delta(inp, ad.get(name), adapter_ids,  # noqa: E731
-                                                     lora_scale, shape)
+                                                     lora_scale, shape, drop(name))
         h = rms_norm(x, p["attn_norm"].astype(cdt), cfg.rms_norm_eps)
         q = jnp.einsum("bsd,dhk->bshk", h, w("wq")) + delta("wq", h, (H, Dh))
         k = jnp.einsum("bsd,dhk->bshk", h, w("wk")) + delta("wk", h, (K, Dh))

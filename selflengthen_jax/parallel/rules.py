@@ -14,7 +14,15 @@ from typing import Any, Mapping
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from selflengthen_jax.config import ConfigError
+from selflengthen_jax.parallel.mesh import AXES as MESH_AXES
+
 Rules = dict[str, Any]  # logical name -> None | mesh axis | tuple of mesh axes
+
+# Every logical axis name the model, its adapters, the KV cache and the activations
+# carry (a test checks this list against them), so `mesh.rules` can be checked.
+LOGICAL_AXES = ("batch", "layers", "embed", "vocab", "heads", "kv_heads", "head_dim", "mlp", "norm",
+                "adapters", "lora_rank")
 
 _TP = {"heads": "tensor", "kv_heads": "tensor", "mlp": "tensor", "vocab": "tensor"}
 STRATEGIES: dict[str, Rules] = {
@@ -26,10 +34,26 @@ STRATEGIES: dict[str, Rules] = {
 ACTIVATIONS: Rules = {"batch": ("data", "fsdp")}
 
 
+def check_rules(overrides: Mapping[str, Any], where: str = "mesh.rules") -> None:
+    """Each key a known logical axis, each value a mesh axis, a list of them, or null;
+    raise ConfigError naming the key and what is allowed."""
+    for name, axes in overrides.items():
+        if name not in LOGICAL_AXES:
+            raise ConfigError(f"{where}.{name} is not a logical axis; known: {', '.join(LOGICAL_AXES)}")
+        flat = axes if isinstance(axes, list) else [axes]
+        if axes is None:
+            continue
+        bad = [a for a in flat if a not in MESH_AXES]
+        if bad or not flat or len(set(flat)) < len(flat):
+            raise ConfigError(f"{where}.{name}={axes!r} is not allowed; choose a mesh axis "
+                              f"({', '.join(MESH_AXES)}), a list of distinct ones, or null (replicated)")
+
+
 def strategy_rules(strategy: str, overrides: Mapping[str, Any] | None = None) -> Rules:
     """The named strategy's table plus activation rules, then user overrides from YAML."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown sharding strategy {strategy!r}; built in: {', '.join(STRATEGIES)}")
+    check_rules(overrides or {})
     rules = {**ACTIVATIONS, **STRATEGIES[strategy]}
     for name, axes in (overrides or {}).items():
         rules[name] = tuple(axes) if isinstance(axes, list) else axes

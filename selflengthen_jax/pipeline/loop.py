@@ -18,6 +18,7 @@ from typing import Any, Callable
 import jax
 
 from selflengthen_jax.config import Config, ConfigError
+from selflengthen_jax.metrics.tensorboard import TB_DIR, Board, TrainingCurve
 from selflengthen_jax.parallel.mesh import make_mesh
 from selflengthen_jax.pipeline import phases
 from selflengthen_jax.pipeline.cached import CachedGenerator
@@ -25,7 +26,8 @@ from selflengthen_jax.pipeline.collect import write_long
 from selflengthen_jax.pipeline.seeds import load_seeds
 from selflengthen_jax.pipeline.store import (atomic_write_json, atomic_write_text, is_done, mark_done,
                                              read_jsonl, read_marker)
-from selflengthen_jax.pipeline.summary import growth_line, iteration_summary, plot_lengths, summary_table
+from selflengthen_jax.pipeline.summary import (board_iteration, growth_line, iteration_summary, plot_lengths,
+                                               summary_table)
 from selflengthen_jax.training.checkpointing import load_adapter
 from selflengthen_jax.training.trainer import train
 
@@ -50,6 +52,7 @@ class Loop:
         if len(self.seeds) < 2:
             raise ValueError("the seeds file must hold at least 2 instructions (few-shot examples)")
         self.train_mesh = make_mesh(cfg.mesh)
+        self.board: Board | None = None  # the run's TensorBoard, open while run() runs
 
     def iter_dir(self, k: int) -> Path:
         return self.out / f"iter_{k}"
@@ -121,6 +124,8 @@ class Loop:
             write_jsonl(d / "gen_sft.jsonl", gen_sft)
             write_jsonl(d / "ext_sft.jsonl", ext_sft)
             mark_done(d, "sft", {"gen": len(gen_sft), "ext": len(ext_sft)})
+        if self.board is not None:  # generation metrics where this iteration's training begins
+            board_iteration(self.board, d, iteration_summary(k, d), self.global_step(k))
         for role, short in ROLE_DIRS.items():
             self._train(k, role, short, d)
         return iteration_summary(k, d)
@@ -140,13 +145,32 @@ class Loop:
         init = load_adapter(previous)[0] if previous else None
         t0 = time.perf_counter()
         model = self.engine.model
+        curve = None if self.board is None else TrainingCurve(
+            self.board, f"train/iter_{k}/{role}", self.global_step(k, role))
         artifact = train(self.cfg, role, data, d / "checkpoints" / short, model.params, model.cfg,
-                         model.tokenizer, self.train_mesh, init_adapters=init)
-        mark_done(d, name, {"artifact": str(artifact), "seconds": round(time.perf_counter() - t0, 2)})
+                         model.tokenizer, self.train_mesh, init_adapters=init, curve=curve)
+        mark_done(d, name, {"artifact": str(artifact), "seconds": round(time.perf_counter() - t0, 2),
+                            **({"steps": curve.steps} if curve else {})})
         self.log(f"iter {k}: trained the {role}: {artifact}")
+
+    def global_step(self, k: int, role: str | None = None) -> int:
+        """The run's TensorBoard step where iteration k's training of `role` begins (None:
+        where iteration k's training begins): optimizer steps of all trainings before it."""
+        order = [(j, r) for j in range(1, k + 1) for r in ROLE_DIRS]
+        before = order[:order.index((k, role))] if role else order[:-len(ROLE_DIRS)]
+        return sum((read_marker(self.iter_dir(j), f"train_{ROLE_DIRS[r]}") or {}).get("steps", 0)
+                   for j, r in before)
 
     # -- the whole run ------------------------------------------------------------------------
     def run(self) -> list[dict]:
+        self.board = Board(self.out / TB_DIR, enabled=jax.process_index() == 0)
+        try:
+            return self._run()
+        finally:
+            self.board.close()
+            self.board = None
+
+    def _run(self) -> list[dict]:
         summaries = []
         for k in range(1, self.cfg.pipeline.max_iter + 1):
             summaries.append(self.iteration(k))

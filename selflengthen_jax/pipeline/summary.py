@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from selflengthen_jax.metrics.tensorboard import Board
 from selflengthen_jax.pipeline.store import read_jsonl, read_marker
 
 PHASES = ("instructions", "initial", "extended")
@@ -82,3 +83,30 @@ def plot_lengths(out: Path, summaries: list[dict], path: Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def phase_metrics(entry: dict) -> dict[str, dict[str, float]]:
+    """Per generation phase of one summary entry: tokens/s (generated tokens over the
+    phase's wall time, judging included), acceptance (records kept per attempt), records,
+    and for the response phases mean and p90 words."""
+    out = {}
+    for name in PHASES:
+        ph = entry["phases"][name]
+        attempts = ph["counts"].get("attempts", 0)
+        m = {"records": ph["records"],
+             "tokens_per_s": ph["tokens"] / ph["seconds"] if ph["seconds"] else 0.0,
+             "acceptance": ph["records"] / attempts if attempts else 0.0}
+        if f"{name}_words" in entry:
+            m.update(words_mean=entry[f"{name}_words"]["mean"], words_p90=entry[f"{name}_words"]["p90"])
+        out[name] = m
+    return out
+
+
+def board_iteration(board: Board, d: Path, entry: dict, step: int) -> None:
+    """One iteration's generation metrics (`generation/<phase>/...`) and word-count
+    histograms (`lengths/<phase>_words`) at `step`, plus `progress/iteration`."""
+    board.scalars("progress", {"iteration": entry["iteration"]}, step)
+    for name, values in phase_metrics(entry).items():
+        board.scalars(f"generation/{name}", values, step)
+    for name in ("initial", "extended"):
+        board.histogram(f"lengths/{name}_words", [r["words"] for r in read_jsonl(d / f"{name}.jsonl")], step)

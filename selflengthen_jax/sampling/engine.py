@@ -24,6 +24,7 @@ from tqdm import tqdm
 from selflengthen_jax.checkpoint.loader import LoadedModel, param_shardings, per_layer_shardings
 from selflengthen_jax.checkpoint.tokenizer import chat_prompt
 from selflengthen_jax.config import EngineSection
+from selflengthen_jax.metrics import profile
 from selflengthen_jax.models.transformer import CACHE_BLOCK, K_CACHE_AXES, V_CACHE_AXES, forward, per_layer
 from selflengthen_jax.parallel.placement import put, put_tree, replicated, to_host
 from selflengthen_jax.parallel.rules import Rules, named
@@ -215,6 +216,7 @@ class Engine:
             state, toks = self._fn("decode", k_cap)(self.params, self.lora, state, self._eos,
                                                     steps, exit_early)
             toks = to_host(toks)
+            profile.tick("decode")
             self._count_decode(toks, time.perf_counter() - wall, time.process_time() - cpu)
             for i, slot in enumerate(slots):
                 if slot is not None:

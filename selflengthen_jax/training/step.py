@@ -42,6 +42,8 @@ class StepSpec:
     remat: str = "none"
     attention_impl: str = "xla"
     loss_chunk: int = LOSS_CHUNK
+    lora_dropout: float = 0.0         # PEFT's lora_dropout, on each adapter's input
+    dropout_seed: int = 0             # masks derive from (seed, step, micro-batch): resumable
 
     @property
     def is_lora(self) -> bool:
@@ -81,40 +83,44 @@ def token_nll(hidden: jax.Array, head: jax.Array, targets: jax.Array, weights: j
     return total
 
 
-def micro_loss(trainable: Any, base: Params | None, micro: Batch,
-               spec: StepSpec) -> tuple[jax.Array, jax.Array]:
-    """(sum of response-token NLL, number of response tokens) for one micro-batch."""
+def micro_loss(trainable: Any, base: Params | None, micro: Batch, spec: StepSpec,
+               key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """(sum of response-token NLL, number of response tokens) for one micro-batch;
+    `key` draws the LoRA dropout masks (unused without dropout)."""
     params, lora = (base, trainable) if spec.is_lora else (trainable, None)
     out = forward(params, spec.model, micro.tokens, positions=micro.positions,
                   segment_ids=micro.segment_ids, return_hidden=True, lora=lora,
-                  lora_scale=spec.lora_scale or 1.0, remat=spec.remat,
-                  attention_impl=spec.attention_impl)
+                  lora_scale=spec.lora_scale or 1.0, lora_dropout=spec.lora_dropout,
+                  dropout_key=key if spec.is_lora and spec.lora_dropout else None,
+                  remat=spec.remat, attention_impl=spec.attention_impl)
     head = lm_head(params, spec.model).astype(out.hidden.dtype)
     nll = token_nll(out.hidden, head, micro.targets, micro.weights, spec.loss_chunk)
     return nll, jnp.sum(micro.weights)
 
 
-def accumulate(trainable: Any, base: Params | None, batch: Batch,
-               spec: StepSpec) -> tuple[jax.Array, jax.Array, Any]:
+def accumulate(trainable: Any, base: Params | None, batch: Batch, spec: StepSpec,
+               step: jax.Array | int = 0) -> tuple[jax.Array, jax.Array, Any]:
     """Summed NLL, response-token count and gradient of the NLL sum over micro-batches."""
     grad_fn = jax.value_and_grad(partial(micro_loss, spec=spec), has_aux=True)
+    step_key = jax.random.fold_in(jax.random.key(spec.dropout_seed), step)
 
-    def one(micro: Batch) -> tuple[jax.Array, jax.Array, Any]:
-        (nll, n), g = grad_fn(trainable, base, micro)
+    def one(micro: Batch, index: jax.Array | int) -> tuple[jax.Array, jax.Array, Any]:
+        (nll, n), g = grad_fn(trainable, base, micro, key=jax.random.fold_in(step_key, index))
         return nll, n, g
 
     if batch.tokens.shape[0] == 1:
-        return one(jax.tree.map(lambda x: x[0], batch))
+        return one(jax.tree.map(lambda x: x[0], batch), 0)
     zero = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32),
             jax.tree.map(jnp.zeros_like, trainable))
-    total, _ = jax.lax.scan(lambda acc, m: (jax.tree.map(jnp.add, acc, one(m)), None), zero, batch)
+    total, _ = jax.lax.scan(lambda acc, m: (jax.tree.map(jnp.add, acc, one(*m)), None), zero,
+                            (batch, jnp.arange(batch.tokens.shape[0])))
     return total
 
 
 def train_step(state: TrainState, base: Params | None, batch: Batch, *, spec: StepSpec,
                optimizer: optax.GradientTransformation,
                schedule: optax.Schedule) -> tuple[TrainState, dict[str, jax.Array]]:
-    nll, n, grad_sum = accumulate(state.trainable, base, batch, spec)
+    nll, n, grad_sum = accumulate(state.trainable, base, batch, spec, state.step)
     denom = jnp.maximum(n, 1.0)
     grads = jax.tree.map(lambda g: g / denom, grad_sum)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)

@@ -21,12 +21,13 @@ import jax
 import numpy as np
 import transformers
 from jax.sharding import Mesh
-from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
 from selflengthen_jax import faults
 from selflengthen_jax.checkpoint.orbax_params import save_params
 from selflengthen_jax.config import Config
+from selflengthen_jax.metrics import profile
+from selflengthen_jax.metrics.tensorboard import TB_DIR, Board, TrainingCurve
 from selflengthen_jax.models.config import ModelConfig
 from selflengthen_jax.models.lora import init_lora, lora_logical_axes, lora_rank
 from selflengthen_jax.models.transformer import PROJECTIONS, Params, logical_axes
@@ -59,12 +60,15 @@ def to_device(batch: Batch, shardings: Batch, layout: Layout) -> Batch:
 
 
 class MetricsLog:
-    """Windowed means of step metrics to metrics.jsonl and TensorBoard (process 0 only)."""
+    """Windowed means of step metrics to metrics.jsonl and TensorBoard (process 0 only).
 
-    def __init__(self, out_dir: Path, every: int, enabled: bool):
-        self.every, self.enabled = every, enabled
+    The curves go to `curve` (tag prefix, global-step offset) when the caller shares one
+    board across runs, as the loop does; else to OUT/tensorboard as `train/<role>/...`.
+    """
+
+    def __init__(self, out_dir: Path, every: int, enabled: bool, curve: TrainingCurve):
+        self.every, self.enabled, self.curve = every, enabled, curve
         self.path = out_dir / "metrics.jsonl"
-        self.writer = SummaryWriter(str(out_dir / "tensorboard")) if enabled else None
         self.window: list[tuple[dict[str, float], float]] = []
 
     def record(self, step: int, metrics: dict[str, Any], seconds: float, epoch: int,
@@ -83,14 +87,8 @@ class MetricsLog:
             return
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
-        for k, v in row.items():
-            if k not in ("step", "epoch"):
-                self.writer.add_scalar(f"train/{k}", v, step)
-        self.writer.flush()
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        self.curve.board.scalars(self.curve.prefix, {k: v for k, v in row.items() if k != "step"},
+                                 self.curve.offset + step)
 
 
 def check_finite(metrics: dict[str, Any], step: int, ckpt_dir: Path, last_saved: int | None) -> None:
@@ -106,8 +104,6 @@ def _trainable_source(cfg: Config, base_params: Params, model_cfg: ModelConfig,
     """(what the trainable state starts from, its logical axes)."""
     if cfg.train.mode == "full":
         return base_params, logical_axes(model_cfg)
-    if cfg.train.lora.dropout > 0:
-        raise TrainingError("train.lora.dropout > 0 is not supported; set it to 0")
     adapters = init_adapters if init_adapters is not None else init_lora(
         model_cfg, cfg.train.lora.rank, cfg.seed)
     return adapters, lora_logical_axes(tuple(adapters))
@@ -155,7 +151,8 @@ def prepare(cfg: Config, examples: list[Example], base_params: Params, model_cfg
     lora = tc.mode == "lora"
     base_sh = tree_shardings(logical_axes(model_cfg), base_params, mesh, rules) if lora else None
     spec = StepSpec(model_cfg, tc.lora.alpha / lora_rank(source) if lora else None, tc.remat,
-                    cfg.model.attention_impl)
+                    cfg.model.attention_impl, lora_dropout=tc.lora.dropout if lora else 0.0,
+                    dropout_seed=cfg.seed)
     batch_sh = batch_shardings(mesh, rules, (layout.accum, layout.global_rows, 1))
     return Run(data, total, make_train_step(spec, optimizer, schedule, shardings, base_sh, batch_sh),
                shardings, batch_sh, jax.device_put(base_params, base_sh) if lora else None,
@@ -164,11 +161,11 @@ def prepare(cfg: Config, examples: list[Example], base_params: Params, model_cfg
 
 
 def run_steps(run: Run, state: TrainState, pos: DataPosition, out: Path, manager: Any,
-              cfg: Config, role: str, restored: bool) -> TrainState:
+              cfg: Config, role: str, restored: bool, curve: TrainingCurve) -> TrainState:
     """Steps from state.step to run.total: log, check, save every `save_every` and at the end."""
     tc, ckpt_dir, start = cfg.train, Path(manager.directory), int(state.step)
     last_saved = start if restored else None
-    log = MetricsLog(out, tc.log_every, jax.process_index() == 0)
+    log = MetricsLog(out, tc.log_every, jax.process_index() == 0, curve)
     bar = tqdm(total=run.total, initial=start, desc=f"train {role}", disable=jax.process_index() != 0)
     try:
         host_batch = run.data.batch(pos)
@@ -181,6 +178,7 @@ def run_steps(run: Run, state: TrainState, pos: DataPosition, out: Path, manager
             if step < run.total:
                 host_batch = run.data.batch(pos)  # built while the device runs the step
             metrics = jax.device_get(metrics)
+            profile.tick("train")
             check_finite(metrics, step, ckpt_dir, last_saved)
             log.record(step, metrics, time.perf_counter() - t0, epoch, step == run.total)
             bar.update(1)
@@ -191,21 +189,23 @@ def run_steps(run: Run, state: TrainState, pos: DataPosition, out: Path, manager
     finally:
         manager.wait_until_finished()
         bar.close()
-        log.close()
     return state
 
 
 def train(cfg: Config, role: str, data_path: str | Path, out_dir: str | Path,
           base_params: Params, model_cfg: ModelConfig,
           tokenizer: transformers.PreTrainedTokenizerBase, mesh: Mesh,
-          init_adapters: Any = None, claim: Callable[[], Any] | None = None) -> Path:
+          init_adapters: Any = None, claim: Callable[[], Any] | None = None,
+          curve: TrainingCurve | None = None) -> Path:
     """Train `role` on the records in `data_path`; return the artifact's directory.
 
     The artifact is `out_dir/adapter` (LoRA: adapter weights + adapter_config.json) or
     `out_dir/model` (full: an Orbax params directory, see checkpoint/orbax_params.py).
     `init_adapters` continues from earlier adapters instead of fresh ones (LoRA).
     `claim` runs once the data and the step are ready, before anything is written to
-    `out_dir`, so a run that fails its checks leaves the directory as it was.
+    `out_dir`, so a run that fails its checks leaves the directory as it was. `curve`
+    places the TensorBoard curves in a shared board (default: `out_dir/tensorboard`,
+    tags `train/<role>/...`); its `steps` is set to the run's total steps.
     """
     out = Path(out_dir)
     examples = encode_dataset(read_records(data_path), tokenizer, cfg.train.cutoff_len)
@@ -213,11 +213,17 @@ def train(cfg: Config, role: str, data_path: str | Path, out_dir: str | Path,
     if claim is not None:
         claim()
     out.mkdir(parents=True, exist_ok=True)
+    own = curve is None
+    if own:
+        curve = TrainingCurve(Board(out / TB_DIR, jax.process_index() == 0), f"train/{role}")
+    curve.steps = run.total
     manager = checkpointing.open_manager(out / "checkpoints", cfg.train.keep)
     try:
         restored = checkpointing.restore_latest(manager, run.abstract, run.shardings)
         state, pos = restored or (run.fresh(), DataPosition())
-        state = run_steps(run, state, pos, out, manager, cfg, role, restored is not None)
+        state = run_steps(run, state, pos, out, manager, cfg, role, restored is not None, curve)
     finally:
         manager.close()
+        if own:
+            curve.board.close()
     return _save_artifact(cfg, role, out, state.trainable, model_cfg, run.total)

@@ -26,7 +26,7 @@ TINY_RUN = ["bench.model=tiny", "bench.batch_sizes=[2]", "bench.context_lengths=
 def test_every_builtin_strategy_runs_end_to_end_and_agrees(tmp_path, capsys):
     """Generation and LoRA training (what the loop runs) under dp, fsdp, tp, fsdp_tp."""
     code, out, err = run_main(bench_sharding.main,
-                              ["--strategies", ",".join(STRATEGIES), "--out", tmp_path, *TINY_RUN,
+                              ["--strategies", ",".join(STRATEGIES), "--output", tmp_path, *TINY_RUN,
                                "bench.train_modes=[lora]"], capsys)
     assert code == 0, err
     data = json.loads((tmp_path / "bench_sharding.json").read_text())
@@ -61,7 +61,7 @@ def test_every_builtin_strategy_runs_end_to_end_and_agrees(tmp_path, capsys):
 
 def test_full_finetuning_agrees_with_its_weights_and_adam_state_sharded(tmp_path, capsys):
     code, out, err = run_main(bench_sharding.main,
-                              ["--strategies", "dp,fsdp", "--out", tmp_path, *TINY_RUN,
+                              ["--strategies", "dp,fsdp", "--output", tmp_path, *TINY_RUN,
                                "bench.batch_sizes=[]", "bench.train_modes=[full]"], capsys)
     assert code == 0, err
     rows = json.loads((tmp_path / "bench_sharding.json").read_text())["measurements"]
@@ -84,7 +84,7 @@ def test_a_float32_disagreement_fails_the_run_loudly(tmp_path, capsys, monkeypat
     monkeypatch.setattr(bench_sharding, "run", lambda setup: failed)
     monkeypatch.setattr(report, "markdown", lambda result: "table")
     monkeypatch.setattr(report, "write", lambda result, out: [])
-    code, out, err = run_main(bench_sharding.main, ["--out", tmp_path, "bench.model=tiny"], capsys)
+    code, out, err = run_main(bench_sharding.main, ["--output", tmp_path, "bench.model=tiny"], capsys)
     assert code == 1
     assert "NUMERICS MISMATCH" in err and "tokens differ from step 3" in err
 

@@ -47,7 +47,7 @@ def test_build_refuses_to_replace_a_directory_it_did_not_make(tmp_path, capsys):
     mine.mkdir()
     (mine / "keep.txt").write_text("mine")
     with pytest.raises(SystemExit) as stop:
-        build_main(["--out", str(mine), "--epochs", "1"])
+        build_main(["--output", str(mine), "--epochs", "1"])
     assert stop.value.code == 2
     assert "is not a demo model built here" in capsys.readouterr().err
     assert (mine / "keep.txt").read_text() == "mine"
@@ -64,7 +64,7 @@ def test_build_command_writes_a_checkpoint_transformers_and_we_read_alike(tmp_pa
     out.mkdir()  # an earlier build, which a rebuild replaces whole
     (out / "demo_build.json").write_text("{}")
     (out / "stale.bin").write_text("old")
-    assert build_main(["--out", str(out), "--languages", "en", "--epochs", "1"]) == 0
+    assert build_main(["--output", str(out), "--languages", "en", "--epochs", "1"]) == 0
     assert not (out / "stale.bin").exists()
     info = json.loads((out / "demo_build.json").read_text())
     assert info["languages"] == ["en"] and info["warmup"]["epochs"] == 1

@@ -46,7 +46,7 @@ def test_generates_missing_responses_then_scores(tmp_path, tmp_path_factory, cap
     kept = [{**r, "id": str(k), "response": "kept"} for k, r in enumerate(rows(), start=1)][:-1]
     write_jsonl(out / "responses.jsonl", kept)           # all but the last row already answered
 
-    code, stdout, _ = run_main(main, ["--model", checkpoint, "--benchmark", BENCHMARK, "--output", out,
+    code, stdout, _ = run_main(main, ["--model", checkpoint, "--input", BENCHMARK, "--output", out,
                                       "eval.max_new_tokens=6", "sampling.temperature=0", *ENGINE], capsys)
 
     assert code == 0
@@ -65,7 +65,7 @@ def test_generates_missing_responses_then_scores(tmp_path, tmp_path_factory, cap
 @pytest.mark.parametrize("scale,expected", [(1.0, 1.0), (0.0, 0.0)])
 def test_responses_only_scores_the_given_answers_without_a_model(tmp_path, capsys, scale, expected):
     out = tmp_path / "eval"
-    code, stdout, _ = run_main(main, ["--benchmark", with_responses(tmp_path, scale), "--output", out,
+    code, stdout, _ = run_main(main, ["--input", with_responses(tmp_path, scale), "--output", out,
                                       "--responses-only", "--model", tmp_path / "no-such-model"], capsys)
     assert code == 0 and last_score(stdout) == expected
     assert "| about |" in stdout                         # the table is printed above the score
@@ -77,7 +77,7 @@ def test_responses_only_scores_the_given_answers_without_a_model(tmp_path, capsy
 def test_judge_through_an_openai_compatible_server(tmp_path, capsys):
     reply = lambda body: (200, {"choices": [{"message": {"role": "assistant", "content": json.dumps(GOOD)}}]})
     with fake_openai_server(reply) as (url, received):
-        code, stdout, _ = run_main(main, ["--benchmark", with_responses(tmp_path), "--output", tmp_path,
+        code, stdout, _ = run_main(main, ["--input", with_responses(tmp_path), "--output", tmp_path,
                                           "--responses-only", "--judge-url", url, "--judge-name", "judge"],
                                    capsys)
     assert code == 0 and last_score(stdout) == 1.0
@@ -100,13 +100,13 @@ def test_judge_through_an_openai_compatible_server(tmp_path, capsys):
 def test_bad_input_exits_2_naming_the_line_before_any_model_load(tmp_path, capsys, edit, flags, message):
     bad = [edit(r) if k == 3 else r for k, r in enumerate(rows())]
     benchmark = write_jsonl(tmp_path / "bench.jsonl", bad)
-    code, _, stderr = run_main(main, ["--benchmark", benchmark, "--output", tmp_path / "out",
+    code, _, stderr = run_main(main, ["--input", benchmark, "--output", tmp_path / "out",
                                       "--model", tmp_path / "no-such-model", *flags], capsys)
     assert code == 2 and message in stderr and "Traceback" not in stderr
 
 
 def test_a_missing_judge_model_fails_before_generation(tmp_path, capsys):
-    code, _, stderr = run_main(main, ["--benchmark", with_responses(tmp_path), "--output", tmp_path,
+    code, _, stderr = run_main(main, ["--input", with_responses(tmp_path), "--output", tmp_path,
                                       "--responses-only", "--judge-model", tmp_path / "no-judge"], capsys)
     assert code == 2 and "no-judge does not exist" in stderr
     assert not (tmp_path / "report.json").exists()
@@ -117,7 +117,7 @@ def test_resuming_needs_the_same_queries_and_loads_no_model_when_all_are_answere
     out.mkdir()
     answered = [{**r, "id": str(k), "response": "kept"} for k, r in enumerate(rows(), start=1)]
     write_jsonl(out / "responses.jsonl", answered)
-    argv = ["--model", tmp_path / "no-such-model", "--benchmark", BENCHMARK, "--output", out]
+    argv = ["--model", tmp_path / "no-such-model", "--input", BENCHMARK, "--output", out]
     code, stdout, _ = run_main(main, argv, capsys)
     assert code == 0 and last_score(stdout) == 0.0
 

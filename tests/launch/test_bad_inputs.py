@@ -237,13 +237,13 @@ def data(work):
 
 
 def test_train_refuses_an_unknown_role(ckpt, work, data, capsys):
-    refused(capsys, train.main, [f"model.path={ckpt}", "role=banana", f"data={data}", "out=o"],
-            ["role=banana is not a role", "gen, ext"], [work])
+    refused(capsys, train.main, [f"model.path={ckpt}", "--role", "banana", "--input", data, "--output", "o"],
+            ["--role banana is not a role", "gen, ext"], [work])
 
 
 def test_train_refuses_an_out_inside_a_run(ckpt, work, data, capsys):
     run = run_dir(work)
-    refused(capsys, train.main, [f"model.path={ckpt}", "role=gen", f"data={data}", f"out={run}"],
+    refused(capsys, train.main, [f"model.path={ckpt}", "--role", "gen", "--input", data, "--output", run],
             ["inside the run directory"], [work])
 
 
@@ -251,36 +251,36 @@ def test_train_refuses_another_commands_out(ckpt, work, data, capsys):
     theirs = work / "theirs"
     theirs.mkdir()
     (theirs / "train_config.json").write_text(json.dumps({"role": "ext"}))
-    refused(capsys, train.main, [f"model.path={ckpt}", "role=gen", f"data={data}", f"out={theirs}"],
+    refused(capsys, train.main, [f"model.path={ckpt}", "--role", "gen", "--input", data, "--output", theirs],
             ["holds another run", "role", "--force"], [work])
 
 
 def test_train_refuses_an_out_that_is_a_file(ckpt, work, data, capsys):
     (work / "o").write_text("x")
-    refused(capsys, train.main, [f"model.path={ckpt}", "role=gen", f"data={data}", "out=o"],
-            ["out= o is a file"], [work])
+    refused(capsys, train.main, [f"model.path={ckpt}", "--role", "gen", "--input", data, "--output", "o"],
+            ["--output o is a file"], [work])
 
 
 def test_train_names_the_line_of_a_non_string_response(ckpt, work, capsys):
     bad = write_jsonl(work / "d.jsonl", [{"prompt": "a", "response": "b"}, {"prompt": "c", "response": 7}])
-    refused(capsys, train.main, [f"model.path={ckpt}", "role=gen", f"data={bad}", "out=o"],
+    refused(capsys, train.main, [f"model.path={ckpt}", "--role", "gen", "--input", bad, "--output", "o"],
             [f"{bad}:2: 'response' must be a string"], [work])
     assert not (work / "o").exists()
 
 
 def test_train_names_the_line_of_invalid_json(ckpt, work, capsys):
     bad = write_jsonl(work / "d.jsonl", [{"prompt": "a", "response": "b"}, "", '{"prompt": oops}'])
-    refused(capsys, train.main, [f"model.path={ckpt}", "role=gen", f"data={bad}", "out=o"],
+    refused(capsys, train.main, [f"model.path={ckpt}", "--role", "gen", "--input", bad, "--output", "o"],
             [f"{bad}:3: invalid JSON"], [work])
 
 
 def test_train_refuses_an_out_around_its_data(ckpt, work, data, capsys):
-    refused(capsys, train.main, [f"model.path={ckpt}", "role=gen", f"data={data}", f"out={work}"],
+    refused(capsys, train.main, [f"model.path={ckpt}", "--role", "gen", "--input", data, "--output", work],
             ["overlaps the input"], [work])
 
 
 def test_train_refuses_a_nan_value(ckpt, work, data, capsys):
-    refused(capsys, train.main, [f"model.path={ckpt}", "role=gen", f"data={data}", "out=o",
+    refused(capsys, train.main, [f"model.path={ckpt}", "--role", "gen", "--input", data, "--output", "o",
                                  "train.lora.alpha=.nan"], ["train.lora.alpha=nan must be a finite"], [work])
 
 
@@ -289,31 +289,31 @@ def test_export_never_removes_the_directory_around_its_source(ckpt, work, capsys
     parent = work / "parent"
     shutil.copytree(ckpt, parent / "src")
     (parent / "notes.txt").write_text("unrelated")
-    refused(capsys, export.main, ["--from", parent / "src", "--to", parent], ["overlaps the input"], [work])
+    refused(capsys, export.main, ["--model", parent / "src", "--output", parent], ["overlaps the input"], [work])
 
 
 def test_export_refuses_to_equal_from(ckpt, work, capsys):
-    refused(capsys, export.main, ["--from", ckpt, "--to", ckpt], ["overlaps the input"], [work, ckpt])
+    refused(capsys, export.main, ["--model", ckpt, "--output", ckpt], ["overlaps the input"], [work, ckpt])
 
 
 def test_export_refuses_a_to_inside_from(ckpt, work, capsys):
-    refused(capsys, export.main, ["--from", ckpt, "--to", ckpt / "out"], ["overlaps the input"], [work, ckpt])
+    refused(capsys, export.main, ["--model", ckpt, "--output", ckpt / "out"], ["overlaps the input"], [work, ckpt])
 
 
 def test_export_refuses_to_replace_a_directory_it_did_not_write(ckpt, work, capsys):
     (work / "mine").mkdir()
     (work / "mine" / "thesis.tex").write_text("years of work")
-    refused(capsys, export.main, ["--from", ckpt, "--to", work / "mine"],
+    refused(capsys, export.main, ["--model", ckpt, "--output", work / "mine"],
             ["did not write (thesis.tex)"], [work, ckpt])
 
 
 def test_export_refuses_a_to_that_is_a_file(ckpt, work, capsys):
     (work / "f").write_text("x")
-    refused(capsys, export.main, ["--from", ckpt, "--to", work / "f"], ["is a file"], [work, ckpt])
+    refused(capsys, export.main, ["--model", ckpt, "--output", work / "f"], ["is a file"], [work, ckpt])
 
 
 def test_export_names_a_missing_source(work, capsys):
-    refused(capsys, export.main, ["--from", work / "nope", "--to", work / "out"], ["does not exist"], [work])
+    refused(capsys, export.main, ["--model", work / "nope", "--output", work / "out"], ["does not exist"], [work])
 
 
 # -- evaluate ------------------------------------------------------------------------------
@@ -324,27 +324,27 @@ def benchmark(work):
 
 def test_evaluate_refuses_an_output_that_is_a_file(work, benchmark, capsys):
     (work / "out").write_text("x")
-    refused(capsys, evaluate.main, ["--benchmark", benchmark, "--output", "out", "--responses-only"],
+    refused(capsys, evaluate.main, ["--input", benchmark, "--output", "out", "--responses-only"],
             ["is a file"], [work])
 
 
 def test_evaluate_refuses_a_benchmark_among_its_outputs(work, capsys):
     (work / "out").mkdir()
     bench = Path(shutil.copy(FIXTURES / "longen_sample.jsonl", work / "out" / "responses.jsonl"))
-    refused(capsys, evaluate.main, ["--benchmark", bench, "--output", work / "out", "--model", "m"],
+    refused(capsys, evaluate.main, ["--input", bench, "--output", work / "out", "--model", "m"],
             ["is also an input"], [work])
 
 
 def test_evaluate_refuses_a_responses_file_it_did_not_write(ckpt, work, benchmark, capsys):
     (work / "out").mkdir()
     (work / "out" / "responses.jsonl").write_text("draft answers\n")
-    refused(capsys, evaluate.main, ["--benchmark", benchmark, "--output", work / "out", "--model", ckpt],
+    refused(capsys, evaluate.main, ["--input", benchmark, "--output", work / "out", "--model", ckpt],
             ["responses.jsonl:1", "not a file this command wrote"], [work, ckpt])
 
 
 def test_evaluate_refuses_an_output_inside_a_run(work, benchmark, capsys):
     run = run_dir(work)
-    refused(capsys, evaluate.main, ["--benchmark", benchmark, "--output", run / "eval", "--responses-only"],
+    refused(capsys, evaluate.main, ["--input", benchmark, "--output", run / "eval", "--responses-only"],
             ["inside the run directory"], [work])
 
 
@@ -392,14 +392,14 @@ def test_length_control_refuses_a_nan_top_p(work, pairs, capsys):
 # -- collect -------------------------------------------------------------------------------
 def test_collect_never_overwrites_a_runs_own_file(work, capsys):
     run = run_dir(work)
-    refused(capsys, collect.main, ["--run", run, "--output", run / "iter_1" / "initial.jsonl"],
+    refused(capsys, collect.main, ["--input", run, "--output", run / "iter_1" / "initial.jsonl"],
             ["lies inside the input directory"], [work])
 
 
 def test_collect_refuses_an_output_inside_an_unmarked_run(work, capsys):
     run = run_dir(work)
     (run / "run_config.json").unlink()
-    refused(capsys, collect.main, ["--run", run, "--output", run / "long.jsonl"],
+    refused(capsys, collect.main, ["--input", run, "--output", run / "long.jsonl"],
             ["lies inside the input directory"], [work])
 
 
@@ -407,20 +407,20 @@ def test_collect_refuses_to_replace_a_file_it_did_not_write(work, capsys):
     run = run_dir(work)
     other = work / "other.jsonl"
     other.write_text("plain text\n")
-    refused(capsys, collect.main, ["--run", run, "--output", other], ["not a file this command wrote"], [work])
+    refused(capsys, collect.main, ["--input", run, "--output", other], ["not a file this command wrote"], [work])
 
 
 def test_collect_refuses_a_directory_as_output(work, capsys):
     run = run_dir(work)
     (work / "d").mkdir()
-    refused(capsys, collect.main, ["--run", run, "--output", work / "d"], ["is a directory"], [work])
+    refused(capsys, collect.main, ["--input", run, "--output", work / "d"], ["is a directory"], [work])
 
 
 def test_collect_writes_with_the_process_umask(work, capsys):
     run = run_dir(work)
     old = os.umask(0o022)
     try:
-        code, _, err = run_main(collect.main, ["--run", run, "--output", work / "long.jsonl"], capsys)
+        code, _, err = run_main(collect.main, ["--input", run, "--output", work / "long.jsonl"], capsys)
     finally:
         os.umask(old)
     assert code == 0, err
@@ -430,17 +430,17 @@ def test_collect_writes_with_the_process_umask(work, capsys):
 # -- bench_sharding ------------------------------------------------------------------------
 def test_bench_sharding_refuses_an_out_that_is_a_file_before_measuring(work, capsys):
     (work / "report").write_text("x")
-    refused(capsys, bench_sharding.main, ["--out", "report"], ["--out report is a file"], [work])
+    refused(capsys, bench_sharding.main, ["--output", "report"], ["--output report is a file"], [work])
 
 
 def test_bench_sharding_refuses_an_out_under_a_file(work, capsys):
     (work / "report").write_text("x")
-    refused(capsys, bench_sharding.main, ["--out", "report/sub"], ["is a file, not a directory"], [work])
+    refused(capsys, bench_sharding.main, ["--output", "report/sub"], ["is a file, not a directory"], [work])
 
 
 def test_bench_sharding_refuses_an_out_inside_another_run(work, capsys):
     run = run_dir(work)
-    refused(capsys, bench_sharding.main, ["--out", run / "bench"], ["inside the run directory"], [work])
+    refused(capsys, bench_sharding.main, ["--output", run / "bench"], ["inside the run directory"], [work])
 
 
 def test_bench_sharding_refuses_a_nan_value(work, capsys):
@@ -451,13 +451,13 @@ def test_bench_sharding_refuses_a_nan_value(work, capsys):
 def test_bench_generate_refuses_an_out_that_is_a_file_before_measuring(work, capsys):
     from launch import bench_generate
     (work / "result").write_text("x")
-    refused(capsys, bench_generate.main, ["--out", "result", "--quick"], ["--out result is a file"], [work])
+    refused(capsys, bench_generate.main, ["--output", "result", "--quick"], ["--output result is a file"], [work])
 
 
 def test_bench_train_refuses_an_out_that_is_a_directory_before_measuring(work, capsys):
     from launch import bench_train
     (work / "result.json").mkdir()
-    refused(capsys, bench_train.main, ["--out", "result.json"], ["--out result.json is a directory"], [work])
+    refused(capsys, bench_train.main, ["--output", "result.json"], ["--output result.json is a directory"], [work])
 
 
 def test_iterate_sigterm_while_the_model_loads_stops_cleanly(ckpt, work, capsys, monkeypatch):

@@ -71,7 +71,7 @@ def test_an_unfinished_or_malformed_iteration_is_named(run_dir):
 
 def test_cli_writes_the_file_and_reports_counts(run_dir, tmp_path, capsys):
     out = tmp_path / "long.jsonl"
-    code, stdout, _ = run_main(main, ["--run", run_dir, "--output", out], capsys)
+    code, stdout, _ = run_main(main, ["--input", run_dir, "--output", out], capsys)
     assert code == 0 and "wrote 7 records" in stdout and "3 duplicates dropped" in stdout
     assert read_jsonl(out) == collect_long(run_dir)[0]
     assert write_long(run_dir, out, [1]) == (3, 1)
@@ -83,6 +83,6 @@ def test_cli_writes_the_file_and_reports_counts(run_dir, tmp_path, capsys):
     (["--iters", "3"], "iteration 3 is not finished"),
 ])
 def test_cli_bad_input_exits_2(run_dir, tmp_path, capsys, argv, message):
-    code, _, stderr = run_main(main, ["--run", run_dir, *argv, "--output", tmp_path / "o.jsonl"], capsys)
+    code, _, stderr = run_main(main, ["--input", run_dir, *argv, "--output", tmp_path / "o.jsonl"], capsys)
     assert code == 2 and message in stderr
     assert not (tmp_path / "o.jsonl").exists()

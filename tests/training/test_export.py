@@ -29,16 +29,16 @@ def exported(capsys, *argv):
 
 
 def test_a_hf_round_trip_loads_in_transformers_with_the_same_logits(tiny, tmp_path, capsys):
-    out = exported(capsys, "--from", tiny.path, "--to", tmp_path / "hf")
+    out = exported(capsys, "--model", tiny.path, "--output", tmp_path / "hf")
     np.testing.assert_allclose(hf_logits(out), hf_logits(tiny.path), atol=1e-5)
     assert load_tokenizer(out).encode("w1 w2") == tiny.tok.encode("w1 w2")
 
 
 def test_our_orbax_directory_holds_the_same_params_and_converts_back(tiny, tmp_path, capsys):
-    ours = exported(capsys, "--from", tiny.path, "--to", tmp_path / "ours", "--format", "orbax")
+    ours = exported(capsys, "--model", tiny.path, "--output", tmp_path / "ours", "--format", "orbax")
     assert orbax_params.is_params_dir(ours)
     jax.tree.map(np.testing.assert_array_equal, orbax_params.load_params(ours, tiny.cfg), tiny.params)
-    back = exported(capsys, "--from", ours, "--to", tmp_path / "hf")
+    back = exported(capsys, "--model", ours, "--output", tmp_path / "hf")
     np.testing.assert_allclose(hf_logits(back), hf_logits(tiny.path), atol=1e-5)
 
 
@@ -47,7 +47,7 @@ def test_a_merged_lora_export_gives_the_logits_of_base_plus_adapter(tiny, tmp_pa
     adapters = {k: {"a": v["a"], "b": jnp.asarray(0.2 * rng.standard_normal(v["b"].shape), jnp.float32)}
                 for k, v in init_lora(tiny.cfg, rank=4, seed=0).items()}
     save_adapter(tmp_path / "adapter", adapters, {"rank": 4, "alpha": 8.0, "base_model": str(tiny.path)})
-    out = exported(capsys, "--from", tiny.path, "--to", tmp_path / "merged",
+    out = exported(capsys, "--model", tiny.path, "--output", tmp_path / "merged",
                    "--adapter", tmp_path / "adapter")
     ours = jax.jit(lambda p, ad: forward(p, tiny.cfg, TOKENS, lora=ad, lora_scale=2.0).logits)(
         tiny.params, adapters)
@@ -56,7 +56,7 @@ def test_a_merged_lora_export_gives_the_logits_of_base_plus_adapter(tiny, tmp_pa
 
 
 def test_a_missing_source_is_one_clear_error_line(tmp_path, capsys):
-    code, out, err = run_main(export.main, ["--from", tmp_path / "missing", "--to", tmp_path / "x"], capsys)
+    code, out, err = run_main(export.main, ["--model", tmp_path / "missing", "--output", tmp_path / "x"], capsys)
     assert code == 2
     assert err.strip().splitlines() == [f"error: model directory {tmp_path / 'missing'} does not exist"]
 
@@ -64,7 +64,7 @@ def test_a_missing_source_is_one_clear_error_line(tmp_path, capsys):
 def test_an_adapter_for_another_model_is_refused(tiny, tmp_path, capsys):
     other = init_lora(tiny.cfg.__class__(**{**tiny.cfg.__dict__, "hidden_size": 32}), rank=2, seed=0)
     save_adapter(tmp_path / "adapter", other, {"rank": 2, "alpha": 4.0, "base_model": "elsewhere"})
-    code, _, err = run_main(export.main, ["--from", tiny.path, "--to", tmp_path / "x",
+    code, _, err = run_main(export.main, ["--model", tiny.path, "--output", tmp_path / "x",
                                           "--adapter", tmp_path / "adapter"], capsys)
     assert code == 2 and err.startswith("error: adapter w") and "but the model needs" in err
     assert not (tmp_path / "x").exists()
