@@ -24,6 +24,7 @@ from typing import Mapping, Sequence
 from launch import cli
 from selflengthen_jax.config import Config
 from selflengthen_jax.eval import run
+from selflengthen_jax.eval.judge import Ask
 from selflengthen_jax.outputs import check_dir, check_file
 from selflengthen_jax.sampling.batch import PromptItem
 
@@ -41,15 +42,16 @@ def _arguments() -> argparse.ArgumentParser:
     return p
 
 
-def _judge(choice: run.JudgeChoice, cfg: Config, rows: Sequence[Mapping], items: Sequence[PromptItem],
-           out_dir: Path) -> dict:
+def _judge(choice: run.JudgeChoice, url_ask: Ask | None, cfg: Config, rows: Sequence[Mapping],
+           items: Sequence[PromptItem], out_dir: Path) -> dict:
+    ask = url_ask
     if choice.model:
         with cli.user_errors():
             engine, ask = run.engine_judge(cfg, choice.model)
             run.check_judge_prompts(engine, rows, [item.where for item in items])
-    else:
-        ask = run.url_judge(choice)
-    return run.write_judgement(rows, [item.id for item in items], ask, choice.label, out_dir)
+    kept = out_dir / (run.JUDGE_ANSWERS if url_ask else "judge.json")  # a local judge saves at the end
+    with cli.resumable(kept, saved=url_ask is not None):
+        return run.write_judgement(rows, [item.id for item in items], ask, choice.label, out_dir)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -63,6 +65,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             check_file(out_dir / name, [args.input])
         items = run.read_benchmark(args.input, with_responses=args.responses_only)
         generation = None if args.responses_only else run.prepare_generation(cfg, args.model, items, out_dir)
+        url_ask = run.url_judge(judge, out_dir) if judge and judge.url else None  # reads saved answers
         out_dir.mkdir(parents=True, exist_ok=True)
     if generation is None:
         rows = [item.record for item in items]
@@ -70,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         with cli.resumable(out_dir / run.RESPONSES):
             rows = run.generate_responses(generation, items)
     report = run.write_scores(rows, [item.id for item in items], out_dir)
-    judged = _judge(judge, cfg, rows, items, out_dir) if judge else None
+    judged = _judge(judge, url_ask, cfg, rows, items, out_dir) if judge else None
     print("\n".join(run.summary(report, judged)))
 
 

@@ -9,18 +9,25 @@ judge can change its answer; items that never yield a usable answer get no score
 and are reported as failed instead of being silently averaged in.
 
 `ask` is any batch function messages-lists -> texts: `engine_asker` wraps the local
-generation engine, `openai_asker` any OpenAI-compatible chat endpoint.
+generation engine, `openai_asker` any OpenAI-compatible chat endpoint (with backoff on
+429/5xx, and answers saved as they arrive so that nothing answered is asked twice).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import json
 import re
+import threading
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+import tenacity
+
+from selflengthen_jax.pipeline.store import JsonlStore
 from selflengthen_jax.pipeline.text import check_language
 from selflengthen_jax.sampling.request import Request, SamplingParams
 
@@ -59,7 +66,15 @@ _REPAIR = {
 
 
 class AskError(RuntimeError):
-    """A judge backend could not produce answers (HTTP error, unreachable, bad reply)."""
+    """A judge backend could not produce answers (HTTP error, unreachable, bad reply).
+
+    `answers`, when set, holds the batch's answers that did arrive (None where not), so
+    one failing request does not cost the others.
+    """
+
+    def __init__(self, message: str, answers: list[str | None] | None = None):
+        super().__init__(message)
+        self.answers = answers
 
 
 def judge_messages(query: str, response: str, language: str) -> Messages:
@@ -120,8 +135,8 @@ def judge_all(
     Unusable answers are re-asked up to `max_retries` times (all pending items in one
     batch per round). A failed item's score is None and its index is listed in
     stats["failed"]. stats counts `unparsable` answers, `retries` (re-asked
-    requests), and `errors` (rounds where `ask` raised AskError; its items stay
-    pending), with the last error's text in `last_error`.
+    requests), and `errors` (rounds where `ask` raised AskError; its unanswered items
+    stay pending), with the last error's text in `last_error`.
     """
     conversations = [judge_messages(it["query"], it["response"], it["language"]) for it in items]
     scores: list[dict[str, int] | None] = [None] * len(items)
@@ -133,15 +148,20 @@ def judge_all(
         if attempt:
             stats["retries"] += len(pending)
         try:
-            answers = ask([conversations[i] for i in pending])
+            answers: list[str | None] = list(ask([conversations[i] for i in pending]))
         except AskError as err:
             stats["errors"] += 1
             stats["last_error"] = str(err)
-            continue
+            if err.answers is None:
+                continue
+            answers = err.answers
         if len(answers) != len(pending):
             raise ValueError(f"ask returned {len(answers)} answers for {len(pending)} conversations")
         still = []
         for i, answer in zip(pending, answers):
+            if answer is None:  # its request failed: ask again next round, unchanged
+                still.append(i)
+                continue
             scores[i] = parse_judgement(answer)
             if scores[i] is None:
                 stats["unparsable"] += 1
@@ -175,6 +195,76 @@ def engine_asker(engine, params: SamplingParams | None = None, adapter: str = "b
     return ask
 
 
+class _Transient(AskError):
+    """Worth asking again after a pause: HTTP 429 or 5xx, a timeout, a dropped connection."""
+
+    def __init__(self, message: str, retry_after: float = 0.0):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def _retry_after(err: urllib.error.HTTPError) -> float:
+    """The server's Retry-After in seconds (0 when absent or an HTTP date)."""
+    try:
+        return max(0.0, float(err.headers.get("Retry-After", 0)))
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _post(url: str, headers: dict[str, str], body: bytes, timeout: float) -> str:
+    """One chat request; the content of choices[0].message, or AskError (_Transient if
+    the same request may succeed later)."""
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as reply:
+            payload = json.loads(reply.read().decode("utf-8"))
+    except urllib.error.HTTPError as err:
+        detail = err.read().decode("utf-8", "replace")[:300]
+        message = f"{url} answered HTTP {err.code}: {detail}"
+        if err.code == 429 or err.code >= 500:
+            raise _Transient(message, _retry_after(err)) from err
+        raise AskError(message) from err
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
+        raise _Transient(f"cannot reach {url}: {getattr(err, 'reason', err)}") from err
+    except json.JSONDecodeError as err:
+        raise AskError(f"{url} sent a reply that is not JSON: {err}") from err
+    try:
+        content = payload["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        content = None
+    if not isinstance(content, str):
+        raise AskError(f"{url} reply has no choices[0].message.content: {str(payload)[:300]}")
+    return content
+
+
+class AnswerStore:
+    """Judge answers kept as they arrive, one JSONL record per request, keyed by a hash
+    of (model, max_tokens, messages): a rerun, or the next retry round, sends only the
+    requests that have no answer yet. Appends are atomic per record (see JsonlStore)."""
+
+    FIELDS = ("id", "answer")
+
+    def __init__(self, path: str | Path, model: str, max_tokens: int):
+        self.store = JsonlStore.open(path, fields=self.FIELDS)
+        self.model, self.max_tokens = model, max_tokens
+        self.answers = {r["id"]: r["answer"] for r in self.store.records()}
+        self.lock = threading.Lock()
+
+    def key(self, messages: Messages) -> str:
+        identity = json.dumps([self.model, self.max_tokens, messages], ensure_ascii=False, sort_keys=True)
+        return hashlib.blake2b(identity.encode("utf-8"), digest_size=16).hexdigest()
+
+    def get(self, messages: Messages) -> str | None:
+        return self.answers.get(self.key(messages))
+
+    def put(self, messages: Messages, answer: str) -> None:
+        key = self.key(messages)
+        with self.lock:
+            if key not in self.answers:
+                self.store.append({"id": key, "answer": answer})
+                self.answers[key] = answer
+
+
 def openai_asker(
     base_url: str,
     model: str,
@@ -182,39 +272,62 @@ def openai_asker(
     timeout: float = 300.0,
     max_tokens: int = 512,
     workers: int = 4,
+    attempts: int = 6,
+    backoff: float = 1.0,
+    answers: str | Path | None = None,
 ) -> Ask:
     """`ask` backed by an OpenAI-compatible server: POST {base_url}/chat/completions
-    (temperature 0), `workers` requests in flight. Raises AskError naming the URL on
-    HTTP errors, unreachable servers and replies without choices[0].message.content."""
+    (temperature 0), `workers` requests in flight.
+
+    HTTP 429, 5xx, timeouts and refused connections are retried up to `attempts` times
+    per request with exponential backoff (`backoff` seconds, doubling, at most 60; a
+    longer Retry-After is honoured). With `answers` (a JSONL path), each answer is saved
+    the moment it arrives and reused on later calls and reruns. A batch where some
+    requests still fail raises AskError naming the URL after the others finished (their
+    answers ride on the error, and are saved); so do 4xx errors and replies without
+    choices[0].message.content.
+    """
     url = base_url.rstrip("/") + "/chat/completions"
     headers = {"Content-Type": "application/json"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
+    store = AnswerStore(answers, model, max_tokens) if answers else None
+    exponential = tenacity.wait_exponential(multiplier=backoff, max=60.0)
+
+    def pause(state: tenacity.RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        return max(exponential(state), min(getattr(error, "retry_after", 0.0), 60.0))
+
+    @tenacity.retry(retry=tenacity.retry_if_exception_type(_Transient), wait=pause,
+                    stop=tenacity.stop_after_attempt(max(1, attempts)), reraise=True)
+    def send(body: bytes) -> str:
+        return _post(url, headers, body, timeout)
 
     def one(messages: Messages) -> str:
         body = json.dumps({"model": model, "messages": messages, "temperature": 0.0,
                            "max_tokens": max_tokens}).encode()
-        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as reply:
-                payload = json.loads(reply.read().decode("utf-8"))
-        except urllib.error.HTTPError as err:
-            detail = err.read().decode("utf-8", "replace")[:300]
-            raise AskError(f"{url} answered HTTP {err.code}: {detail}") from err
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
-            raise AskError(f"cannot reach {url}: {getattr(err, 'reason', err)}") from err
-        except json.JSONDecodeError as err:
-            raise AskError(f"{url} sent a reply that is not JSON: {err}") from err
-        try:
-            content = payload["choices"][0]["message"]["content"]
-        except (KeyError, IndexError, TypeError):
-            content = None
-        if not isinstance(content, str):
-            raise AskError(f"{url} reply has no choices[0].message.content: {str(payload)[:300]}")
-        return content
+            answer = send(body)
+        except _Transient as err:
+            raise AskError(f"{err} (gave up after {max(1, attempts)} attempts)") from err
+        if store is not None:
+            store.put(messages, answer)
+        return answer
 
     def ask(batch: Sequence[Messages]) -> list[str]:
+        out: list[str | None] = [store.get(m) if store else None for m in batch]
+        todo = [i for i, text in enumerate(out) if text is None]
+        failed: list[AskError] = []
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            return list(pool.map(one, batch))
+            futures = {pool.submit(one, batch[i]): i for i in todo}
+            for future in concurrent.futures.as_completed(futures):
+                try:
+                    out[futures[future]] = future.result()
+                except AskError as err:
+                    failed.append(err)
+        if failed:
+            kept = " (the others are saved)" if store is not None and len(failed) < len(todo) else ""
+            raise AskError(f"{len(failed)} of {len(todo)} requests failed{kept}; last: {failed[-1]}", out)
+        return out  # type: ignore[return-value]
 
     return ask

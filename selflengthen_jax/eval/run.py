@@ -46,7 +46,8 @@ from selflengthen_jax.sampling.service import build_engine, check_model, samplin
 
 BENCHMARK_FIELDS = ("query", "type", "constraint", "language", "range")
 RESPONSES = "responses.jsonl"
-WRITES = (RESPONSES, "report.json", "report.md", "lengths.png", "judge.json")  # in --output
+JUDGE_ANSWERS = "judge_answers.jsonl"
+WRITES = (RESPONSES, "report.json", "report.md", "lengths.png", "judge.json", JUDGE_ANSWERS)  # in --output
 JUDGE_MAX_NEW_TOKENS = 512
 
 
@@ -196,9 +197,11 @@ def engine_judge(cfg: Config, path: str) -> tuple[Engine, Ask]:
                                                         stop=()))
 
 
-def url_judge(choice: JudgeChoice) -> Ask:
-    """The endpoint's `ask`; a key, if the server needs one, comes from $OPENAI_API_KEY."""
-    return openai_asker(choice.url, choice.name, api_key=os.environ.get("OPENAI_API_KEY"))
+def url_judge(choice: JudgeChoice, out_dir: Path) -> Ask:
+    """The endpoint's `ask`, saving each answer in out_dir/judge_answers.jsonl as it
+    arrives (a rerun resumes); a key, if the server needs one, comes from $OPENAI_API_KEY."""
+    return openai_asker(choice.url, choice.name, api_key=os.environ.get("OPENAI_API_KEY"),
+                        answers=out_dir / JUDGE_ANSWERS)
 
 
 def write_judgement(rows: Sequence[Mapping], ids: Sequence[str], ask: Ask, judge: str,

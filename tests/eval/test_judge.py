@@ -154,13 +154,15 @@ def test_openai_backend_malformed_first_then_valid():
 
 def test_openai_backend_that_always_fails_leaves_items_failed():
     with fake_openai_server(lambda body: (500, {"error": "overloaded"})) as (url, received):
-        ask = openai_asker(url, "judge-model", workers=1)
+        ask = openai_asker(url, "judge-model", workers=1, attempts=2, backoff=0.001)
         with pytest.raises(AskError, match="HTTP 500"):
             ask([[{"role": "user", "content": "hi"}]])
         scores, stats = judge_all(ITEMS[:1], ask, max_retries=3)
     assert scores == [None]
     assert stats["failed"] == [0] and stats["scored"] == 0
     assert stats["errors"] == 4 and "HTTP 500" in stats["last_error"]
+    assert "gave up after 2 attempts" in stats["last_error"]
+    assert len(received) == 2 * (1 + 4)  # every request tried twice
     assert "Authorization" not in received[0][1]
 
 
@@ -172,4 +174,55 @@ def test_openai_backend_reports_bad_replies_and_unreachable_servers():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with pytest.raises(AskError, match="cannot reach"):
-        openai_asker(f"http://127.0.0.1:{port}", "m", timeout=2)([[{"role": "user", "content": "hi"}]])
+        openai_asker(f"http://127.0.0.1:{port}", "m", timeout=2, attempts=2, backoff=0.001)(
+            [[{"role": "user", "content": "hi"}]])
+
+
+def test_openai_backend_backs_off_on_429_and_5xx_then_succeeds():
+    calls = []
+
+    def reply(body):  # per conversation: 429, then 503, then an answer
+        key = body["messages"][0]["content"]
+        calls.append(key)
+        n = calls.count(key)
+        return (429, {"error": "slow down"}) if n == 1 else (503, {"error": "busy"}) if n == 2 else \
+            _chat(json.dumps(GOOD))
+
+    with fake_openai_server(reply) as (url, received):
+        scores, stats = judge_all(ITEMS, openai_asker(url, "judge-model", workers=2, backoff=0.001))
+    assert scores == [GOOD, GOOD] and stats["errors"] == 0
+    assert len(received) == 6
+
+
+def test_a_client_error_is_not_retried():
+    with fake_openai_server(lambda body: (400, {"error": "bad request"})) as (url, received):
+        with pytest.raises(AskError, match="HTTP 400"):
+            openai_asker(url, "m", backoff=0.001)([[{"role": "user", "content": "hi"}]])
+    assert len(received) == 1
+
+
+def test_answers_are_saved_as_they_arrive_and_a_rerun_asks_only_for_the_rest(tmp_path):
+    """One conversation keeps failing: the others' answers are on disk already, and a
+    second asker over the same file (a rerun) sends only the missing request."""
+    saved = tmp_path / "judge_answers.jsonl"
+    down = {"Write a story.": True}
+
+    def reply(body):
+        content = body["messages"][0]["content"]
+        if any(q in content and down.get(q) for q in down):
+            return 500, {"error": "down"}
+        return _chat(json.dumps(GOOD))
+
+    with fake_openai_server(reply) as (url, received):
+        ask = openai_asker(url, "judge-model", workers=2, attempts=2, backoff=0.001, answers=saved)
+        scores, stats = judge_all(ITEMS, ask, max_retries=0)
+        assert scores == [GOOD, None] and stats["errors"] == 1 and "1 of 2 requests failed" in stats["last_error"]
+        assert len(saved.read_text().splitlines()) == 1  # the answer that arrived is kept
+        first = len(received)
+        down["Write a story."] = False
+        rerun = openai_asker(url, "judge-model", workers=2, answers=saved)
+        scores, stats = judge_all(ITEMS, rerun)
+        assert scores == [GOOD, GOOD] and stats["errors"] == 0
+        assert len(received) == first + 1  # only the missing one was asked
+    assert len(saved.read_text().splitlines()) == 2
+    assert all(set(json.loads(line)) == {"id", "answer"} for line in saved.read_text().splitlines())
