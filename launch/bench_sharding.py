@@ -25,7 +25,6 @@ import jax
 from launch import cli
 from selflengthen_jax.bench import sharding_report as report
 from selflengthen_jax.bench.sharding import load_bench, prepare, run
-from selflengthen_jax.config import load_config
 from selflengthen_jax.outputs import check_dir
 
 
@@ -44,7 +43,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     cli.init_distributed(args.distributed)
     with cli.user_errors():
         bench_overrides = [o.removeprefix("bench.") for o in args.overrides if o.startswith("bench.")]
-        cfg = load_config(args.config, [o for o in args.overrides if not o.startswith("bench.")])
+        args.overrides = [o for o in args.overrides if not o.startswith("bench.")]
+        cfg = cli.config(args)
         bench = load_bench(args.bench, bench_overrides)
         if args.strategies:
             bench = dataclasses.replace(bench, strategies=[s.strip() for s in args.strategies.split(",")])

@@ -94,6 +94,10 @@ BAD_VALUES = [
     ("train.weight_decay=-0.1", "train.weight_decay=-0.1 must be >= 0"),
     ("pipeline.min_extension_ratio=.nan", "pipeline.min_extension_ratio=nan must be a finite number"),
     ("plan.num_devices=-4", "plan.num_devices=-4 must be >= 0"),
+    ("mesh.rules.vocabb=tensor", "mesh.rules.vocabb is not a logical axis; known: batch, layers, embed, vocab"),
+    ("mesh.rules.vocab=bogus", "mesh.rules.vocab='bogus' is not allowed; choose a mesh axis (data, fsdp, tensor)"),
+    ("mesh.rules.heads=[tensor, bogus]", "mesh.rules.heads=['tensor', 'bogus'] is not allowed"),
+    ("mesh.rules.mlp=[tensor, tensor]", "a list of distinct ones, or null"),
 ]
 
 
@@ -277,6 +281,21 @@ def test_train_names_the_line_of_invalid_json(ckpt, work, capsys):
 def test_train_refuses_an_out_around_its_data(ckpt, work, data, capsys):
     refused(capsys, train.main, [f"model.path={ckpt}", "--role", "gen", "--input", data, "--output", work],
             ["overlaps the input"], [work])
+
+
+@pytest.mark.parametrize("override,message", BAD_VALUES[-4:])
+def test_train_refuses_bad_mesh_rules_before_loading(ckpt, work, data, capsys, override, message):
+    refused(capsys, train.main, ["--model", ckpt, "--role", "gen", "--input", data, "--output", "o", override],
+            [message], [work])
+    assert not (work / "o").exists()
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "two"])
+def test_train_refuses_a_profile_that_is_not_a_positive_count(ckpt, work, data, capsys, value):
+    code, _, err = run_main(train.main, ["--model", ckpt, "--role", "gen", "--input", data, "--output", "o",
+                                         "--profile", value], capsys)
+    assert code == 2 and f"argument --profile: expected a whole number >= 1, got '{value}'" in err
+    assert not (work / "o").exists()
 
 
 def test_train_refuses_a_nan_value(ckpt, work, data, capsys):
