@@ -147,3 +147,25 @@ def test_one_adamw_step_matches_transformers_and_torch(parity_model, tiny, recor
     ours = np.asarray(logits_of(state.trainable, micro, cfg))
     real = micro.segment_ids > 0
     assert np.abs(ours - torch_logits)[real].max() < 2e-4
+
+
+def test_lora_dropout_draws_masks_from_seed_and_step_only(tiny, records):
+    """Masks depend on (dropout_seed, step, micro-batch): a resumed run redraws the same
+    ones, and each step gets new ones; without dropout the gradient is the plain one."""
+    from selflengthen_jax.models.lora import init_lora
+    from selflengthen_jax.training.step import accumulate
+
+    rng = np.random.default_rng(3)
+    adapters = {k: {"a": v["a"], "b": jnp.asarray(0.1 * rng.standard_normal(v["b"].shape), jnp.float32)}
+                for k, v in init_lora(tiny.cfg, 4, 0).items()}
+    batch = first_batch(tiny, records(2), accum=2, rows=1)
+    grads = jax.jit(lambda spec, step: accumulate(adapters, tiny.params, batch, spec, step)[2],
+                    static_argnums=0)
+    spec = StepSpec(tiny.cfg, lora_scale=2.0, lora_dropout=0.3, dropout_seed=5)
+    flat = lambda g: np.concatenate([np.ravel(x) for x in jax.tree.leaves(g)])  # noqa: E731
+    g0, again, g1 = flat(grads(spec, 0)), flat(grads(spec, 0)), flat(grads(spec, 1))
+    plain = flat(grads(dataclasses.replace(spec, lora_dropout=0.0), 0))
+    np.testing.assert_array_equal(g0, again)
+    assert np.abs(g0 - g1).max() > 1e-6 and np.abs(g0 - plain).max() > 1e-6
+    other_seed = flat(grads(dataclasses.replace(spec, dropout_seed=6), 0))
+    assert np.abs(g0 - other_seed).max() > 1e-6
