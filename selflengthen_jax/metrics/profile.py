@@ -11,12 +11,12 @@ them. Unarmed (always, unless a launcher passes --profile), `tick` is one lookup
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import jax
 
-KINDS = ("decode", "train")
-_state: dict = {"dir": None, "n": 0, "active": None, "count": 0, "done": set()}
+_state: dict = {"dir": None, "n": 0, "active": None, "count": 0, "done": set(), "stopped": 0.0}
 
 
 def arm(log_dir: str | Path, n: int) -> None:
@@ -39,6 +39,8 @@ def tick(kind: str) -> None:
         return
     if _state["active"] is None:
         Path(_state["dir"]).mkdir(parents=True, exist_ok=True)
+        # jax names a trace's directory by the second it starts: never reuse the last one's
+        time.sleep(max(0.0, _state["stopped"] + 1.0 - time.time()))
         jax.profiler.start_trace(_state["dir"])
         _state.update(active=kind, count=0)
     elif _state["active"] == kind:
@@ -46,7 +48,7 @@ def tick(kind: str) -> None:
         if _state["count"] >= _state["n"]:
             jax.profiler.stop_trace()
             _state["done"].add(kind)
-            _state["active"] = None
+            _state.update(active=None, stopped=time.time())
 
 
 def traced() -> set[str]:

@@ -26,8 +26,8 @@ from selflengthen_jax.pipeline.collect import write_long
 from selflengthen_jax.pipeline.seeds import load_seeds
 from selflengthen_jax.pipeline.store import (atomic_write_json, atomic_write_text, is_done, mark_done,
                                              read_jsonl, read_marker)
-from selflengthen_jax.pipeline.summary import (board_iteration, growth_line, iteration_summary, plot_lengths,
-                                               summary_table)
+from selflengthen_jax.pipeline.summary import (board_iteration, global_step, growth_line, iteration_summary,
+                                               plot_lengths, summary_table)
 from selflengthen_jax.training.checkpointing import load_adapter
 from selflengthen_jax.training.trainer import train
 
@@ -154,12 +154,7 @@ class Loop:
         self.log(f"iter {k}: trained the {role}: {artifact}")
 
     def global_step(self, k: int, role: str | None = None) -> int:
-        """The run's TensorBoard step where iteration k's training of `role` begins (None:
-        where iteration k's training begins): optimizer steps of all trainings before it."""
-        order = [(j, r) for j in range(1, k + 1) for r in ROLE_DIRS]
-        before = order[:order.index((k, role))] if role else order[:-len(ROLE_DIRS)]
-        return sum((read_marker(self.iter_dir(j), f"train_{ROLE_DIRS[r]}") or {}).get("steps", 0)
-                   for j, r in before)
+        return global_step(self.out, k, ROLE_DIRS[role] if role else None, tuple(ROLE_DIRS.values()))
 
     # -- the whole run ------------------------------------------------------------------------
     def run(self) -> list[dict]:

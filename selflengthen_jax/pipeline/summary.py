@@ -102,6 +102,16 @@ def phase_metrics(entry: dict) -> dict[str, dict[str, float]]:
     return out
 
 
+def global_step(out: Path, k: int, role: str | None, roles: tuple[str, ...]) -> int:
+    """The run's TensorBoard step where iteration k's training of `role` (a short name,
+    trained in the order of `roles`) begins, or with role None where iteration k's
+    training begins: the optimizer steps of every training before it, as their
+    `train_<role>.done` markers record them (a skipped one took 0)."""
+    order = [(j, r) for j in range(1, k + 1) for r in roles]
+    before = order[:order.index((k, role))] if role else order[:-len(roles)]
+    return sum((read_marker(out / f"iter_{j}", f"train_{r}") or {}).get("steps", 0) for j, r in before)
+
+
 def board_iteration(board: Board, d: Path, entry: dict, step: int) -> None:
     """One iteration's generation metrics (`generation/<phase>/...`) and word-count
     histograms (`lengths/<phase>_words`) at `step`, plus `progress/iteration`."""

@@ -144,3 +144,32 @@ def test_missing_data_fails_before_any_output_is_written(tiny, config, tmp_path,
     with pytest.raises(DataError, match="nope.jsonl"):
         run(config(), tiny, tmp_path / "nope.jsonl", tmp_path / "out", one_device)
     assert not (tmp_path / "out").exists()
+
+
+def test_curves_go_to_a_shared_board_on_one_global_step(tiny, config, records, write_jsonl, tmp_path,
+                                                         one_device):
+    """As the loop trains the generator then the extender: one board, tags by iteration
+    and role, the second run's steps continuing after the first's; standalone, a run
+    writes train/<role>/... into its own directory."""
+    from selflengthen_jax.metrics.tensorboard import Board, TrainingCurve
+    from tb_fixtures import scalars
+
+    data = write_jsonl(tmp_path / "d.jsonl", records(4))
+    cfg = config("train.max_steps=3", "train.lora.rank=2", "train.lora.dropout=0.1")
+    board = Board(tmp_path / "tb")
+    first = TrainingCurve(board, "train/iter_1/generator", offset=0)
+    trainer.train(cfg, "generator", data, tmp_path / "g", tiny.params, tiny.cfg, tiny.tok, one_device,
+                  curve=first)
+    second = TrainingCurve(board, "train/iter_1/extender", offset=first.steps)
+    trainer.train(cfg, "extender", data, tmp_path / "e", tiny.params, tiny.cfg, tiny.tok, one_device,
+                  curve=second)
+    board.close()
+    got = scalars(tmp_path / "tb")
+    assert first.steps == second.steps == 3
+    assert [s for s, _ in got["train/iter_1/generator/loss"]] == [1, 2, 3]
+    assert [s for s, _ in got["train/iter_1/extender/loss"]] == [4, 5, 6]
+    assert {t.rsplit("/", 1)[1] for t in got} == {"loss", "lr", "grad_norm", "tokens_per_s", "step_time_s",
+                                                   "epoch"}
+    assert not (tmp_path / "g" / "tensorboard").exists()
+    run(cfg, tiny, data, tmp_path / "alone", one_device)
+    assert [s for s, _ in scalars(tmp_path / "alone" / "tensorboard")["train/generator/loss"]] == [1, 2, 3]
