@@ -32,11 +32,11 @@ def run_env() -> dict[str, str]:
     return e
 
 
-def iterate(out: Path, kill_at: str | None = None) -> subprocess.CompletedProcess:
+def iterate(out: Path, kill_at: str | None = None, *flags: str) -> subprocess.CompletedProcess:
     env = run_env()
     if kill_at:
         env["SELFLENGTHEN_KILL_AT"] = kill_at
-    return subprocess.run([sys.executable, "-m", "launch.iterate", f"output_dir={out}", *REDUCED],
+    return subprocess.run([sys.executable, "-m", "launch.iterate", f"output_dir={out}", *REDUCED, *flags],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
 
 
@@ -52,7 +52,7 @@ def records(out: Path) -> dict[str, list[dict]]:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     out = tmp_path_factory.mktemp("reference")
-    done = iterate(out)
+    done = iterate(out, None, "--profile", "2")
     assert done.returncode == 0, done.stderr[-3000:]
     (out / "stdout.txt").write_text(done.stdout)
     return out
@@ -95,6 +95,30 @@ def test_iteration_2_generates_with_iteration_1_adapters(reference):
         for phase in ("initial", "extended"):
             assert read_marker(reference / "iter_2", phase)["roles"][role] == role
         assert (reference / "iter_1" / "checkpoints" / short / "adapter").is_dir()
+
+
+def test_one_tensorboard_run_on_one_global_step(reference):
+    """Both iterations' generator and extender curves follow each other on one step axis,
+    each iteration's generation metrics and histograms sit where its training begins, and
+    --profile 2 left one decode and one train trace."""
+    from selflengthen_jax.pipeline.store import read_marker
+    from tb_fixtures import histograms, scalars
+
+    tb = reference / "tensorboard"
+    got = scalars(tb)
+    end = 0
+    for k in (1, 2):
+        assert [s for s, v in got["progress/iteration"] if v == k] == [end]
+        for phase in ("instructions", "initial", "extended"):
+            assert [s for s, _ in got[f"generation/{phase}/tokens_per_s"]][k - 1] == end
+        for role, short in (("generator", "gen"), ("extender", "ext")):
+            steps = [s for s, _ in got[f"train/iter_{k}/{role}/loss"]]
+            assert steps == sorted(set(steps)) and steps[0] > end, (k, role, steps)
+            end += read_marker(reference / f"iter_{k}", f"train_{short}")["steps"]
+            assert steps[-1] == end
+    assert [s for s, _, _ in histograms(tb)["lengths/initial_words"]] == [s for s, _ in got["progress/iteration"]]
+    assert not list((reference / "iter_1").rglob("events.out.tfevents.*"))  # no per-role runs any more
+    assert len(list((tb / "plugins" / "profile").rglob("*.xplane.pb"))) == 2
 
 
 def test_killed_anywhere_and_resumed_loses_and_duplicates_nothing(reference, tmp_path):
