@@ -44,7 +44,7 @@ def parser(module: str, doc: str, config: bool = True) -> argparse.ArgumentParse
 
 
 def renamed(argv: Sequence[str], old_flags: Mapping[str, str],
-            old_keys: Mapping[str, str] = {}) -> list[str]:
+            old_keys: Mapping[str, str] | None = None) -> list[str]:
     """argv with deprecated spellings rewritten to the current flags, one stderr hint each.
 
     `old_flags` maps e.g. "--out" -> "--output" (also `--out=X`); `old_keys` maps a
@@ -57,7 +57,7 @@ def renamed(argv: Sequence[str], old_flags: Mapping[str, str],
         if flag in old_flags:
             _hint(flag, old_flags[flag])
             out += [f"{old_flags[flag]}={value}"] if eq else [old_flags[flag]]
-        elif eq and flag in old_keys:
+        elif eq and old_keys and flag in old_keys:
             _hint(f"{flag}=", old_keys[flag])
             out += [old_keys[flag], value]
         else:
@@ -69,11 +69,11 @@ def _hint(old: str, new: str) -> None:
     print(f"warning: {old} is deprecated; use {new}", file=sys.stderr)
 
 
-def parse(p: argparse.ArgumentParser, argv: Sequence[str] | None, old_flags: Mapping[str, str] = {},
-          old_keys: Mapping[str, str] = {}) -> argparse.Namespace:
+def parse(p: argparse.ArgumentParser, argv: Sequence[str] | None, old_flags: Mapping[str, str] | None = None,
+          old_keys: Mapping[str, str] | None = None) -> argparse.Namespace:
     """Flags and overrides may come in any order; deprecated spellings are rewritten."""
     argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
-    return p.parse_intermixed_args(renamed(argv, old_flags, old_keys))
+    return p.parse_intermixed_args(renamed(argv, old_flags or {}, old_keys))
 
 
 def config(args: argparse.Namespace, extra: Sequence[str] = (),

@@ -224,8 +224,9 @@ def forward(params: Params, cfg: ModelConfig, tokens: jnp.ndarray, *,
     at `write_index[b]` onwards and attend to everything cached before them.
     `lora` holds per-projection adapters stacked [layers, n_adapters, ...]; `adapter_ids`
     [b] picks one per row. With `lora_dropout` > 0 and a `dropout_key` (training only),
-    each adapter's input is dropped, a fresh mask per layer and projection. `params` may be stacked (layers run under `lax.scan`) or in
-    the `per_layer` layout (layers unrolled).
+    each adapter's input is dropped, a fresh mask per layer and projection (as PEFT's
+    lora_dropout; the base projection sees the whole input). `params` may be stacked
+    (layers run under `lax.scan`) or in the `per_layer` layout (layers unrolled).
     """
     b, s = tokens.shape
     cdt = jnp.dtype(cfg.compute_dtype)
