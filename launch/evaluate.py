@@ -64,8 +64,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         for name in run.WRITES:
             check_file(out_dir / name, [args.input])
         items = run.read_benchmark(args.input, with_responses=args.responses_only)
-        generation = None if args.responses_only else run.prepare_generation(cfg, args.model, items, out_dir)
         url_ask = run.url_judge(judge, out_dir) if judge and judge.url else None  # reads saved answers
+        generation = None if args.responses_only else run.prepare_generation(cfg, args.model, items, out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
     if generation is None:
         rows = [item.record for item in items]

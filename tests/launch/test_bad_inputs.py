@@ -361,6 +361,14 @@ def test_evaluate_refuses_a_responses_file_it_did_not_write(ckpt, work, benchmar
             ["responses.jsonl:1", "not a file this command wrote"], [work, ckpt])
 
 
+def test_evaluate_refuses_judge_answers_it_did_not_write_before_generating(work, benchmark, capsys):
+    (work / "out").mkdir()
+    (work / "out" / "judge_answers.jsonl").write_text("my notes\n")
+    refused(capsys, evaluate.main, ["--input", benchmark, "--output", work / "out", "--model", work / "m",
+                                    "--judge-url", "http://127.0.0.1:9/v1", "--judge-name", "m"],
+            ["judge_answers.jsonl:1", "not a file this command wrote"], [work])
+
+
 def test_evaluate_refuses_an_output_inside_a_run(work, benchmark, capsys):
     run = run_dir(work)
     refused(capsys, evaluate.main, ["--input", benchmark, "--output", run / "eval", "--responses-only"],
