@@ -1,12 +1,14 @@
 """Convert model directories, optionally merging a trained LoRA adapter into the weights.
 
-    python -m launch.export --from DIR --to DIR [--adapter ADAPTER_DIR] [--format hf|orbax]
+    python -m launch.export --from DIR --to DIR [--adapter ADAPTER_DIR] [--format hf|orbax|peft]
         [--dtype float32|bfloat16]
 
 The source is a Hugging Face checkpoint or one of our Orbax params directories (told
 apart by its `params/` folder). `--format hf` (default) writes sharded safetensors that
 transformers and vLLM load; `--format orbax` writes our params directory, which
-restores faster onto a mesh. Tokenizer files are copied along. Weights are sharded over
+restores faster onto a mesh; `--format peft` writes only the --adapter, as a PEFT
+adapter (adapter_config.json + adapter_model.safetensors) for peft or vLLM to load onto
+the unchanged --from base. Tokenizer files are copied along. Weights are sharded over
 all devices while converting, so a model larger than one device still converts. An
 existing --to is replaced only if it holds nothing but what this export writes.
 """
@@ -25,6 +27,7 @@ from selflengthen_jax.checkpoint import orbax_params
 from selflengthen_jax.checkpoint.hf_export import WRITES as HF_WRITES, export_hf
 from selflengthen_jax.checkpoint.hf_import import load_params, read_config
 from selflengthen_jax.checkpoint.loader import param_shardings
+from selflengthen_jax.checkpoint.peft_adapter import PEFT_WRITES, export_peft
 from selflengthen_jax.config import MeshSection
 from selflengthen_jax.models.config import ModelConfig
 from selflengthen_jax.models.lora import check_compatible, merge_lora
@@ -35,6 +38,7 @@ from selflengthen_jax.parallel.rules import strategy_rules
 from selflengthen_jax.training.checkpointing import load_adapter
 
 DTYPES = ("float32", "bfloat16")
+WRITES = {"hf": HF_WRITES, "orbax": orbax_params.WRITES, "peft": PEFT_WRITES}
 
 
 def source_dtype(model_dir: Path) -> str:
@@ -63,6 +67,13 @@ def with_adapter(params: Params, cfg: ModelConfig, adapter_dir: Path, mesh: Mesh
     return merge_lora(params, adapters, float(meta["alpha"]) / float(meta["rank"]))
 
 
+def peft_from(base: str, model_dir: Path, adapter_dir: Path, dst: Path) -> Path:
+    """The adapter in PEFT's format, checked against the base's shapes; no base weight is read."""
+    adapters, meta = load_adapter(adapter_dir)
+    check_compatible(read_config(model_dir), adapters)
+    return export_peft(dst, adapters, int(meta["rank"]), meta["alpha"], base, meta.get("dropout", 0.0))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     p = cli.parser("launch.export",
                    "Convert a model directory (HF <-> ours), optionally merging a LoRA adapter.")
@@ -70,13 +81,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--to", dest="dst", required=True,
                    help="output directory (an earlier export there is replaced; anything else is refused)")
     p.add_argument("--adapter", help="adapter directory from launch.train (merged into the weights)")
-    p.add_argument("--format", choices=("hf", "orbax"), default="hf")
+    p.add_argument("--format", choices=tuple(WRITES), default="hf",
+                   help="hf: merged safetensors; orbax: our params dir; peft: the adapter alone (needs --adapter)")
     p.add_argument("--dtype", choices=DTYPES, help="weight dtype to write (default: the source's)")
     args = cli.parse(p, argv)
     src, dst = Path(args.src), Path(args.dst)
     with cli.user_errors():
         check_dir(dst, [src, *filter(None, [args.adapter])], what="--to")
-        check_replaceable(dst, HF_WRITES if args.format == "hf" else orbax_params.WRITES)
+        check_replaceable(dst, WRITES[args.format])
+        if args.format == "peft":
+            if not args.adapter:
+                raise ValueError("--format peft exports an adapter: pass --adapter DIR")
+            base = str(src.absolute()) if src.is_dir() else args.src  # a hub id stays one
+            print(peft_from(base, src, Path(args.adapter), dst))
+            return
         mesh = make_mesh(MeshSection(data=1, fsdp=-1))
         cfg, params = load_any(src, args.dtype or source_dtype(src), mesh)
         if args.adapter:
