@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import sys
 from typing import Iterator, NoReturn, Sequence
 
+from selflengthen_jax.checkpoint.hub import resolve_model
 from selflengthen_jax.config import Config, load_config
 from selflengthen_jax.pipeline import signals
 
@@ -36,8 +38,12 @@ def parse(p: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Na
 
 
 def config(args: argparse.Namespace, extra: Sequence[str] = ()) -> Config:
-    """The run config: file, then command-line overrides, then `extra` (from flags)."""
-    return load_config(args.config, [*args.overrides, *extra])
+    """The run config: file, then command-line overrides, then `extra` (from flags); a hub id
+    in model.path becomes its local snapshot directory (see checkpoint/hub.py)."""
+    cfg = load_config(args.config, [*args.overrides, *extra])
+    path = resolve_model(cfg.model.path)
+    return cfg if path == cfg.model.path else dataclasses.replace(
+        cfg, model=dataclasses.replace(cfg.model, path=path))
 
 
 def init_distributed(flag: bool) -> None:

@@ -26,6 +26,7 @@ from launch import cli
 from selflengthen_jax.checkpoint import orbax_params
 from selflengthen_jax.checkpoint.hf_export import WRITES as HF_WRITES, export_hf
 from selflengthen_jax.checkpoint.hf_import import load_params, read_config
+from selflengthen_jax.checkpoint.hub import is_hub_id, resolve_model
 from selflengthen_jax.checkpoint.loader import param_shardings
 from selflengthen_jax.checkpoint.peft_adapter import PEFT_WRITES, export_peft
 from selflengthen_jax.config import MeshSection
@@ -77,7 +78,8 @@ def peft_from(base: str, model_dir: Path, adapter_dir: Path, dst: Path) -> Path:
 def main(argv: Sequence[str] | None = None) -> None:
     p = cli.parser("launch.export",
                    "Convert a model directory (HF <-> ours), optionally merging a LoRA adapter.")
-    p.add_argument("--from", dest="src", required=True, help="HF checkpoint or our params directory")
+    p.add_argument("--from", dest="src", required=True,
+                   help="HF checkpoint or our params directory, or a hub id (org/name) from the HF cache")
     p.add_argument("--to", dest="dst", required=True,
                    help="output directory (an earlier export there is replaced; anything else is refused)")
     p.add_argument("--adapter", help="adapter directory from launch.train (merged into the weights)")
@@ -85,14 +87,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                    help="hf: merged safetensors; orbax: our params dir; peft: the adapter alone (needs --adapter)")
     p.add_argument("--dtype", choices=DTYPES, help="weight dtype to write (default: the source's)")
     args = cli.parse(p, argv)
-    src, dst = Path(args.src), Path(args.dst)
+    dst = Path(args.dst)
     with cli.user_errors():
+        src = Path(resolve_model(args.src))  # a hub id: its snapshot in the local HF cache
         check_dir(dst, [src, *filter(None, [args.adapter])], what="--to")
         check_replaceable(dst, WRITES[args.format])
         if args.format == "peft":
             if not args.adapter:
                 raise ValueError("--format peft exports an adapter: pass --adapter DIR")
-            base = str(src.absolute()) if src.is_dir() else args.src  # a hub id stays one
+            base = args.src if is_hub_id(args.src) else str(src.absolute())  # a hub id stays one
             print(peft_from(base, src, Path(args.adapter), dst))
             return
         mesh = make_mesh(MeshSection(data=1, fsdp=-1))
