@@ -1,7 +1,10 @@
 """Write params back as a Hugging Face checkpoint directory (sharded safetensors + index).
 
 The result loads with `transformers.AutoModelForCausalLM.from_pretrained` and can be
-served by vLLM; tokenizer and generation files are copied from the source directory.
+served by vLLM; tokenizer and generation files are copied from the source directory, and
+config.json carries the bos/eos ids. The export streams: host memory stays below one
+output shard plus one tensor whatever the model's size (tests/checkpoint/
+test_hf_export_memory.py measures it).
 """
 
 from __future__ import annotations
