@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -22,6 +23,7 @@ from typing import Callable, Iterator, Mapping, NoReturn, Sequence
 
 import yaml
 
+from selflengthen_jax.checkpoint.hub import resolve_model
 from selflengthen_jax.config import Config, load_config
 from selflengthen_jax.metrics import profile
 from selflengthen_jax.parallel.rules import check_rules
@@ -79,7 +81,8 @@ def parse(p: argparse.ArgumentParser, argv: Sequence[str] | None, old_flags: Map
 def config(args: argparse.Namespace, extra: Sequence[str] = (),
            complete: Callable[[Config], Config] | None = None) -> Config:
     """The run config: file, then command-line overrides, then `extra` (from flags),
-    then `complete` (e.g. the demo model filled in where none is named).
+    then `complete` (e.g. the demo model filled in where none is named). A hub id in
+    model.path becomes its local snapshot directory (see checkpoint/hub.py).
 
     The mesh rules are checked here (they name axes of the model and mesh, which the
     config floor does not know). With --print-config the result is printed as YAML and
@@ -87,6 +90,9 @@ def config(args: argparse.Namespace, extra: Sequence[str] = (),
     """
     cfg = load_config(args.config, [*args.overrides, *extra])
     check_rules(cfg.mesh.rules)
+    path = resolve_model(cfg.model.path)  # a hub id: its snapshot in the local HF cache
+    if path != cfg.model.path:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=path))
     cfg = complete(cfg) if complete else cfg
     if getattr(args, "print_config", False):
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True), end="")

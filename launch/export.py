@@ -1,15 +1,17 @@
 """Convert model directories, optionally merging a trained LoRA adapter into the weights.
 
     python -m launch.export --model DIR --output DIR [--adapter ADAPTER_DIR]
-        [--format hf|orbax] [--dtype float32|bfloat16] [--config FILE] [key=value ...]
+        [--format hf|orbax|peft] [--dtype float32|bfloat16] [--config FILE] [key=value ...]
 
 Required: --output, and --model unless the config names `model.path` (the only config
-key this script reads).
+key this script reads). --model may be a hub id (org/name) found in the local HF cache.
 
 The source is a Hugging Face checkpoint or one of our Orbax params directories (told
 apart by its `params/` folder). `--format hf` (default) writes sharded safetensors that
 transformers and vLLM load; `--format orbax` writes our params directory, which
-restores faster onto a mesh. Tokenizer files are copied along. Weights are sharded over
+restores faster onto a mesh; `--format peft` writes only the --adapter, as a PEFT
+adapter (adapter_config.json + adapter_model.safetensors) for peft or vLLM to load onto
+the unchanged --model base. Tokenizer files are copied along. Weights are sharded over
 all devices while converting, so a model larger than one device still converts. An
 existing --output is replaced only if it holds nothing but what this export writes.
 The older spellings --from and --to still work, with a hint.
@@ -28,7 +30,9 @@ from launch import cli
 from selflengthen_jax.checkpoint import orbax_params
 from selflengthen_jax.checkpoint.hf_export import WRITES as HF_WRITES, export_hf
 from selflengthen_jax.checkpoint.hf_import import load_params, read_config
+from selflengthen_jax.checkpoint.hub import is_hub_id, resolve_model
 from selflengthen_jax.checkpoint.loader import param_shardings
+from selflengthen_jax.checkpoint.peft_adapter import PEFT_WRITES, export_peft
 from selflengthen_jax.config import MeshSection
 from selflengthen_jax.models.config import ModelConfig
 from selflengthen_jax.models.lora import check_compatible, merge_lora
@@ -39,6 +43,7 @@ from selflengthen_jax.parallel.rules import strategy_rules
 from selflengthen_jax.training.checkpointing import load_adapter
 
 DTYPES = ("float32", "bfloat16")
+WRITES = {"hf": HF_WRITES, "orbax": orbax_params.WRITES, "peft": PEFT_WRITES}
 
 
 def source_dtype(model_dir: Path) -> str:
@@ -67,23 +72,39 @@ def with_adapter(params: Params, cfg: ModelConfig, adapter_dir: Path, mesh: Mesh
     return merge_lora(params, adapters, float(meta["alpha"]) / float(meta["rank"]))
 
 
+def peft_from(base: str, model_dir: Path, adapter_dir: Path, dst: Path) -> Path:
+    """The adapter in PEFT's format, checked against the base's shapes; no base weight is read."""
+    adapters, meta = load_adapter(adapter_dir)
+    check_compatible(read_config(model_dir), adapters)
+    return export_peft(dst, adapters, int(meta["rank"]), meta["alpha"], base, meta.get("dropout", 0.0))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     p = cli.parser("launch.export", __doc__)
-    p.add_argument("--model", help="HF checkpoint or our params directory (default: model.path)")
+    p.add_argument("--model", help="HF checkpoint, our params directory, or a hub id from the HF cache "
+                                   "(default: model.path)")
     p.add_argument("--output", required=True,
                    help="output directory (an earlier export there is replaced; anything else is refused)")
-    p.add_argument("--adapter", help="adapter directory from launch.train (merged into the weights)")
-    p.add_argument("--format", choices=("hf", "orbax"), default="hf",
-                   help="hf: sharded safetensors (default); orbax: our params directory")
+    p.add_argument("--adapter", help="adapter directory from launch.train (merged into the weights, "
+                                     "or with --format peft written alone)")
+    p.add_argument("--format", choices=tuple(WRITES), default="hf",
+                   help="hf: merged safetensors (default); orbax: our params directory; "
+                        "peft: the adapter alone (needs --adapter)")
     p.add_argument("--dtype", choices=DTYPES, help="weight dtype to write (default: the source's)")
     args = cli.parse(p, argv, old_flags={"--from": "--model", "--to": "--output"})
     with cli.user_errors():
         model = args.model or cli.config(args).model.path
         if not model:
             raise ValueError("--model is required (or model.path in --config): the checkpoint to export")
-        src, dst = Path(model), Path(args.output)
+        src, dst = Path(resolve_model(model)), Path(args.output)  # a hub id: its cached snapshot
         check_dir(dst, [src, *filter(None, [args.adapter])], what="--output")
-        check_replaceable(dst, HF_WRITES if args.format == "hf" else orbax_params.WRITES)
+        check_replaceable(dst, WRITES[args.format])
+        if args.format == "peft":
+            if not args.adapter:
+                raise ValueError("--format peft exports an adapter: pass --adapter DIR")
+            base = model if is_hub_id(model) else str(src.absolute())  # a hub id stays one
+            print(peft_from(base, src, Path(args.adapter), dst))
+            return
         mesh = make_mesh(MeshSection(data=1, fsdp=-1))
         cfg, params = load_any(src, args.dtype or source_dtype(src), mesh)
         if args.adapter:

@@ -1,23 +1,29 @@
 """Write params back as a Hugging Face checkpoint directory (sharded safetensors + index).
 
 The result loads with `transformers.AutoModelForCausalLM.from_pretrained` and can be
-served by vLLM; tokenizer and generation files are copied from the source directory.
+served by vLLM; tokenizer and generation files are copied from the source directory, and
+config.json carries the bos/eos ids. The export streams: host memory stays below one
+output shard plus one tensor whatever the model's size (tests/checkpoint/
+test_hf_export_memory.py measures it).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
+from functools import partial
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from selflengthen_jax.checkpoint.hf_layout import leaf_mappings
+from selflengthen_jax.checkpoint.hf_layout import Mapping, leaf_mappings
 from selflengthen_jax.checkpoint.safetensors_io import save_file
+from selflengthen_jax.checkpoint.tokenizer import special_token_ids
 from selflengthen_jax.models.config import ModelConfig
 from selflengthen_jax.models.transformer import Params
 from selflengthen_jax.outputs import fresh_partial, replace_dir
@@ -30,30 +36,49 @@ WRITES = ("config.json", "model-*-of-*.safetensors", "part-*.safetensors",
           "model.safetensors.index.json", *TOKENIZER_FILES)
 
 
-def hf_tensors(params: Params, cfg: ModelConfig) -> Iterator[tuple[str, np.ndarray]]:
-    """Yield (HF name, host array) one tensor at a time, in HF layout and param dtype."""
+@partial(jax.jit, static_argnums=(2, 3))
+def _hf_piece(leaf: jax.Array, layer: jax.Array, m: Mapping, dtype: jnp.dtype) -> jax.Array:
+    """One HF tensor of `leaf` (layer `layer` if stacked), in HF layout and `dtype`, on device."""
+    t = jax.lax.dynamic_index_in_dim(leaf, layer, 0, keepdims=False) if m.stacked else leaf
+    t = t.astype(dtype)
+    if m.n_in < 0:
+        return t.reshape(-1) if t.ndim > 1 and m.stacked else t
+    return t.reshape(math.prod(t.shape[:m.n_in]), -1).T
+
+
+def hf_tensors(params: Params, cfg: ModelConfig) -> Iterator[tuple[str, int, Callable[[], np.ndarray]]]:
+    """(HF name, bytes, fetch) per HF tensor; `fetch()` gathers just that tensor to the host.
+
+    Only one layer's slice of a stacked leaf is ever gathered, cut and transposed on the
+    devices, so the host holds one HF tensor at a time. `fetch` is collective: every
+    process calls it, in this order.
+    """
     dtype = jnp.dtype(cfg.param_dtype)
     for key, m in leaf_mappings(cfg).items():
         leaf = params
         for k in key:
             leaf = leaf[k]
-        host = np.asarray(multihost_utils.process_allgather(leaf, tiled=True)).astype(dtype)
-        layers = range(host.shape[0]) if m.stacked else [None]
+        layers = range(leaf.shape[0]) if m.stacked else [0]
+        nbytes = math.prod(leaf.shape[1:] if m.stacked else leaf.shape) * dtype.itemsize
         for i in layers:
-            t = host[i] if m.stacked else host
-            if m.n_in < 0:
-                out = t.reshape(-1) if t.ndim > 1 and m.stacked else t
-            else:
-                n_in = int(np.prod(t.shape[:m.n_in]))
-                out = t.reshape(n_in, -1).T
-            yield m.hf_name.format(i=i), np.ascontiguousarray(out)
+            def fetch(leaf: jax.Array = leaf, i: int = i, m: Mapping = m) -> np.ndarray:
+                piece = _hf_piece(leaf, jnp.int32(i), m, dtype)
+                return np.ascontiguousarray(multihost_utils.process_allgather(piece, tiled=True))
+            yield m.hf_name.format(i=i), nbytes, fetch
+
+
+def hf_config(cfg: ModelConfig, tokenizer_dir: str | Path | None) -> dict[str, Any]:
+    """config.json: the architecture plus bos/eos ids (from `tokenizer_dir`'s generation config,
+    config.json and tokenizer), which transformers and vLLM otherwise default to 1/2."""
+    return {**cfg.to_hf(), **special_token_ids(tokenizer_dir)}
 
 
 def export_hf(params: Params, cfg: ModelConfig, out_dir: str | Path,
               tokenizer_dir: str | Path | None = None, max_shard_bytes: int = 2 << 30) -> Path:
     """Write config.json, model-0000k-of-0000n.safetensors + index, and tokenizer files.
 
-    Shards are written as they fill (the host holds one shard, not the model). Only
+    Shards are written as they fill, each tensor gathered just before it joins its shard,
+    so a host holds at most one shard plus one tensor, never the model or a stacked leaf. Only
     process 0 writes; the directory is filled under a temporary name and renamed at the
     end, so a crash never leaves a directory that looks complete. An existing `out_dir`
     is replaced only if it holds nothing but what this function writes (`WRITES`).
@@ -73,12 +98,12 @@ def export_hf(params: Params, cfg: ModelConfig, out_dir: str | Path,
         files.append(list(shard))
         shard.clear()
 
-    for name, t in hf_tensors(params, cfg):
-        if shard and total - shard_start + t.nbytes > max_shard_bytes:
-            flush()
+    for name, nbytes, fetch in hf_tensors(params, cfg):
+        if shard and total - shard_start + nbytes > max_shard_bytes:
+            flush()  # before fetching: the host holds one shard plus one tensor at most
             shard_start = total
-        shard[name] = t
-        total += t.nbytes
+        shard[name] = fetch()
+        total += nbytes
     flush()
     if not is_writer:
         return out
@@ -89,7 +114,7 @@ def export_hf(params: Params, cfg: ModelConfig, out_dir: str | Path,
         weight_map.update({n: fname for n in names})
     (tmp / "model.safetensors.index.json").write_text(json.dumps(
         {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
-    (tmp / "config.json").write_text(json.dumps(cfg.to_hf(), indent=2))
+    (tmp / "config.json").write_text(json.dumps(hf_config(cfg, tokenizer_dir), indent=2))
     if tokenizer_dir is not None:
         for f in TOKENIZER_FILES:
             src = Path(tokenizer_dir) / f

@@ -1,8 +1,8 @@
 """Load a local Hugging Face checkpoint directory straight into (sharded) JAX arrays.
 
 Every array is built with `jax.make_array_from_callback`: each device's shard is read
-from the memory-mapped safetensors slice it needs, so with a mesh no host ever
-materialises a whole tensor it does not own. Pickled `.bin` checkpoints are refused.
+as the safetensors slice it needs, so with a mesh no host ever materialises a whole
+tensor it does not own. Pickled `.bin` checkpoints are refused.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx
 
 from selflengthen_jax.checkpoint.hf_layout import Mapping, leaf_mappings
-from selflengthen_jax.checkpoint.safetensors_io import SafetensorsFile
+from selflengthen_jax.checkpoint.safetensors_io import TensorSource, open_safetensors
 from selflengthen_jax.models.config import ModelConfig
 from selflengthen_jax.models.transformer import Params, abstract_model
 
@@ -55,7 +55,7 @@ def weight_files(model_dir: str | Path) -> dict[str, Path]:
         return {name: d / f for name, f in weight_map.items()}
     single = d / "model.safetensors"
     if single.is_file():
-        return {name: single for name in SafetensorsFile(single).keys()}
+        return {name: single for name in open_safetensors(single).keys()}
     if list(d.glob("*.bin")) or list(d.glob("*.pt")) or list(d.glob("*.pth")):
         raise CheckpointError(
             f"{d} holds only PyTorch pickle weights (*.bin/*.pt); this project never unpickles. "
@@ -73,7 +73,7 @@ def _group_slice(index: tuple[slice, ...], dims: tuple[int, ...]) -> tuple[slice
     return slice(first[0] * inner, first[1] * inner), index[1:]
 
 
-def _read_leaf_slice(files: dict[Path, SafetensorsFile], weight_map: dict[str, Path],
+def _read_leaf_slice(files: dict[Path, TensorSource], weight_map: dict[str, Path],
                      m: Mapping, shape: tuple[int, ...], index: tuple[slice, ...]) -> np.ndarray:
     """Read the part `index` of our leaf (of full `shape`) from the HF tensors."""
     layer_range = range(*index[0].indices(shape[0])) if m.stacked else [None]
@@ -84,15 +84,19 @@ def _read_leaf_slice(files: dict[Path, SafetensorsFile], weight_map: dict[str, P
         name = m.hf_name.format(i=i)
         if name not in weight_map:
             raise CheckpointError(f"checkpoint lacks tensor {name!r}")
-        t = files[weight_map[name]].get(name)
-        if m.n_in < 0:  # stored as is, possibly flattened (biases: [H*Dh] -> [H, Dh])
-            part = np.asarray(t).reshape(per_layer_shape)[per_layer_index]
+        src = files[weight_map[name]]
+        if m.n_in < 0 and len(src.shape(name)) == len(per_layer_shape):  # stored as is
+            part = src.read(name, per_layer_index)
+        elif m.n_in < 0:  # flattened (biases: [H*Dh] -> [H, Dh]): whole inner blocks, then the rest
+            flat, rest = _group_slice(per_layer_index, per_layer_shape)
+            block = src.read(name, (flat,)).reshape(-1, *per_layer_shape[1:])
+            part = block[(slice(None),) + rest]
         else:
             in_dims, out_dims = per_layer_shape[:m.n_in], per_layer_shape[m.n_in:]
             in_idx, out_idx = per_layer_index[:m.n_in], per_layer_index[m.n_in:]
             rows, out_rest = _group_slice(out_idx, out_dims)
             cols, in_rest = _group_slice(in_idx, in_dims)
-            block = np.asarray(t[rows, cols]).T      # [in_flat, out_flat]
+            block = src.read(name, (rows, cols)).T      # [in_flat, out_flat]
             n_in0 = len(range(*in_idx[0].indices(in_dims[0])))
             n_out0 = len(range(*out_idx[0].indices(out_dims[0])))
             block = block.reshape(n_in0, *in_dims[1:], n_out0, *out_dims[1:])
@@ -106,7 +110,7 @@ def load_params(model_dir: str | Path, cfg: ModelConfig,
                 shardings: Params | None = None) -> Params:
     """Read all params; `shardings` (a params-shaped tree of NamedShardings) places them."""
     weight_map = weight_files(model_dir)
-    files = {p: SafetensorsFile(p) for p in set(weight_map.values())}
+    files = {p: open_safetensors(p) for p in set(weight_map.values())}
     mappings = leaf_mappings(cfg)
     abstract = nnx.state(abstract_model(cfg), nnx.Param).to_pure_dict()
     dtype = jnp.dtype(cfg.param_dtype)
@@ -132,7 +136,7 @@ def _full(index: tuple[slice, ...], shape: tuple[int, ...]) -> tuple[slice, ...]
     return tuple(slice(*s.indices(n)) for s, n in zip(index, shape))
 
 
-def _check_shape(files: dict[Path, SafetensorsFile], weight_map: dict[str, Path],
+def _check_shape(files: dict[Path, TensorSource], weight_map: dict[str, Path],
                  m: Mapping, shape: tuple[int, ...]) -> None:
     name = m.hf_name.format(i=0)
     if name not in weight_map:

@@ -21,21 +21,27 @@ class Mapping:
                           # -1: not a matrix, HF holds our dims flattened as one vector/as is
 
 
+LAYER = "model.layers.{i}."
+# Our projection -> its torch module inside a decoder layer (also what PEFT and vLLM name
+# LoRA targets by).
+PROJECTION_MODULES = {
+    "wq": "self_attn.q_proj", "wk": "self_attn.k_proj", "wv": "self_attn.v_proj",
+    "wo": "self_attn.o_proj", "w_gate": "mlp.gate_proj", "w_up": "mlp.up_proj",
+    "w_down": "mlp.down_proj",
+}
+_N_IN = {"wo": 2}  # of our per-layer dims, how many are HF's input (q/k/v/MLP: 1)
+
+
 def leaf_mappings(cfg: ModelConfig) -> dict[tuple[str, ...], Mapping]:
     """Our params-tree path -> where it lives in a Hugging Face checkpoint."""
-    lay = "model.layers.{i}."
+    lay = LAYER
     m = {
         ("embed",): Mapping("model.embed_tokens.weight", False, -1),
         ("final_norm",): Mapping("model.norm.weight", False, -1),
         ("layers", "attn_norm"): Mapping(lay + "input_layernorm.weight", True, -1),
         ("layers", "mlp_norm"): Mapping(lay + "post_attention_layernorm.weight", True, -1),
-        ("layers", "wq"): Mapping(lay + "self_attn.q_proj.weight", True, 1),
-        ("layers", "wk"): Mapping(lay + "self_attn.k_proj.weight", True, 1),
-        ("layers", "wv"): Mapping(lay + "self_attn.v_proj.weight", True, 1),
-        ("layers", "wo"): Mapping(lay + "self_attn.o_proj.weight", True, 2),
-        ("layers", "w_gate"): Mapping(lay + "mlp.gate_proj.weight", True, 1),
-        ("layers", "w_up"): Mapping(lay + "mlp.up_proj.weight", True, 1),
-        ("layers", "w_down"): Mapping(lay + "mlp.down_proj.weight", True, 1),
+        **{("layers", name): Mapping(lay + module + ".weight", True, _N_IN.get(name, 1))
+           for name, module in PROJECTION_MODULES.items()},
     }
     if cfg.attention_bias:
         for p in "qkv":

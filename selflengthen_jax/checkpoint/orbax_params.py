@@ -20,7 +20,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import SingleDeviceSharding
 
-from selflengthen_jax.checkpoint.hf_export import TOKENIZER_FILES
+from selflengthen_jax.checkpoint.hf_export import TOKENIZER_FILES, hf_config
 from selflengthen_jax.models.config import ModelConfig
 from selflengthen_jax.models.transformer import Params, abstract_model
 from selflengthen_jax.outputs import fresh_partial, replace_dir
@@ -49,7 +49,7 @@ def save_params(out_dir: str | Path, params: Params, cfg: ModelConfig,
         ckpt.save(tmp / PARAMS_DIR, jax.tree.map(lambda x: x.astype(dtype), params))
         ckpt.wait_until_finished()
     if jax.process_index() == 0:
-        (tmp / "config.json").write_text(json.dumps(cfg.to_hf(), indent=2))
+        (tmp / "config.json").write_text(json.dumps(hf_config(cfg, tokenizer_dir), indent=2))
         for name in TOKENIZER_FILES if tokenizer_dir is not None else ():
             src = Path(tokenizer_dir) / name
             if src.is_file():

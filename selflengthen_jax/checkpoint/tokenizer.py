@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import transformers
 
@@ -37,6 +37,22 @@ def eos_token_ids(model_dir: str | Path, tok: transformers.PreTrainedTokenizerBa
         ids = [eos] if isinstance(eos, int) else list(eos or [])
     if tok.eos_token_id is not None and tok.eos_token_id not in ids:
         ids.append(tok.eos_token_id)
+    return ids
+
+
+def special_token_ids(model_dir: str | Path | None) -> dict[str, Any]:
+    """bos_token_id and eos_token_id for a config.json we write: each from the directory's
+    generation_config.json, else its config.json, else its tokenizer; None if none has it."""
+    ids: dict[str, Any] = {"bos_token_id": None, "eos_token_id": None}
+    d = Path(model_dir) if model_dir is not None else None
+    for name in ("generation_config.json", "config.json") if d is not None else ():
+        if (d / name).is_file():
+            declared = json.loads((d / name).read_text(encoding="utf-8"))
+            ids.update({k: declared[k] for k in ids if ids[k] is None and declared.get(k) is not None})
+    if d is not None and None in ids.values() and any((d / f).is_file() for f in TOKENIZER_MARKERS):
+        tok = load_tokenizer(d)
+        ids["bos_token_id"] = ids["bos_token_id"] if ids["bos_token_id"] is not None else tok.bos_token_id
+        ids["eos_token_id"] = ids["eos_token_id"] if ids["eos_token_id"] is not None else tok.eos_token_id
     return ids
 
 

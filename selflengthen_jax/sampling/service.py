@@ -14,6 +14,7 @@ import jax
 from jax.sharding import Mesh
 
 from selflengthen_jax.checkpoint.hf_import import read_config
+from selflengthen_jax.checkpoint.hub import resolve_model
 from selflengthen_jax.checkpoint.loader import load_model
 from selflengthen_jax.checkpoint.tokenizer import load_tokenizer
 from selflengthen_jax.config import Config, ConfigError, EngineSection, SamplingSection, validate_for_model
@@ -27,16 +28,16 @@ from selflengthen_jax.sampling.request import SamplingParams
 
 def build_engine(cfg: Config, model_path: str | None = None,
                  max_new_tokens: int | None = None) -> Engine:
-    """Load `model_path` (default `cfg.model.path`) onto the generation mesh.
+    """Load `model_path` (default `cfg.model.path`; either may be a hub id) onto the generation mesh.
 
     `max_new_tokens` caps the engine's cache room for output: callers that know no
     request asks for more (a judge, a rewrite, a short test run) should not pay for a
     KV cache sized for the longest answers. Config problems that need the checkpoint's
     shape (heads vs the tensor axis) are raised before any weight is read.
     """
-    path = model_path or cfg.model.path
+    path = resolve_model(model_path or cfg.model.path)  # a hub id: its local snapshot
     if not path:
-        raise ConfigError("no model given: pass --model PATH or set model.path")
+        raise ConfigError("no model given: pass --model PATH (or a hub id) or set model.path")
     model_cfg = read_config(path, param_dtype=cfg.model.param_dtype, compute_dtype=cfg.model.compute_dtype)
     validate_for_model(cfg, model_cfg.num_heads)
     section = cfg.engine

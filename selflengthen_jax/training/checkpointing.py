@@ -1,5 +1,10 @@
 """Resumable training checkpoints (Orbax) and the finished adapter artifact of a role.
 
+An adapter directory holds our Orbax `weights/` and metadata (`selflengthen_adapter.json`)
+plus the same adapter in PEFT's format (`adapter_config.json`, `adapter_model.safetensors`),
+so peft and vLLM load it as it is. Adapters written before the PEFT files existed kept
+our metadata under PEFT's file name; `read_adapter_meta` still reads those.
+
 A step checkpoint holds the train state (trainable weights, optimizer state, step) and
 the data position. Saves are asynchronous; a step only counts once Orbax has written
 its commit marker (`commit_success.txt`) as the last act of the save, so a save killed
@@ -18,13 +23,16 @@ from jax.experimental import multihost_utils
 from jax.sharding import SingleDeviceSharding
 
 from selflengthen_jax import faults
+from selflengthen_jax.checkpoint.peft_adapter import (PEFT_CONFIG, PEFT_WRITES, peft_config, peft_tensors,
+                                                      write_peft)
 from selflengthen_jax.outputs import fresh_partial, replace_dir
 from selflengthen_jax.training.data import DataPosition
 from selflengthen_jax.training.step import TrainState
 
 ADAPTER_WEIGHTS = "weights"
-ADAPTER_META = "adapter_config.json"
-ADAPTER_WRITES = (f"{ADAPTER_WEIGHTS}*", ADAPTER_META)  # all `save_adapter` puts in its directory
+ADAPTER_META = "selflengthen_adapter.json"
+LEGACY_META = PEFT_CONFIG  # where adapters written before the PEFT files kept our metadata
+ADAPTER_WRITES = (f"{ADAPTER_WEIGHTS}*", ADAPTER_META, *PEFT_WRITES)  # all `save_adapter` writes
 
 
 def open_manager(directory: str | Path, keep: int) -> ocp.CheckpointManager:
@@ -64,8 +72,10 @@ def restore_latest(manager: ocp.CheckpointManager, like: TrainState,
 
 
 def save_adapter(path: str | Path, adapters: Any, meta: dict[str, Any]) -> Path:
-    """Write `weights/` (Orbax) + adapter_config.json; the directory appears complete or not at all."""
+    """Write `weights/` (Orbax), our metadata and the PEFT files; the directory appears
+    complete or not at all. `meta` needs rank, alpha and base_model (dropout optional)."""
     out = Path(path).absolute()
+    peft = peft_tensors(adapters)
     tmp = out.with_name(out.name + ".partial")
     if jax.process_index() == 0:
         fresh_partial(out, ADAPTER_WRITES)
@@ -75,16 +85,26 @@ def save_adapter(path: str | Path, adapters: Any, meta: dict[str, Any]) -> Path:
         ckpt.wait_until_finished()
     if jax.process_index() == 0:
         (tmp / ADAPTER_META).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        write_peft(tmp, peft, peft_config(int(meta["rank"]), meta["alpha"], list(adapters),
+                                          str(meta.get("base_model") or ""), meta.get("dropout", 0.0)))
         replace_dir(tmp, out, ADAPTER_WRITES)
     multihost_utils.sync_global_devices(f"save_adapter:{out}")
     return out
 
 
 def read_adapter_meta(path: str | Path) -> dict[str, Any]:
-    meta = Path(path) / ADAPTER_META
-    if not meta.is_file():
-        raise FileNotFoundError(f"{path} is not an adapter directory (no {ADAPTER_META})")
-    return json.loads(meta.read_text(encoding="utf-8"))
+    """Our metadata of an adapter directory: `selflengthen_adapter.json`, or for an adapter
+    written before the PEFT files, our schema under the name `adapter_config.json`."""
+    d = Path(path)
+    if (d / ADAPTER_META).is_file():
+        return json.loads((d / ADAPTER_META).read_text(encoding="utf-8"))
+    if (d / LEGACY_META).is_file():
+        meta = json.loads((d / LEGACY_META).read_text(encoding="utf-8"))
+        if "peft_type" not in meta and "rank" in meta:
+            return meta
+        raise FileNotFoundError(f"{path} holds a PEFT adapter but not ours (no {ADAPTER_META}): "
+                                "pass an adapter directory written by launch.train or the loop")
+    raise FileNotFoundError(f"{path} is not an adapter directory (no {ADAPTER_META})")
 
 
 def load_adapter(path: str | Path, shardings: Any = None) -> tuple[Any, dict[str, Any]]:

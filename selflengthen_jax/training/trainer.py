@@ -199,7 +199,8 @@ def train(cfg: Config, role: str, data_path: str | Path, out_dir: str | Path,
           curve: TrainingCurve | None = None) -> Path:
     """Train `role` on the records in `data_path`; return the artifact's directory.
 
-    The artifact is `out_dir/adapter` (LoRA: adapter weights + adapter_config.json) or
+    The artifact is `out_dir/adapter` (LoRA: Orbax weights + our metadata, and the same
+    adapter as PEFT files that peft and vLLM load, see training/checkpointing.py) or
     `out_dir/model` (full: an Orbax params directory, see checkpoint/orbax_params.py).
     `init_adapters` continues from earlier adapters instead of fresh ones (LoRA).
     `claim` runs once the data and the step are ready, before anything is written to

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from hf_fixtures import hf_model, make_checkpoint
+from hf_fixtures import add_tokenizer, hf_model, make_checkpoint
 from selflengthen_jax.checkpoint.hf_export import export_hf
 from selflengthen_jax.checkpoint.hf_import import CheckpointError, load_params, read_config
 from selflengthen_jax.checkpoint.loader import param_shardings
 from selflengthen_jax.checkpoint.safetensors_io import SafetensorsError
+from selflengthen_jax.checkpoint.tokenizer import load_tokenizer
 from selflengthen_jax.config import MeshSection
 from selflengthen_jax.models.config import ModelConfigError
 from selflengthen_jax.models.transformer import forward
@@ -108,3 +109,25 @@ def test_config_lacking_a_key_and_shape_mismatch(tmp_path, qwen):
     (d / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="has shape"):
         load_params(d, read_config(d))
+
+
+def test_exported_config_carries_bos_and_eos_from_the_generation_config(qwen, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(qwen, src)
+    (src / "generation_config.json").write_text(json.dumps({"bos_token_id": 5, "eos_token_id": [7, 8]}))
+    cfg = read_config(src)
+    out = export_hf(load_params(src, cfg), cfg, tmp_path / "exported", tokenizer_dir=src)
+    written = json.loads((out / "config.json").read_text())
+    assert (written["bos_token_id"], written["eos_token_id"]) == (5, [7, 8])
+
+
+def test_without_a_generation_config_the_ids_come_from_the_tokenizer(tmp_path):
+    src = add_tokenizer(make_checkpoint(tmp_path / "llama", "llama"))
+    (src / "generation_config.json").unlink()
+    hf = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({k: v for k, v in hf.items() if "token_id" not in k}))
+    cfg = read_config(src)
+    out = export_hf(load_params(src, cfg), cfg, tmp_path / "exported", tokenizer_dir=src)
+    eos = load_tokenizer(src).convert_tokens_to_ids("<|im_end|>")
+    written = json.loads((out / "config.json").read_text())
+    assert (written["bos_token_id"], written["eos_token_id"]) == (None, eos)  # this tokenizer has no bos

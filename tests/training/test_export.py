@@ -68,3 +68,25 @@ def test_an_adapter_for_another_model_is_refused(tiny, tmp_path, capsys):
                                           "--adapter", tmp_path / "adapter"], capsys)
     assert code == 2 and err.startswith("error: adapter w") and "but the model needs" in err
     assert not (tmp_path / "x").exists()
+
+
+def test_a_peft_export_loads_with_peft_onto_the_base_as_the_merged_export(tiny, tmp_path, capsys):
+    import peft
+    rng = np.random.default_rng(2)
+    adapters = {k: {"a": v["a"], "b": jnp.asarray(0.2 * rng.standard_normal(v["b"].shape), jnp.float32)}
+                for k, v in init_lora(tiny.cfg, rank=4, seed=0, targets=("wq", "wo", "w_gate")).items()}
+    save_adapter(tmp_path / "adapter", adapters, {"rank": 4, "alpha": 8.0, "base_model": str(tiny.path)})
+    out = exported(capsys, "--model", tiny.path, "--output", tmp_path / "peft", "--adapter", tmp_path / "adapter",
+                   "--format", "peft")
+    assert sorted(p.name for p in (tmp_path / "peft").iterdir()) == ["adapter_config.json",
+                                                                      "adapter_model.safetensors"]
+    merged = exported(capsys, "--model", tiny.path, "--output", tmp_path / "merged", "--adapter", tmp_path / "adapter")
+    with torch.no_grad():
+        got = peft.PeftModel.from_pretrained(hf_model(tiny.path), out).eval()(
+            input_ids=torch.tensor(TOKENS)).logits.numpy()
+    np.testing.assert_allclose(got, hf_logits(merged), atol=1e-4)
+
+
+def test_a_peft_export_needs_an_adapter(tiny, tmp_path, capsys):
+    code, _, err = run_main(export.main, ["--model", tiny.path, "--output", tmp_path / "x", "--format", "peft"], capsys)
+    assert code == 2 and err.strip() == "error: --format peft exports an adapter: pass --adapter DIR"

@@ -58,6 +58,9 @@ def test_lora_training_learns_without_touching_the_base(expressive, config, memo
     assert losses[-1] < 0.5 * losses[0]
     adapters, meta = load_adapter(artifact)
     assert meta["rank"] == 4 and meta["alpha"] == 8.0 and meta["base_model"] == str(tiny.path)
+    peft_cfg = json.loads((artifact / "adapter_config.json").read_text())  # the trained role, for peft/vLLM
+    assert (peft_cfg["peft_type"], peft_cfg["r"], peft_cfg["lora_alpha"]) == ("LORA", 4, 8.0)
+    assert (artifact / "adapter_model.safetensors").is_file()
     logits = jax.jit(lambda p, lora: forward(p, tiny.cfg, jnp.arange(40)[None] % 100, lora=lora,
                                              lora_scale=2.0).logits)
     unmerged = logits(tiny.params, adapters)
