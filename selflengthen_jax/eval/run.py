@@ -28,9 +28,10 @@ from selflengthen_jax.eval.judge import (
 )
 from selflengthen_jax.eval.length_control import Plan, finalize_record, plan_length_control, rewrite_messages
 from selflengthen_jax.eval.plot import plot_lengths
-from selflengthen_jax.eval.scores import markdown_table, report_json, score_records
+from selflengthen_jax.eval.scores import (LONGBENCH_WRITE_TYPE, is_longbench_write_row, longbench_write_range,
+                                          markdown_table, report_json, score_records)
 from selflengthen_jax.pipeline.store import JsonlStore, atomic_write_json, atomic_write_text
-from selflengthen_jax.pipeline.text import LANGUAGES
+from selflengthen_jax.pipeline.text import LANGUAGES, language_of
 from selflengthen_jax.sampling.batch import (
     OUTPUT_FIELDS,
     PromptItem,
@@ -58,16 +59,21 @@ def _string_fields(record: Mapping, fields: Sequence[str], where: str) -> None:
 
 
 def read_benchmark(path: str | Path, with_responses: bool = False) -> list[PromptItem]:
-    """LonGen rows as chat items (the query is the user turn), every line checked:
-    required fields, a known language, a constraint that parses, and with
-    `with_responses` a `response` to score."""
+    """LonGen rows (or LongBench-Write's, see `longbench_write_row`) as chat items (the
+    query is the user turn), every line checked: required fields, a known language, a
+    constraint that parses, and with `with_responses` a `response` to score."""
     items = []
     for where, line, row in numbered_records(path):
-        _string_fields(row, BENCHMARK_FIELDS + (("response",) if with_responses else ()), where)
+        fields = BENCHMARK_FIELDS
+        if is_longbench_write_row(row):
+            row = longbench_write_row(row, where)
+            fields = tuple(f for f in BENCHMARK_FIELDS if f != "constraint")
+        _string_fields(row, fields + (("response",) if with_responses else ()), where)
         if row["language"] not in LANGUAGES:
             raise ValueError(f"{where}: language {row['language']!r} is not one of {', '.join(LANGUAGES)}")
         try:
-            constraint_from_row(row)
+            if not is_longbench_write_row(row):
+                constraint_from_row(row)
         except ValueError as error:
             raise ValueError(f"{where}: bad constraint: {error}") from None
         items.append(PromptItem(record_id(row, where, line), where, row,
@@ -76,6 +82,21 @@ def read_benchmark(path: str | Path, with_responses: bool = False) -> list[Promp
         raise ValueError(f"{path}: no benchmark rows")
     check_unique((item.id, item.where) for item in items)
     return items
+
+
+def longbench_write_row(row: Mapping, where: str) -> dict:
+    """A LongBench-Write row (`prompt`, required `length`) in LonGen's shape: the prompt
+    as `query`, the language detected unless given, `type` "length" and LongWriter's
+    length bucket as `range` (no `constraint`: it is scored by S_l alone)."""
+    length = row.get("length")
+    if isinstance(length, bool) or not isinstance(length, (int, float)) or not length > 0:
+        raise ValueError(f"{where}: 'length' must be a positive number, got {length!r}")
+    query = row.get("query", row.get("prompt"))
+    if not isinstance(query, str):
+        raise ValueError(f"{where}: missing or non-string field 'prompt'")
+    return {**row, "query": query, "language": row.get("language") or language_of(query),
+            "category": row.get("type"), "type": LONGBENCH_WRITE_TYPE,
+            "range": longbench_write_range(length)}
 
 
 def eval_params(cfg: Config) -> SamplingParams:
@@ -220,7 +241,8 @@ def summary(report: Mapping, judged: Mapping | None) -> list[str]:
         mean = judged["mean"].get("overall")
         lines.append(f"judge={'n/a' if mean is None else f'{mean:.2f}'} "
                      f"scored={judged['stats']['scored']}/{judged['stats']['items']}")
-    lines.append(f"overall={report['overall']['longen']:.4f}")
+    longen = report["overall"]["longen"]  # None for a LongBench-Write file: no LonGen bands
+    lines.append(f"overall={'n/a' if longen is None else f'{longen:.4f}'}")
     return lines
 
 

@@ -6,7 +6,8 @@ and `extended.jsonl` (the Extender's lengthened ones), records with `id`,
 iteration 1 is usable while iteration 2 runs. The loop writes each file atomically
 once its phase is done, so a file that exists is finished. The loop's extra data rounds
 (the base model's instructions answered by the final Generator,
-`output_dir/collect/round_r/initial.jsonl`) are added when the whole run is collected. Ids become `<dir>/<file>/<id>` (e.g. `iter_2/extended/17-r0-e1`): unique
+`output_dir/collect/round_r/initial.jsonl`) are added when the whole run is collected. Ids become `<dir>/<file>/<id>` (e.g. `iter_2/extended/17-r0-e1`,
+`collect/round_3/initial/c3-00007-r1`): unique
 across files and the same whichever iterations are picked. Exact repeats of
 (instruction, response) are dropped, keeping the first in iteration, then file order.
 """
@@ -42,14 +43,16 @@ def finished_iterations(run_dir: str | Path) -> list[int]:
                   if all((iteration_dir(run_dir, k) / f"{s}.jsonl").is_file() for s in SOURCES))
 
 
-def read_source(path: Path, iteration: int | None) -> list[dict]:
-    """One file's records, re-keyed `<dir>/<file>/<id>`; a bad line raises naming it."""
+def read_source(path: Path, iteration: int | None, scope: str | None = None) -> list[dict]:
+    """One file's records, re-keyed `<scope>/<file>/<id>` (scope: the file's directory
+    name unless given); a bad line raises naming it."""
+    scope = path.parent.name if scope is None else scope
     out = []
     for where, _, record in numbered_records(path):
         bad = [f for f in FIELDS if not isinstance(record.get(f), str)]
         if bad:
             raise ValueError(f"{where}: missing or non-string field(s) {', '.join(bad)}")
-        out.append({**record, "id": f"{path.parent.name}/{path.stem}/{record['id']}",
+        out.append({**record, "id": f"{scope}/{path.stem}/{record['id']}",
                     "iteration": iteration, "source": path.stem})
     return out
 
@@ -71,12 +74,13 @@ def collect_round_dir(run_dir: str | Path, r: int) -> Path:
 
 def read_extra(run_dir: str | Path) -> list[dict]:
     """The finished extra rounds' answers, in round order (`iteration` is None for them);
-    ids become `round_r/initial/<id>`."""
+    ids become `collect/round_r/initial/<id>`."""
     extra = Path(run_dir) / EXTRA_DIR
     found = sorted(int(m.group(1)) for d in extra.iterdir()
                    if (m := _ROUND_DIR.fullmatch(d.name))) if extra.is_dir() else []
     paths = [collect_round_dir(run_dir, r) / "initial.jsonl" for r in found]
-    return [record for path in paths if path.is_file() for record in read_source(path, None)]
+    return [record for path in paths if path.is_file()
+            for record in read_source(path, None, f"{EXTRA_DIR}/{path.parent.name}")]
 
 
 def dedup(records: Iterable[dict]) -> tuple[list[dict], int]:
