@@ -41,10 +41,10 @@ def _judge(choice: run.JudgeChoice, cfg: Config, rows: Sequence[Mapping], items:
     if choice.model:
         with cli.user_errors():
             engine, ask = run.engine_judge(cfg, choice.model)
-            run.check_judge_prompts(engine, rows, [item.where for item in items])
+            run.check_judge_prompts(engine, rows, [item.where for item in items], choice.prompt)
     else:
         ask = run.url_judge(choice)
-    return run.write_judgement(rows, [item.id for item in items], ask, choice.label, out_dir)
+    return run.write_judgement(rows, [item.id for item in items], ask, choice.label, out_dir, choice.prompt)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

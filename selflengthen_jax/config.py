@@ -139,6 +139,7 @@ class EvalSection:
     max_new_tokens: int = 16384
     judge_url: str = ""
     judge_model: str = ""
+    judge_prompt: Literal["reference", "dimensions"] = "reference"  # quality_eval.md's, or ours
 
 
 @dataclasses.dataclass

@@ -48,7 +48,7 @@ from selflengthen_jax.sampling.service import build_engine, check_model, samplin
 BENCHMARK_FIELDS = ("query", "type", "constraint", "language", "range")
 RESPONSES = "responses.jsonl"
 WRITES = (RESPONSES, "report.json", "report.md", "lengths.png", "judge.json")  # in --output
-JUDGE_MAX_NEW_TOKENS = 512
+JUDGE_MAX_NEW_TOKENS = 1024  # the reference prompt asks for an analysis before the scores
 
 
 # -- LonGen evaluation ----------------------------------------------------------------------
@@ -174,10 +174,11 @@ def judge_items(rows: Sequence[Mapping]) -> list[dict]:
     return [{"query": r["query"], "response": r["response"], "language": r["language"]} for r in rows]
 
 
-def check_judge_prompts(engine: Engine, rows: Sequence[Mapping], wheres: Sequence[str]) -> None:
+def check_judge_prompts(engine: Engine, rows: Sequence[Mapping], wheres: Sequence[str],
+                        prompt: str = "reference") -> None:
     """The judge sees query + full response: fail naming the row if one does not fit."""
     items = [PromptItem(f"judge-{k}", where, {}, messages=judge_messages(it["query"], it["response"],
-                                                                         it["language"]))
+                                                                         it["language"], prompt))
              for k, (it, where) in enumerate(zip(judge_items(rows), wheres))]
     check_prompt_lengths(engine, items)
 
@@ -189,6 +190,7 @@ class JudgeChoice:
     model: str = ""
     url: str = ""
     name: str = ""
+    prompt: str = "reference"  # eval.judge_prompt
 
     @property
     def label(self) -> str:
@@ -204,7 +206,7 @@ def judge_choice(cfg: Config, model: str | None, url: str | None, name: str | No
         raise ValueError("--judge-url needs --judge-name (the model name the server serves)")
     if model:
         check_model(model)
-    return JudgeChoice(model or "", url or "", name or "") if model or url else None
+    return JudgeChoice(model or "", url or "", name or "", cfg.eval.judge_prompt) if model or url else None
 
 
 def engine_judge(cfg: Config, path: str) -> tuple[Engine, Ask]:
@@ -223,9 +225,9 @@ def url_judge(choice: JudgeChoice) -> Ask:
 
 
 def write_judgement(rows: Sequence[Mapping], ids: Sequence[str], ask: Ask, judge: str,
-                    out_dir: Path) -> dict:
+                    out_dir: Path, prompt: str = "reference") -> dict:
     """Quality scores (1-10 on seven dimensions) into judge.json; returns its content."""
-    scores, stats = judge_all(judge_items(rows), ask)
+    scores, stats = judge_all(judge_items(rows), ask, prompt=prompt)
     result = {"judge": judge, "mean": mean_scores(scores), "stats": stats,
               "scores": [{"id": i, "scores": s} for i, s in zip(ids, scores)]}
     atomic_write_json(out_dir / "judge.json", result)
