@@ -54,10 +54,10 @@ def dry_run(cfg: Config, force: bool = False) -> str:
     (a model.path that is here is checked like the real start checks it)."""
     mcfg = model_config(cfg)
     validate_for_model(cfg, mcfg.num_heads)
-    check_context(cfg, mcfg.max_position_embeddings)
     if cfg.model.path and Path(cfg.model.path, "config.json").is_file():
         check_model(cfg.model.path)
         weight_files(cfg.model.path)
+    check_context(cfg, mcfg.max_position_embeddings)
     check_loop_settings(cfg)
     check_output(cfg, force)
     n = cfg.plan.num_devices or jax.device_count()
