@@ -7,7 +7,7 @@ Required: --output, and --input (the run's output_dir) unless the config gives
 `output_dir` (the only config key this script reads).
 
 Default: every iteration whose iter_k/ holds initial.jsonl and extended.jsonl, plus the
-extra round in DIR/collect/ if the run made one; --iters takes only the listed iterations.
+extra rounds in DIR/collect/round_r/ if the run made them; --iters takes only the listed iterations.
 Records are deduplicated by (instruction, response); ids become iter_k/<file>/<id>.
 The output must lie outside the run directory, and an existing file there must be one
 this script wrote. The older spelling --run still works, with a hint.

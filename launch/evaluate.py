@@ -48,10 +48,11 @@ def _judge(choice: run.JudgeChoice, url_ask: Ask | None, cfg: Config, rows: Sequ
     if choice.model:
         with cli.user_errors():
             engine, ask = run.engine_judge(cfg, choice.model)
-            run.check_judge_prompts(engine, rows, [item.where for item in items])
+            run.check_judge_prompts(engine, rows, [item.where for item in items], choice.prompt)
     kept = out_dir / (run.JUDGE_ANSWERS if url_ask else "judge.json")  # a local judge saves at the end
     with cli.resumable(kept, saved=url_ask is not None):
-        return run.write_judgement(rows, [item.id for item in items], ask, choice.label, out_dir)
+        return run.write_judgement(rows, [item.id for item in items], ask, choice.label, out_dir,
+                                   choice.prompt)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -114,9 +114,13 @@ class PipelineSection:
     extension_tries: int = 20
     min_extension_ratio: float = 1.2
     line_keep_prob: float = 0.8
-    finish_fraction: float = 1.0
-    collect_count: int = 0
-    judge: Literal["likelihood", "sample"] = "likelihood"
+    finish_fraction: float = 1.0    # the reference's runs stop a phase past 0.95 of its tasks
+    collect_count: int = 0          # extra rounds' instructions in all (the reference: 5000)
+    collect_round: int = 500        # instructions per extra round (the reference's 500)
+    instruct_batch: int = 500       # zh few-shot pool: seeds plus this batch's accepted ones
+    judge: Literal["likelihood", "sample"] = "sample"  # sample: the reference's sampled answer
+    rules: Literal["reference", "strict"] = "reference"  # quality filter (pipeline.text)
+    downsample_by: Literal["chars", "words"] = "chars"   # chars: the reference's len(str) rank
     min_instruction_words: int = 3
     max_instruction_words: int = 500
     dedup_threshold: float = 0.7
@@ -124,8 +128,8 @@ class PipelineSection:
     templates_dir: str = ""
     ngram_zh: int = 13
     ngram_en: int = 10
-    max_new_tokens: int = 8192
-    instruct_max_new_tokens: int = 256
+    max_new_tokens: int = 16384
+    instruct_max_new_tokens: int = 16384
 
 
 @dataclasses.dataclass
@@ -135,6 +139,7 @@ class EvalSection:
     max_new_tokens: int = 16384
     judge_url: str = ""
     judge_model: str = ""
+    judge_prompt: Literal["reference", "dimensions"] = "reference"  # quality_eval.md's, or ours
 
 
 @dataclasses.dataclass
@@ -169,6 +174,7 @@ POSITIVE = {"engine.slots", "engine.max_prefill_len", "engine.max_new_tokens",
             "pipeline.extensions_per_response", "pipeline.extension_rounds", "pipeline.extension_tries",
             "pipeline.min_instruction_words", "pipeline.max_instruction_words", "pipeline.ngram_zh",
             "pipeline.ngram_en", "pipeline.max_new_tokens", "pipeline.instruct_max_new_tokens",
+            "pipeline.collect_round", "pipeline.instruct_batch",
             "sampling.max_new_tokens", "eval.max_new_tokens", "mesh.fsdp", "mesh.tensor"}
 NON_NEGATIVE = {"seed", "sampling.top_k", "pipeline.collect_count", "plan.num_devices",
                 "train.weight_decay", "train.max_grad_norm", "sampling.temperature"}
@@ -347,6 +353,19 @@ def validate(cfg: Config) -> None:
     if cfg.pipeline.min_instruction_words > cfg.pipeline.max_instruction_words:
         raise ConfigError(f"pipeline.min_instruction_words={cfg.pipeline.min_instruction_words} exceeds "
                           f"pipeline.max_instruction_words={cfg.pipeline.max_instruction_words}")
+
+
+def check_context(cfg: Config, max_position_embeddings: int) -> None:
+    """The longest prompt plus the longest output must fit the model's positions: stage 2
+    of an extension round carries the whole current text and the kept part, and then
+    writes up to engine.max_new_tokens more."""
+    room = cfg.engine.max_prefill_len + cfg.engine.max_new_tokens
+    if room > max_position_embeddings:
+        raise ConfigError(
+            f"engine.max_prefill_len={cfg.engine.max_prefill_len} + engine.max_new_tokens="
+            f"{cfg.engine.max_new_tokens} = {room} exceeds the model's max_position_embeddings="
+            f"{max_position_embeddings}; lower engine.max_prefill_len to at most "
+            f"{max_position_embeddings - cfg.engine.max_new_tokens}")
 
 
 def validate_for_model(cfg: Config, num_heads: int) -> None:

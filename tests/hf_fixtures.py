@@ -8,7 +8,7 @@ import torch
 import transformers
 
 TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=112, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096)
 
 
 def make_checkpoint(path: Path, kind: str = "qwen2", seed: int = 0, **overrides) -> Path:

@@ -10,8 +10,8 @@ four to six paragraphs) and `judge_<lang>.jsonl`:
 - extend: the Extender's prompt over condensed paragraphs is answered with the same
   paragraphs in full, for the first half (what stage 1 sees) and for the whole;
 - judge: every story request says yes; the hand-written file adds short tasks that say no;
-- self_instruct: the few-shot prompt, with seeds or requests as its examples,
-  continued by two more requests.
+- self_instruct: the chat-formatted few-shot prompt (the assistant turn pre-filled with
+  two seeds or requests as its examples), continued by two more requests.
 
 So the demo shows the paper's effect by its mechanism, not by a recipe: the Extender
 enriches answers in place, and the Generator trained on the richer answers writes them.
@@ -27,7 +27,7 @@ import numpy as np
 
 from selflengthen_jax.demo.tokenizer import render_chatml
 from selflengthen_jax.pipeline.prompts import (extend_messages, generator_messages, judge_answers,
-                                               judge_messages, self_instruct_prompt)
+                                               judge_messages, self_instruct_turn)
 from selflengthen_jax.pipeline.seeds import load_seeds
 from selflengthen_jax.pipeline.text import split_paragraphs
 
@@ -100,10 +100,16 @@ def judge_pairs(language: str) -> list[dict]:
             for r in rows]
 
 
+def self_instruct_prompt(language: str, example_1: str, example_2: str) -> str:
+    """The loop's self-instruct prompt as the demo's ChatML template renders it."""
+    messages, answer = self_instruct_turn(language, example_1, example_2)
+    return render_chatml(messages, add_generation_prompt=True) + answer
+
+
 def self_instruct_pairs(language: str) -> list[dict]:
-    """Raw completions of the self-instruct prompt: two examples (seeds or requests, as
-    the loop's pool holds) and two new requests, so generation stops at "Instruction 4"
-    after one new request."""
+    """Raw completions of the self-instruct prompt: two examples (seeds or requests: the
+    loop's zh pool grows by the requests it accepts) and two new requests, so generation
+    stops at "Instruction 4" after one new request."""
     requests = [s["prompt"] for s in stories(language)]
     examples = load_seeds(language) + requests
     rng = np.random.default_rng(0)

@@ -1,7 +1,11 @@
 """LLM-as-judge quality scores for long answers (Self-Lengthen's quality check).
 
 A judge model rates an answer 1-10 on seven dimensions, explicitly ignoring its
-length (length is scored separately in `scores`). Judges are chatty, so parsing is
+length (length is scored separately in `scores`). Two prompts: `reference` (the
+default) asks what the reference's eval/quality_eval.md asks, in our words, in English
+for both languages: a brief analysis first, then the seven scores in one JSON object,
+as strict as possible; `dimensions` is this project's own, in the answer's language
+with a hint per dimension and scores only. Judges are chatty, so parsing is
 lenient about wrapping (a ```json fence, prose around the object) and strict about
 content: all seven dimensions, each an integer 1-10, or the answer is unusable.
 Unusable answers are asked again, with a short repair turn so that even a greedy
@@ -65,6 +69,20 @@ _REPAIR = {
 }
 
 
+PROMPTS: tuple[str, ...] = ("reference", "dimensions")
+_REFERENCE_CRITERIA = {
+    "relevance": "the answer responds directly to the writing request and stays on it",
+    "coherence": "the answer is organised logically and is easy to follow",
+    "accuracy": "what the answer states is factually correct and free of errors",
+    "consistency": "the answer keeps one tone and style from beginning to end",
+    "clarity": "the answer is clear and easy to understand, in concise and precise language",
+    "creativity": "the answer shows original and imaginative thinking",
+    "engagement": "the answer holds the reader's attention and keeps their interest",
+}
+_REFERENCE_FORM = ('{"Analysis": "...", '
+                   + ", ".join(f'"{d.capitalize()}": <score>' for d in DIMENSIONS) + "}")
+
+
 class AskError(RuntimeError):
     """A judge backend could not produce answers (HTTP error, unreachable, bad reply).
 
@@ -77,9 +95,32 @@ class AskError(RuntimeError):
         self.answers = answers
 
 
-def judge_messages(query: str, response: str, language: str) -> Messages:
-    """The rating prompt for one (query, response), in the answer's language."""
-    if check_language(language) == "zh":
+def reference_judge_messages(query: str, response: str) -> Messages:
+    """The reference's rating request, in our words: criteria, the request and the
+    answer, then an analysis before the scores, strictly, in one JSON object."""
+    criteria = "\n\n".join(f"{d.capitalize()}: {_REFERENCE_CRITERIA[d]}." for d in DIMENSIONS)
+    prompt = (
+        "You are a demanding reviewer of long-form writing. Rate an AI assistant's answer to a "
+        "user's request for a long text on each of the seven dimensions below, from 1 (fits the "
+        f"dimension worst) to 10 (fits it best):\n\n{criteria}\n\n"
+        f"<request>\n\n{query}\n\n</request>\n\n<answer>\n\n{response}\n\n</answer>\n\n"
+        "Leave aside whether the answer meets any length the request asks for. Start with a short "
+        "analysis of the answer's quality, then score each dimension. Reply with one JSON object "
+        f"and nothing else, in this form: {_REFERENCE_FORM}, where every score is an integer from "
+        "1 to 10. Spread your scores so that answers can be told apart, and judge as strictly as "
+        "you can.")
+    return [{"role": "user", "content": prompt}]
+
+
+def judge_messages(query: str, response: str, language: str, prompt: str = "reference") -> Messages:
+    """The rating prompt for one (query, response): the reference's (English whatever
+    the language) or, with prompt="dimensions", ours in the answer's language."""
+    check_language(language)
+    if prompt not in PROMPTS:
+        raise ValueError(f"unknown judge prompt {prompt!r}; expected one of {PROMPTS}")
+    if prompt == "reference":
+        return reference_judge_messages(query, response)
+    if language == "zh":
         criteria = "\n".join(f"- {d}（{_ZH_NAMES[d]}）：{_ZH_HINTS[d]}" for d in DIMENSIONS)
         prompt = (
             "请作为公正的评审，评价下面这篇回答的质量。\n"
@@ -128,7 +169,7 @@ def parse_judgement(text: str) -> dict[str, int] | None:
 
 
 def judge_all(
-    items: Sequence[Mapping], ask: Ask, max_retries: int = 3,
+    items: Sequence[Mapping], ask: Ask, max_retries: int = 3, prompt: str = "reference",
 ) -> tuple[list[dict[str, int] | None], dict]:
     """Scores for items with `query`, `response`, `language`, in input order.
 
@@ -138,7 +179,7 @@ def judge_all(
     requests), and `errors` (rounds where `ask` raised AskError; its unanswered items
     stay pending), with the last error's text in `last_error`.
     """
-    conversations = [judge_messages(it["query"], it["response"], it["language"]) for it in items]
+    conversations = [judge_messages(it["query"], it["response"], it["language"], prompt) for it in items]
     scores: list[dict[str, int] | None] = [None] * len(items)
     stats: dict = {"items": len(items), "unparsable": 0, "retries": 0, "errors": 0, "last_error": None}
     pending = list(range(len(items)))

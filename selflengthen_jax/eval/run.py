@@ -28,9 +28,10 @@ from selflengthen_jax.eval.judge import (
 )
 from selflengthen_jax.eval.length_control import Plan, finalize_record, plan_length_control, rewrite_messages
 from selflengthen_jax.eval.plot import plot_lengths
-from selflengthen_jax.eval.scores import markdown_table, report_json, score_records
+from selflengthen_jax.eval.scores import (LONGBENCH_WRITE_TYPE, is_longbench_write_row, longbench_write_range,
+                                          markdown_table, report_json, score_records)
 from selflengthen_jax.pipeline.store import JsonlStore, atomic_write_json, atomic_write_text
-from selflengthen_jax.pipeline.text import LANGUAGES
+from selflengthen_jax.pipeline.text import LANGUAGES, language_of
 from selflengthen_jax.sampling.batch import (
     OUTPUT_FIELDS,
     PromptItem,
@@ -48,7 +49,7 @@ BENCHMARK_FIELDS = ("query", "type", "constraint", "language", "range")
 RESPONSES = "responses.jsonl"
 JUDGE_ANSWERS = "judge_answers.jsonl"
 WRITES = (RESPONSES, "report.json", "report.md", "lengths.png", "judge.json", JUDGE_ANSWERS)  # in --output
-JUDGE_MAX_NEW_TOKENS = 512
+JUDGE_MAX_NEW_TOKENS = 1024  # the reference prompt asks for an analysis before the scores
 
 
 # -- LonGen evaluation ----------------------------------------------------------------------
@@ -59,16 +60,21 @@ def _string_fields(record: Mapping, fields: Sequence[str], where: str) -> None:
 
 
 def read_benchmark(path: str | Path, with_responses: bool = False) -> list[PromptItem]:
-    """LonGen rows as chat items (the query is the user turn), every line checked:
-    required fields, a known language, a constraint that parses, and with
-    `with_responses` a `response` to score."""
+    """LonGen rows (or LongBench-Write's, see `longbench_write_row`) as chat items (the
+    query is the user turn), every line checked: required fields, a known language, a
+    constraint that parses, and with `with_responses` a `response` to score."""
     items = []
     for where, line, row in numbered_records(path):
-        _string_fields(row, BENCHMARK_FIELDS + (("response",) if with_responses else ()), where)
+        fields = BENCHMARK_FIELDS
+        if is_longbench_write_row(row):
+            row = longbench_write_row(row, where)
+            fields = tuple(f for f in BENCHMARK_FIELDS if f != "constraint")
+        _string_fields(row, fields + (("response",) if with_responses else ()), where)
         if row["language"] not in LANGUAGES:
             raise ValueError(f"{where}: language {row['language']!r} is not one of {', '.join(LANGUAGES)}")
         try:
-            constraint_from_row(row)
+            if not is_longbench_write_row(row):
+                constraint_from_row(row)
         except ValueError as error:
             raise ValueError(f"{where}: bad constraint: {error}") from None
         items.append(PromptItem(record_id(row, where, line), where, row,
@@ -77,6 +83,21 @@ def read_benchmark(path: str | Path, with_responses: bool = False) -> list[Promp
         raise ValueError(f"{path}: no benchmark rows")
     check_unique((item.id, item.where) for item in items)
     return items
+
+
+def longbench_write_row(row: Mapping, where: str) -> dict:
+    """A LongBench-Write row (`prompt`, required `length`) in LonGen's shape: the prompt
+    as `query`, the language detected unless given, `type` "length" and LongWriter's
+    length bucket as `range` (no `constraint`: it is scored by S_l alone)."""
+    length = row.get("length")
+    if isinstance(length, bool) or not isinstance(length, (int, float)) or not length > 0:
+        raise ValueError(f"{where}: 'length' must be a positive number, got {length!r}")
+    query = row.get("query", row.get("prompt"))
+    if not isinstance(query, str):
+        raise ValueError(f"{where}: missing or non-string field 'prompt'")
+    return {**row, "query": query, "language": row.get("language") or language_of(query),
+            "category": row.get("type"), "type": LONGBENCH_WRITE_TYPE,
+            "range": longbench_write_range(length)}
 
 
 def eval_params(cfg: Config) -> SamplingParams:
@@ -154,10 +175,11 @@ def judge_items(rows: Sequence[Mapping]) -> list[dict]:
     return [{"query": r["query"], "response": r["response"], "language": r["language"]} for r in rows]
 
 
-def check_judge_prompts(engine: Engine, rows: Sequence[Mapping], wheres: Sequence[str]) -> None:
+def check_judge_prompts(engine: Engine, rows: Sequence[Mapping], wheres: Sequence[str],
+                        prompt: str = "reference") -> None:
     """The judge sees query + full response: fail naming the row if one does not fit."""
     items = [PromptItem(f"judge-{k}", where, {}, messages=judge_messages(it["query"], it["response"],
-                                                                         it["language"]))
+                                                                         it["language"], prompt))
              for k, (it, where) in enumerate(zip(judge_items(rows), wheres))]
     check_prompt_lengths(engine, items)
 
@@ -169,6 +191,7 @@ class JudgeChoice:
     model: str = ""
     url: str = ""
     name: str = ""
+    prompt: str = "reference"  # eval.judge_prompt
 
     @property
     def label(self) -> str:
@@ -184,7 +207,7 @@ def judge_choice(cfg: Config, model: str | None, url: str | None, name: str | No
         raise ValueError("--judge-url needs --judge-name (the model name the server serves)")
     if model:
         check_model(model)
-    return JudgeChoice(model or "", url or "", name or "") if model or url else None
+    return JudgeChoice(model or "", url or "", name or "", cfg.eval.judge_prompt) if model or url else None
 
 
 def engine_judge(cfg: Config, path: str) -> tuple[Engine, Ask]:
@@ -205,9 +228,9 @@ def url_judge(choice: JudgeChoice, out_dir: Path) -> Ask:
 
 
 def write_judgement(rows: Sequence[Mapping], ids: Sequence[str], ask: Ask, judge: str,
-                    out_dir: Path) -> dict:
+                    out_dir: Path, prompt: str = "reference") -> dict:
     """Quality scores (1-10 on seven dimensions) into judge.json; returns its content."""
-    scores, stats = judge_all(judge_items(rows), ask)
+    scores, stats = judge_all(judge_items(rows), ask, prompt=prompt)
     result = {"judge": judge, "mean": mean_scores(scores), "stats": stats,
               "scores": [{"id": i, "scores": s} for i, s in zip(ids, scores)]}
     atomic_write_json(out_dir / "judge.json", result)
@@ -223,7 +246,8 @@ def summary(report: Mapping, judged: Mapping | None) -> list[str]:
         mean = judged["mean"].get("overall")
         lines.append(f"judge={'n/a' if mean is None else f'{mean:.2f}'} "
                      f"scored={judged['stats']['scored']}/{judged['stats']['items']}")
-    lines.append(f"overall={report['overall']['longen']:.4f}")
+    longen = report["overall"]["longen"]  # None for a LongBench-Write file: no LonGen bands
+    lines.append(f"overall={'n/a' if longen is None else f'{longen:.4f}'}")
     return lines
 
 

@@ -3,8 +3,13 @@
 Two per-answer scores:
 - LonGen (Self-Lengthen): 1 inside the band [a, b], falling linearly to 0 at
   L = a/2 below it and at L = 1.5b above it.
-- LongBench-Write (LongWriter): 100 at the requested length x, decaying in the
-  ratio, 3x slower for overshooting than for undershooting.
+- LongBench-Write (LongWriter): S_l, 100 at the requested length x, decaying in the
+  ratio, 3x slower for overshooting than for undershooting. Exactly as LongWriter
+  defines it: x is the row's `length` field (LonGen rows, which have none, use the
+  band centre) and the produced length y is counted as LongWriter counts words.
+
+Rows in LongBench-Write's own format (a `length` and no `constraint`) get S_l only;
+their LonGen score is None and is left out of the means.
 
 Scores are averaged per constraint type, language, LonGen `range` bucket, per
 (type, language, range) cell and overall; the report is plain JSON-able data so
@@ -14,12 +19,36 @@ the launch script only has to write it out.
 from __future__ import annotations
 
 import json
+import re
 from typing import Callable, Iterable, Mapping, Sequence
 
 from selflengthen_jax.eval import constraints
 from selflengthen_jax.pipeline.text import count_words
 
 METRICS: tuple[str, ...] = ("longen", "longbench_write")
+LONGBENCH_WRITE_TYPE = "length"  # the `type` of a LongBench-Write row: a required length
+# LongBench-Write's length buckets, as LongWriter reports them: (upper bound, label).
+LONGBENCH_WRITE_RANGES: tuple[tuple[float, str], ...] = (
+    (500, "<500"), (2000, "500-2k"), (4000, "2k-4k"), (float("inf"), ">=4k"))
+_LW_HAN = re.compile("[\u4e00-\u9fff]")
+_LW_WORD = re.compile(r"\b[a-zA-Z]+\b")
+
+
+def longwriter_words(text: str) -> int:
+    """Length as LongWriter counts it for S_l: each CJK ideograph (U+4E00-U+9FFF) plus
+    each run of ASCII letters between word boundaries (digits and punctuation count
+    nothing, unlike the paper's count used for LonGen)."""
+    return len(_LW_HAN.findall(text)) + len(_LW_WORD.findall(text))
+
+
+def is_longbench_write_row(row: Mapping) -> bool:
+    """A row in LongBench-Write's own format: a required `length`, no `constraint`."""
+    return "length" in row and "constraint" not in row
+
+
+def longbench_write_range(length: float) -> str:
+    """The LongBench-Write bucket of a required length."""
+    return next(label for bound, label in LONGBENCH_WRITE_RANGES if length < bound)
 
 
 def longen_score(length: float, band: tuple[float, float]) -> float:
@@ -43,29 +72,44 @@ def longbench_write_score(y: float, x: float) -> float:
 
 
 def score_record(record: Mapping, count: Callable[[str], int] = count_words) -> dict:
-    """Both scores for one LonGen row plus its `response`.
+    """Both scores for one LonGen row plus its `response` (S_l alone for a
+    LongBench-Write row).
 
-    LongBench-Write needs a single required length; we use the band centre
-    (about N -> N, range N-M -> (N+M)/2, above N -> 1.25N, below N -> 0.75N).
+    S_l's required length x is the row's `length`; a LonGen row has none, so we use
+    the band centre (about N -> N, range N-M -> (N+M)/2, above N -> 1.25N, below N ->
+    0.75N).
     """
-    low, high = constraints.band(constraints.constraint_from_row(record))
     length = count(record["response"])
-    target = (low + high) / 2.0
+    produced = longwriter_words(record["response"])
+    if is_longbench_write_row(record):
+        longen = None
+        low = high = target = float(record["length"])  # a point target: x itself
+    else:
+        low, high = constraints.band(constraints.constraint_from_row(record))
+        target = float(record["length"]) if "length" in record else (low + high) / 2.0
+        longen = longen_score(length, (low, high))
     return {
         "language": record["language"],
         "range": record["range"],
         "type": record["type"],
         "length": length,
+        "longwriter_words": produced,
         "band_low": low,
         "band_high": high,
         "target": target,
-        "longen": longen_score(length, (low, high)),
-        "longbench_write": longbench_write_score(length, target),
+        "longen": longen,
+        "longbench_write": longbench_write_score(produced, target),
     }
 
 
+def _mean(values: Sequence[float | None]) -> float | None:
+    """The mean of the values that exist (None: a metric the row has no score for)."""
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
 def _mean_block(rows: Sequence[Mapping], metrics: Sequence[str]) -> dict:
-    return {"n": len(rows), **{m: sum(r[m] for r in rows) / len(rows) for m in metrics}}
+    return {"n": len(rows), **{m: _mean([r[m] for r in rows]) for m in metrics}}
 
 
 def _ordered(values: Iterable[str], preferred: Sequence[str] = ()) -> list[str]:
@@ -125,7 +169,8 @@ def markdown_table(report: Mapping, metric: str = "longen") -> str:
     columns.append(("all", lambda r: True))
 
     def cell(selected: list[Mapping]) -> str:
-        return f"{sum(r[metric] for r in selected) / len(selected):.3f}" if selected else "-"
+        mean = _mean([r[metric] for r in selected])
+        return "-" if mean is None else f"{mean:.3f}"
 
     lines = ["| type | " + " | ".join(name for name, _ in columns) + " |",
              "|---" * (len(columns) + 1) + "|"]

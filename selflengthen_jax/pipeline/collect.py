@@ -4,9 +4,10 @@ Each iteration `output_dir/iter_k/` leaves `initial.jsonl` (the Generator's answ
 and `extended.jsonl` (the Extender's lengthened ones), records with `id`,
 `instruction` and `response`. Any set of iterations can be collected, so data from
 iteration 1 is usable while iteration 2 runs. The loop writes each file atomically
-once its phase is done, so a file that exists is finished. The loop's extra data round
-with the final adapters (`output_dir/collect/initial.jsonl`) is added when the whole run
-is collected. Ids become `<dir>/<file>/<id>` (e.g. `iter_2/extended/17-r0-e1`): unique
+once its phase is done, so a file that exists is finished. The loop's extra data rounds
+(the base model's instructions answered by the final Generator,
+`output_dir/collect/round_r/initial.jsonl`) are added when the whole run is collected. Ids become `<dir>/<file>/<id>` (e.g. `iter_2/extended/17-r0-e1`,
+`collect/round_3/initial/c3-00007-r1`): unique
 across files and the same whichever iterations are picked. Exact repeats of
 (instruction, response) are dropped, keeping the first in iteration, then file order.
 """
@@ -25,6 +26,7 @@ SOURCES: tuple[str, ...] = ("initial", "extended")
 EXTRA_DIR = "collect"
 FIELDS: tuple[str, ...] = ("id", "instruction", "response")
 _ITER_DIR = re.compile(r"iter_(\d+)")
+_ROUND_DIR = re.compile(r"round_(\d+)")
 
 
 def iteration_dir(run_dir: str | Path, k: int) -> Path:
@@ -41,14 +43,16 @@ def finished_iterations(run_dir: str | Path) -> list[int]:
                   if all((iteration_dir(run_dir, k) / f"{s}.jsonl").is_file() for s in SOURCES))
 
 
-def read_source(path: Path, iteration: int | None) -> list[dict]:
-    """One file's records, re-keyed `<dir>/<file>/<id>`; a bad line raises naming it."""
+def read_source(path: Path, iteration: int | None, scope: str | None = None) -> list[dict]:
+    """One file's records, re-keyed `<scope>/<file>/<id>` (scope: the file's directory
+    name unless given); a bad line raises naming it."""
+    scope = path.parent.name if scope is None else scope
     out = []
     for where, _, record in numbered_records(path):
         bad = [f for f in FIELDS if not isinstance(record.get(f), str)]
         if bad:
             raise ValueError(f"{where}: missing or non-string field(s) {', '.join(bad)}")
-        out.append({**record, "id": f"{path.parent.name}/{path.stem}/{record['id']}",
+        out.append({**record, "id": f"{scope}/{path.stem}/{record['id']}",
                     "iteration": iteration, "source": path.stem})
     return out
 
@@ -64,10 +68,19 @@ def read_iteration(run_dir: str | Path, k: int) -> list[dict]:
     return out
 
 
+def collect_round_dir(run_dir: str | Path, r: int) -> Path:
+    return Path(run_dir) / EXTRA_DIR / f"round_{r}"
+
+
 def read_extra(run_dir: str | Path) -> list[dict]:
-    """The extra round's files that exist (`iteration` is None for them)."""
-    paths = [Path(run_dir) / EXTRA_DIR / f"{source}.jsonl" for source in SOURCES]
-    return [record for path in paths if path.is_file() for record in read_source(path, None)]
+    """The finished extra rounds' answers, in round order (`iteration` is None for them);
+    ids become `collect/round_r/initial/<id>`."""
+    extra = Path(run_dir) / EXTRA_DIR
+    found = sorted(int(m.group(1)) for d in extra.iterdir()
+                   if (m := _ROUND_DIR.fullmatch(d.name))) if extra.is_dir() else []
+    paths = [collect_round_dir(run_dir, r) / "initial.jsonl" for r in found]
+    return [record for path in paths if path.is_file()
+            for record in read_source(path, None, f"{EXTRA_DIR}/{path.parent.name}")]
 
 
 def dedup(records: Iterable[dict]) -> tuple[list[dict], int]:

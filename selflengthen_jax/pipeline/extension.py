@@ -6,65 +6,63 @@ the whole current text and pre-fills its answer with the kept part, so the raw
 completion carries the enrichment on through the rest of the text in the same
 style. Splitting the work keeps each generation within the model's output length.
 The model calls themselves live elsewhere; this module only builds the strings.
+
+Every split and join is the reference's (QwenLM/Self-Lengthen `step2_ext_responses.py`
+and `mk_data.py`), edge cases included: texts are split on the raw separators, nothing
+is stripped, and a part that comes out empty stays empty.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 
 from selflengthen_jax.pipeline.prompts import Messages, extend_messages
-from selflengthen_jax.pipeline.text import split_paragraphs
+from selflengthen_jax.pipeline.text import check_language
 
 PARAGRAPH_BREAK = "\n\n"
+# How the Extender's training input is re-joined after line dropout, per language.
+TRAINING_JOIN = {"zh": "\n\n", "en": "\n"}
 
 
-def first_half(paragraphs: list[str]) -> str:
-    """The first len//2 paragraphs (at least one), joined by blank lines."""
-    if not paragraphs:
-        raise ValueError("cannot take the first half of a text with no paragraphs")
-    return PARAGRAPH_BREAK.join(paragraphs[: max(1, len(paragraphs) // 2)])
+def first_half(text: str) -> str:
+    """The first len//2 parts of `text`, joined by blank lines: parts are split on blank
+    lines, or on single newlines when that gives at most 2. A one-part text has an
+    empty first half."""
+    parts = text.split(PARAGRAPH_BREAK)
+    if len(parts) <= 2:
+        parts = text.split("\n")
+    return PARAGRAPH_BREAK.join(parts[: len(parts) // 2])
 
 
-def keep_leading(text: str, fraction: float = 2 / 3) -> str:
-    """The first floor(n * fraction) paragraphs (at least one) of the Extender's
-    stage-1 output: its tail tends to wrap up early, so it is dropped."""
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    paragraphs = split_paragraphs(text)
-    # The epsilon keeps e.g. 3 * (2/3) from flooring to 1 through rounding error.
-    count = max(1, math.floor(len(paragraphs) * fraction + 1e-9))
-    return PARAGRAPH_BREAK.join(paragraphs[:count])
+def keep_leading(stage1_output: str) -> str:
+    """The first n*2//3 of the n blank-line-separated parts of stage 1's output (its
+    tail tends to wrap up early, so it is dropped); none for a one-part output."""
+    parts = stage1_output.split(PARAGRAPH_BREAK)
+    return PARAGRAPH_BREAK.join(parts[: len(parts) * 2 // 3])
 
 
 def stage1_request_messages(
     language: str, instruction: str, current_text: str, *, templates_dir: str | Path | None = None
 ) -> Messages:
     """Stage 1: ask the Extender to enrich the first half of `current_text`."""
-    half = first_half(split_paragraphs(current_text))
-    return extend_messages(language, instruction, half, templates_dir=templates_dir)
+    return extend_messages(language, instruction, first_half(current_text), templates_dir=templates_dir)
 
 
 def stage2_request_messages(
     language: str, instruction: str, current_text: str, *, templates_dir: str | Path | None = None
 ) -> Messages:
-    """Stage 2's chat turn: the whole current text; the answer is pre-filled with
-    `stage2_prefix` after the chat template's generation prompt."""
-    return extend_messages(language, instruction, current_text.strip(), templates_dir=templates_dir)
-
-
-def stage2_prefix(kept: str) -> str:
-    """Assistant-turn prefix of stage 2: the kept text and a paragraph break, so the
-    completion starts with the next enriched paragraph."""
-    return kept.strip() + PARAGRAPH_BREAK
+    """Stage 2's chat turn: the whole current text; the answer is pre-filled with the
+    kept stage-1 text, verbatim, after the chat template's generation prompt (nothing
+    kept: the answer starts from nothing)."""
+    return extend_messages(language, instruction, current_text, templates_dir=templates_dir)
 
 
 def join_stages(kept: str, continuation: str) -> str:
-    """The extended text: kept stage-1 paragraphs followed by stage 2's completion."""
-    parts = [part for part in (kept.strip(), continuation.strip()) if part]
-    return PARAGRAPH_BREAK.join(parts)
+    """The extended text: the kept stage-1 text immediately followed by stage 2's
+    completion (the model writes its own paragraph break)."""
+    return kept + continuation
 
 
 def extender_training_prompt(
@@ -76,17 +74,16 @@ def extender_training_prompt(
     *,
     templates_dir: str | Path | None = None,
 ) -> Messages:
-    """Extender training input: the initial response with each non-empty line kept
-    with probability `keep_prob`, so the Extender learns to fill gaps and enrich
-    rather than copy. At least one line always survives (an empty response would
-    teach it to write from nothing)."""
+    """Extender training input: the initial response split on single newlines, each
+    line (blank ones too) kept when a uniform draw is below `keep_prob`, re-joined by a
+    blank line (zh) or a newline (en), so the Extender learns to fill gaps and enrich
+    rather than copy."""
+    check_language(language)
     if not 0.0 < keep_prob <= 1.0:
         raise ValueError(f"keep_prob must be in (0, 1], got {keep_prob}")
-    lines = [line.strip() for line in initial_response.splitlines() if line.strip()]
-    if not lines:
-        raise ValueError("initial response has no text to build an Extender prompt from")
+    lines = initial_response.split("\n")
     draws = rng.random(len(lines))
-    kept = [line for line, u in zip(lines, draws, strict=True) if u < keep_prob] or lines[:1]
+    kept = [line for line, u in zip(lines, draws, strict=True) if u < keep_prob]
     return extend_messages(
-        language, instruction, PARAGRAPH_BREAK.join(kept), templates_dir=templates_dir
+        language, instruction, TRAINING_JOIN[language].join(kept), templates_dir=templates_dir
     )

@@ -22,7 +22,7 @@ from selflengthen_jax.metrics.tensorboard import TB_DIR, Board, TrainingCurve
 from selflengthen_jax.parallel.mesh import make_mesh
 from selflengthen_jax.pipeline import phases
 from selflengthen_jax.pipeline.cached import CachedGenerator
-from selflengthen_jax.pipeline.collect import write_long
+from selflengthen_jax.pipeline.collect import collect_round_dir, write_long
 from selflengthen_jax.pipeline.seeds import load_seeds
 from selflengthen_jax.pipeline.store import (atomic_write_json, atomic_write_text, is_done, mark_done,
                                              read_jsonl, read_marker)
@@ -77,7 +77,7 @@ class Loop:
     def _phase_obj(self, d: Path, k: int, cache: str, roles: phases.Roles) -> phases.Phase:
         gen = CachedGenerator(self.engine, d / "cache" / f"{cache}.jsonl",
                               progress=jax.process_index() == 0)
-        return phases.Phase(self.cfg, k, gen, self.engine.tok, roles)
+        return phases.Phase(self.cfg, k, gen, self.engine.tok, roles, scope=d.name)
 
     def _adapter_dir(self, k: int, short: str) -> Path | None:
         """The adapter a role has after iteration k (None: still the base model)."""
@@ -101,11 +101,18 @@ class Loop:
             self.engine.set_adapters(adapters)
         return phases.Roles(**roles)
 
-    def _pool(self, k: int) -> list[str]:
-        pool = list(self.seeds)
-        for j in range(1, k):
-            pool += [r["instruction"] for r in read_jsonl(self.iter_dir(j) / "instructions.jsonl")]
-        return pool
+    def _seen(self, k: int, rounds: int = 0) -> list[str]:
+        """Instructions a new one must not repeat: the seeds, iterations 1..k-1's and the
+        first `rounds` extra rounds'."""
+        dirs = [self.iter_dir(j) for j in range(1, min(k, self.cfg.pipeline.max_iter + 1))]
+        dirs += [collect_round_dir(self.out, r) for r in range(rounds)]
+        return list(self.seeds) + [r["instruction"] for d in dirs
+                                   for r in read_jsonl(d / "instructions.jsonl")]
+
+    def _self_instruct(self, k: int, count: int, prefix: str,
+                       rounds: int = 0) -> Callable[[phases.Phase], list[dict]]:
+        return lambda ph: phases.self_instruct(ph, self.seeds, self._seen(k, rounds), count, prefix,
+                                               SELF_INSTRUCT_ROLE)
 
     # -- one iteration ------------------------------------------------------------------------
     def iteration(self, k: int) -> dict:
@@ -114,8 +121,8 @@ class Loop:
         roles = self._roles(k)
         p = self.cfg.pipeline
         mk = lambda cache: self._phase_obj(d, k, cache, roles)  # noqa: E731
-        instructions = self._phase(d, "instructions", lambda ph: phases.self_instruct(
-            ph, self._pool(k), p.instruct_count, f"i{k}", SELF_INSTRUCT_ROLE), mk("instructions"))
+        instructions = self._phase(d, "instructions", self._self_instruct(k, p.instruct_count, f"i{k}"),
+                                   mk("instructions"))
         initial = self._phase(d, "initial", lambda ph: phases.initial_responses(ph, instructions),
                               mk("initial"))
         extended = self._phase(d, "extended", lambda ph: phases.extend(ph, initial), mk("extended"))
@@ -182,16 +189,20 @@ class Loop:
         return summaries
 
     def _collect_more(self) -> None:
-        """The reference's extra data rounds: more instructions + answers from the final adapters."""
-        count = self.cfg.pipeline.collect_count
-        if count <= 0:
+        """The reference's extra data rounds (`run_collect_data.sh`): rounds of
+        `collect_round` new instructions from the base model, each answered by the final
+        Generator, with the same filters and down-sampling, in `collect/round_r/`."""
+        p = self.cfg.pipeline
+        if p.collect_count <= 0:
             return
-        d = self.out / "collect"
-        d.mkdir(exist_ok=True)
-        k = self.cfg.pipeline.max_iter + 1
+        k = p.max_iter + 1
         roles = self._roles(k)
-        ph = lambda cache: self._phase_obj(d, k, cache, roles)  # noqa: E731
-        instructions = self._phase(d, "instructions", lambda p: phases.self_instruct(
-            p, self._pool(k), count, "c", SELF_INSTRUCT_ROLE), ph("instructions"))
-        self._phase(d, "initial", lambda p: phases.initial_responses(p, instructions), ph("initial"))
-
+        for r, start in enumerate(range(0, p.collect_count, p.collect_round)):
+            d = collect_round_dir(self.out, r)
+            d.mkdir(parents=True, exist_ok=True)
+            ph = lambda cache: self._phase_obj(d, k, cache, roles)  # noqa: E731
+            count = min(p.collect_round, p.collect_count - start)
+            instructions = self._phase(d, "instructions", self._self_instruct(k, count, f"c{r}", r),
+                                       ph("instructions"))
+            self._phase(d, "initial", lambda ph_: phases.initial_responses(ph_, instructions),
+                        ph("initial"))

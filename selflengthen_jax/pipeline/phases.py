@@ -3,6 +3,8 @@
 Each phase builds requests with stable ids and seeds derived from them, sends them
 through a `CachedGenerator`, and decides from the completions alone. Retries are
 rounds: round t re-asks every task not yet accepted, with try number t in its id.
+The rules are the reference's (QwenLM/Self-Lengthen step0-step2) unless the config
+picks this project's variants (`pipeline.rules`, `pipeline.judge`, `pipeline.downsample_by`).
 """
 
 from __future__ import annotations
@@ -16,8 +18,7 @@ from selflengthen_jax.checkpoint.tokenizer import chat_prompt
 from selflengthen_jax.config import Config
 from selflengthen_jax.pipeline import extension, prompts
 from selflengthen_jax.pipeline.cached import CachedGenerator, derive_seed
-from selflengthen_jax.pipeline.text import (Deduper, count_words, length_biased_keep,
-                                            passes_quality)
+from selflengthen_jax.pipeline.text import Deduper, check_response, count_words, length_biased_keep
 from selflengthen_jax.sampling.request import Request, SamplingParams
 
 
@@ -38,6 +39,7 @@ class Phase:
     gen: CachedGenerator
     tokenizer: Any
     roles: Roles
+    scope: str = ""  # the phase's directory (iter_k, round_r), so each draws its own randomness
     counts: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
@@ -59,50 +61,88 @@ class Phase:
 
     def good(self, text: str) -> bool:
         ngram = self.cfg.pipeline.ngram_zh if self.language == "zh" else self.cfg.pipeline.ngram_en
-        return passes_quality(text, self.language, ngram=ngram)
+        return check_response(text, self.language, self.cfg.pipeline.rules, ngram=ngram)
 
     def count(self, key: str, n: int = 1) -> None:
         self.counts[key] = self.counts.get(key, 0) + n
 
 
+def finish_count(fraction: float, total: int) -> int:
+    """How many completed tasks end a phase: the first count c with c / total > fraction,
+    the reference's test (so 0.95 of 20 tasks is all 20, of 100 it is 96), else all."""
+    return next((c for c in range(1, total + 1) if c / total > fraction), total)
+
+
 def retry_rounds(phase: Phase, tasks: Sequence[str], max_tries: int,
                  attempt: Callable[[list[tuple[str, int]]], dict[str, Any]],
-                 enough: Callable[[int], bool] = lambda n: False) -> dict[str, Any]:
-    """Run `attempt` on (task, try) pairs, re-trying tasks it did not accept.
+                 fraction: float = 1.0) -> list[Any]:
+    """Run `attempt` on (task, try) pairs, re-trying tasks it did not accept; the
+    accepted results, in task order.
 
-    `attempt` returns {task: result} for the accepted ones. Stops early when
-    `enough(accepted count)` (the finish_fraction / target cut).
+    `attempt` returns {task: result} for the accepted ones. A task completes when it is
+    accepted or fails its last try, as a reference task (and its retries) does; once
+    `finish_count(fraction)` tasks have completed, in round then task order, the phase
+    stops: later completions are cut and unfinished tasks dropped, both counted.
     """
     accepted: dict[str, Any] = {}
+    completed: list[str] = []
+    stop_at = finish_count(fraction, len(tasks))
     for t in range(max_tries):
         todo = [(task, t) for task in tasks if task not in accepted]
-        if not todo or enough(len(accepted)):
+        if not todo or len(completed) >= stop_at:
             break
-        accepted.update(attempt(todo))
+        got = attempt(todo)
         phase.count("attempts", len(todo))
-    return accepted
+        accepted.update(got)
+        completed += [task for task, _ in todo if task in got or t == max_tries - 1]
+    finished = set(completed[:stop_at])
+    if fraction < 1.0:
+        phase.count("cut_by_finish_fraction", sum(1 for task in completed[stop_at:] if task in accepted))
+        phase.count("unfinished_at_cut", len(tasks) - len(completed))
+    return [accepted[task] for task in tasks if task in accepted and task in finished]
 
 
 # -- phase 0: self-instruct -------------------------------------------------------------------
-def self_instruct(phase: Phase, pool: list[str], target: int, id_prefix: str,
+# The reference compares the judge's whole reply with "是" / "yes", so a reply longer
+# than a few tokens is a no whatever it says: there is no need to let it run on.
+JUDGE_MAX_NEW_TOKENS = 16
+
+
+def self_instruct(phase: Phase, seeds: list[str], seen: list[str], target: int, id_prefix: str,
                   adapter: str) -> list[dict]:
-    """Few-shot raw completion of new instructions, filtered by length, novelty and a judge."""
+    """`target` new instructions, in batches of `pipeline.instruct_batch`, each batch's
+    few-shot pool starting again from the seeds (as the reference's rounds of 500 do).
+    Candidates out of the word range, repeating `seen` (seeds and earlier iterations'
+    instructions) or an accepted one, or judged short, are re-asked."""
+    batch = phase.cfg.pipeline.instruct_batch
+    dedup = Deduper(threshold=phase.cfg.pipeline.dedup_threshold)
+    for text in seen:
+        dedup.add(text)
+    out: list[dict] = []
+    for start in range(0, target, batch):
+        slots = [f"{id_prefix}-{s:05d}" for s in range(start, min(target, start + batch))]
+        out += _self_instruct_batch(phase, seeds, slots, dedup, adapter)
+    return out
+
+
+def _self_instruct_batch(phase: Phase, seeds: list[str], slots: list[str], dedup: Deduper,
+                         adapter: str) -> list[dict]:
+    """One batch: the chat-formatted few-shot prompt with a pre-filled answer. Its two
+    examples come from the seeds (en) or the seeds plus this batch's accepted
+    instructions (zh), as in the reference's English and Chinese scripts."""
     p = phase.cfg.pipeline
     lang = phase.language
-    dedup = Deduper(threshold=p.dedup_threshold)
-    for text in pool:
-        dedup.add(text)
-    slots = [f"{id_prefix}-{s:05d}" for s in range(target)]
-    accepted_texts = list(pool)
+    pool = list(seeds)
     stop = prompts.self_instruct_stop(lang)
 
     def attempt(todo: list[tuple[str, int]]) -> dict[str, Any]:
         reqs = []
         for slot, t in todo:
             rng = np.random.default_rng(derive_seed(phase.cfg.seed, slot, t, "examples"))
-            a, b = rng.choice(len(accepted_texts), size=2, replace=False)
-            prompt = prompts.self_instruct_prompt(lang, accepted_texts[a], accepted_texts[b],
-                                                  templates_dir=phase.templates)
+            a, b = rng.choice(len(pool), size=2, replace=False)
+            messages, answer = prompts.self_instruct_turn(lang, pool[a], pool[b],
+                                                          templates_dir=phase.templates)
+            prompt = chat_prompt(phase.tokenizer, messages, assistant_prefix=answer)
             reqs.append(Request(id=f"{slot}-t{t}", prompt=prompt, adapter=adapter,
                                 params=phase.params(f"{slot}-t{t}", p.instruct_max_new_tokens, stop)))
         outs = phase.gen.generate(reqs)
@@ -123,32 +163,33 @@ def self_instruct(phase: Phase, pool: list[str], target: int, id_prefix: str,
                 phase.count("instructions_rejected_judge")
             elif dedup.add(text):  # also catches near-duplicates made in this same round
                 got[slot] = {"id": slot, "instruction": text, "try": t, "language": lang}
-                accepted_texts.append(text)
+                if lang == "zh":
+                    pool.append(text)
             else:
                 phase.count("instructions_rejected_duplicate")
         return got
 
-    need = max(1, int(np.ceil(p.finish_fraction * target)))
-    accepted = retry_rounds(phase, slots, p.instruct_tries, attempt, lambda n: n >= need)
-    phase.count("instructions_cut_by_finish_fraction", max(0, len(accepted) - need))
-    return [accepted[s] for s in slots if s in accepted][:need]
+    return retry_rounds(phase, slots, p.instruct_tries, attempt)
 
 
 def judge(phase: Phase, instructions: Sequence[str], adapter: str) -> list[bool]:
-    """Does each instruction call for a long text? By answer likelihood or by sampling."""
+    """Does each instruction call for a long text? By a sampled answer (the reference)
+    or by comparing the likelihoods of every spelling of yes and no."""
     if not instructions:
         return []
     lang = phase.language
     msgs = [prompts.judge_messages(lang, text, templates_dir=phase.templates) for text in instructions]
     if phase.cfg.pipeline.judge == "likelihood":
-        yes, no = prompts.judge_answers(lang)
+        yes, no = prompts.judge_answer_forms(lang)
+        answers = yes + no
         heads = [chat_prompt(phase.tokenizer, m) for m in msgs]
-        scores = phase.gen.loglikelihood([(h, a) for h in heads for a in (yes, no)], adapter)
-        return [scores[2 * i] > scores[2 * i + 1] for i in range(len(instructions))]
+        scores = phase.gen.loglikelihood([(h, a) for h in heads for a in answers], adapter)
+        rows = [scores[i * len(answers):(i + 1) * len(answers)] for i in range(len(instructions))]
+        return [max(row[:len(yes)]) > max(row[len(yes):]) for row in rows]
     reqs = [Request(id=f"judge-{derive_seed(text)}", messages=m, adapter=adapter,
-                    params=phase.params(f"judge-{text}", 8, stop=(), greedy=True))
+                    params=phase.params(f"judge-{text}", JUDGE_MAX_NEW_TOKENS))
             for text, m in zip(instructions, msgs)]
-    return [prompts.parse_judgement(c.text, lang) is True for c in phase.gen.generate(reqs)]
+    return [prompts.judge_says_yes(c.text, lang) for c in phase.gen.generate(reqs)]
 
 
 # -- phase 1: initial responses ---------------------------------------------------------------
@@ -172,8 +213,7 @@ def initial_responses(phase: Phase, instructions: list[dict]) -> list[dict]:
                 phase.count("initial_rejected_quality")
         return got
 
-    accepted = finish_cut(phase, retry_rounds(phase, list(tasks), p.response_tries, attempt,
-                                              _enough(phase, len(tasks))), list(tasks))
+    accepted = retry_rounds(phase, list(tasks), p.response_tries, attempt, p.finish_fraction)
     return downsample(phase, accepted, "initial")
 
 
@@ -201,8 +241,7 @@ def extend(phase: Phase, initial: list[dict]) -> list[dict]:
                 phase.count("extended_rejected_too_short")
         return got
 
-    accepted = finish_cut(phase, retry_rounds(phase, list(tasks), p.extension_tries, attempt,
-                                              _enough(phase, len(tasks))), list(tasks))
+    accepted = retry_rounds(phase, list(tasks), p.extension_tries, attempt, p.finish_fraction)
     return downsample(phase, accepted, "extended")
 
 
@@ -216,17 +255,16 @@ def extension_round(phase: Phase, items: list[tuple[str, int, str]], tasks: dict
                                                                  templates_dir=tpl),
                       params=phase.params(key(task, t, 1), p.max_new_tokens))
               for task, t, text in items]
-    kept = [extension.keep_leading(c.text) if c.text.strip() else ""
-            for c in phase.gen.generate(stage1)]
+    kept = [extension.keep_leading(c.text) for c in phase.gen.generate(stage1)]
     stage2 = []
     for (task, t, text), k in zip(items, kept):
         msgs = extension.stage2_request_messages(lang, tasks[task]["instruction"], text, templates_dir=tpl)
-        prompt = chat_prompt(phase.tokenizer, msgs, assistant_prefix=extension.stage2_prefix(k) if k else "")
+        prompt = chat_prompt(phase.tokenizer, msgs, assistant_prefix=k)
         stage2.append(Request(id=key(task, t, 2), prompt=prompt, adapter=phase.roles.extender,
                               params=phase.params(key(task, t, 2), p.max_new_tokens)))
     out = {}
     for (task, t, text), k, c in zip(items, kept, phase.gen.generate(stage2)):
-        joined = extension.join_stages(k, c.text) if k else c.text.strip()
+        joined = extension.join_stages(k, c.text)
         better = phase.good(joined) and count_words(joined) > count_words(text)
         phase.count("extension_rounds_improved" if better else "extension_rounds_kept_previous")
         out[task] = joined if better else text
@@ -234,23 +272,15 @@ def extension_round(phase: Phase, items: list[tuple[str, int, str]], tasks: dict
 
 
 # -- shared -----------------------------------------------------------------------------------
-def _enough(phase: Phase, total: int) -> Callable[[int], bool]:
-    need = int(np.ceil(phase.cfg.pipeline.finish_fraction * total))
-    return lambda n: n >= need
-
-
-def finish_cut(phase: Phase, accepted: dict[str, Any], order: list[str]) -> list[dict]:
-    """Accepted records in task order; with finish_fraction < 1, stragglers beyond it are cut."""
-    need = int(np.ceil(phase.cfg.pipeline.finish_fraction * len(order)))
-    records = [accepted[t] for t in order if t in accepted]
-    phase.count("cut_by_finish_fraction", max(0, len(records) - need))
-    return records[:need]
-
-
 def downsample(phase: Phase, records: list[dict], name: str) -> list[dict]:
-    """Length-biased down-sampling: short answers are dropped more often."""
-    rng = np.random.default_rng(derive_seed(phase.cfg.seed, phase.iteration, name, "downsample"))
-    keep = length_biased_keep([r["words"] for r in records], rng)
+    """Length-biased down-sampling: short answers are dropped more often. Ranked by
+    characters with shared ties (the reference) or by words in record order."""
+    rng = np.random.default_rng(derive_seed(phase.cfg.seed, phase.iteration, phase.scope, name,
+                                            "downsample"))
+    if phase.cfg.pipeline.downsample_by == "chars":
+        keep = length_biased_keep([len(r["response"]) for r in records], rng, ties="shared")
+    else:
+        keep = length_biased_keep([r["words"] for r in records], rng, ties="ordered")
     phase.count(f"{name}_before_downsample", len(records))
     return [r for r, k in zip(records, keep) if k]
 

@@ -19,29 +19,32 @@ TEMPLATES_DIR = Path(__file__).parent / "templates"
 # Template name -> the fields it must use (checked on load, so a user's edited
 # copy that lost or mistyped a placeholder fails before any generation starts).
 TEMPLATE_FIELDS: dict[str, frozenset[str]] = {
-    "self_instruct": frozenset({"example_1", "example_2"}),
+    "self_instruct": frozenset(),
+    "self_instruct_answer": frozenset({"example_1", "example_2"}),
     "judge": frozenset({"instruction"}),
     "extend": frozenset({"instruction", "response"}),
 }
 
 _FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
-# The few-shot list's markers: the self_instruct template must number its examples
-# "Instruction 1: ..." (en) or "指令1：..." (zh) for these stops and the parser to work.
+# The reference's completion stops: a rule line or a triple newline ends the text (a
+# single blank line does not: an instruction may have paragraphs), and so does the
+# start of a fourth item. The self_instruct_answer template must number its examples
+# "Instruction 1: ..." (en) or "指令1：..." (zh) for the last stop and the parser to work.
+# (End-of-turn tokens end generation as the checkpoint's EOS ids, not as strings.)
+_RULE_STOPS = ("\n\n---", "\n\n\n", "\n---", "---")
 _STOPS = {
-    "en": ("\nInstruction 4", "Instruction 4:", "\n\n"),
-    "zh": ("\n指令4", "指令4：", "指令4:", "\n\n"),
+    "en": _RULE_STOPS + ("\nInstruction 4",),
+    "zh": _RULE_STOPS + ("\n指令4",),
 }
 _LEADING_MARKER = re.compile(r"^(?:Instruction|指令)\s*\d+\s*[:：]\s*")
 _LATER_MARKER = re.compile(r"\n\s*(?:Instruction|指令)\s*\d+|(?:Instruction|指令)\s*\d+\s*[:：]")
 _QUOTE_PAIRS = {'"': '"', "'": "'", "“": "”", "‘": "’", "「": "」", "『": "』"}
 
 _ANSWERS = {"en": ("yes", "no"), "zh": ("是", "否")}
-# Accepted answer openings: the judge sometimes answers a Chinese prompt in English
-# or says 不 ("not") instead of 否.
-_YES_OPENINGS = {"en": ("yes",), "zh": ("是", "yes")}
-_NO_OPENINGS = {"en": ("no",), "zh": ("否", "不", "no")}
-_ANSWER_NOISE = " \t\n\"'“”‘’「」*`#:：-"
+# The spellings a judge actually answers with: instruct models open English answers
+# with a capital ("Yes"), so the likelihood judge weighs both casings.
+_ANSWER_FORMS = {"en": (("yes", "Yes"), ("no", "No")), "zh": (("是",), ("否",))}
 
 Messages = list[dict[str, str]]
 
@@ -71,6 +74,7 @@ class Templates:
 
     language: str
     self_instruct: str
+    self_instruct_answer: str
     judge: str
     extend: str
 
@@ -105,17 +109,20 @@ def _user(content: str) -> Messages:
     return [{"role": "user", "content": content}]
 
 
-def self_instruct_prompt(
+def self_instruct_turn(
     language: str, example_1: str, example_2: str, *, templates_dir: str | Path | None = None
-) -> str:
-    """Raw-completion few-shot prompt whose natural continuation is a third
-    long-writing instruction."""
-    template = load_templates(language, templates_dir).self_instruct
-    return render(template, example_1=example_1, example_2=example_2)
+) -> tuple[Messages, str]:
+    """The self-instruct chat turn and its pre-filled answer, as the reference builds it:
+    the user asks for long-writing requests, and the assistant's turn already lists two
+    examples and opens a third, so the model's continuation is one new instruction.
+    Render with `chat_prompt(tokenizer, messages, assistant_prefix=answer)`."""
+    templates = load_templates(language, templates_dir)
+    answer = render(templates.self_instruct_answer, example_1=example_1, example_2=example_2)
+    return _user(templates.self_instruct), answer
 
 
 def self_instruct_stop(language: str) -> tuple[str, ...]:
-    """Stops that end the completion where the model would start a fourth item."""
+    """The reference's stops: rule lines, a triple newline, or a fourth item."""
     check_language(language)
     return _STOPS[language]
 
@@ -142,28 +149,23 @@ def judge_messages(
 
 
 def judge_answers(language: str) -> tuple[str, str]:
-    """The (yes, no) answer strings, e.g. for comparing their likelihoods."""
+    """The canonical (yes, no) answers, as the judge template asks for them."""
     check_language(language)
     return _ANSWERS[language]
 
 
-def _opens_with(answer: str, word: str) -> bool:
-    if not answer.startswith(word):
-        return False
-    rest = answer[len(word) :]
-    # An ASCII word must end there ("no" but not "none"); a Chinese one need not.
-    return not (word.isascii() and rest[:1].isalnum())
-
-
-def parse_judgement(text: str, language: str) -> bool | None:
-    """True for a yes, False for a no, None when the reply is neither."""
+def judge_answer_forms(language: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Every spelling of (yes, no) that counts, for comparing their likelihoods."""
     check_language(language)
-    answer = text.strip(_ANSWER_NOISE).casefold()
-    if any(_opens_with(answer, word) for word in _YES_OPENINGS[language]):
-        return True
-    if any(_opens_with(answer, word) for word in _NO_OPENINGS[language]):
-        return False
-    return None
+    return _ANSWER_FORMS[language]
+
+
+def judge_says_yes(reply: str, language: str) -> bool:
+    """The reference's verdict on a sampled judge reply: the whole reply, stripped, is
+    "是" (zh) or "yes" in any casing (en); anything longer or different is a no."""
+    check_language(language)
+    answer = reply.strip()
+    return answer == "是" if language == "zh" else answer.lower() == "yes"
 
 
 def extend_messages(

@@ -11,7 +11,7 @@ from pathlib import Path
 import jax
 
 from selflengthen_jax.checkpoint.hf_import import read_config, weight_files
-from selflengthen_jax.config import Config, ConfigError, validate_for_model
+from selflengthen_jax.config import Config, ConfigError, check_context, validate_for_model
 from selflengthen_jax.models.config import ModelConfig
 from selflengthen_jax.models.presets import model_config_from_name
 from selflengthen_jax.outputs import check_dir
@@ -57,6 +57,7 @@ def dry_run(cfg: Config, force: bool = False) -> str:
     if cfg.model.path and Path(cfg.model.path, "config.json").is_file():
         check_model(cfg.model.path)
         weight_files(cfg.model.path)
+    check_context(cfg, mcfg.max_position_embeddings)
     check_loop_settings(cfg)
     check_output(cfg, force)
     n = cfg.plan.num_devices or jax.device_count()
@@ -71,7 +72,9 @@ def check_inputs(cfg: Config) -> None:
         raise ConfigError("model.path is empty: a run needs a checkpoint (model.preset serves --dry-run only)")
     check_model(cfg.model.path)
     weight_files(cfg.model.path)
-    validate_for_model(cfg, read_config(cfg.model.path).num_heads)
+    model_cfg = read_config(cfg.model.path)
+    validate_for_model(cfg, model_cfg.num_heads)
+    check_context(cfg, model_cfg.max_position_embeddings)
 
 
 def check_output(cfg: Config, force: bool = False) -> Path:

@@ -34,23 +34,36 @@ def iteration_summary(k: int, d: Path) -> dict:
     ins = entry["phases"]["instructions"]
     attempts = ins["counts"].get("attempts", 0)
     entry["instruction_acceptance"] = round(ins["records"] / attempts, 3) if attempts else 0.0
+    entry["finish_cut"] = finish_cut(entry)
     return entry
+
+
+def finish_cut(entry: dict) -> dict[str, dict[str, int]]:
+    """Per answering phase, what `pipeline.finish_fraction` cost: accepted records that
+    completed after the cut, and tasks still unfinished when the phase stopped."""
+    return {name: {"cut": entry["phases"][name]["counts"].get("cut_by_finish_fraction", 0),
+                   "unfinished": entry["phases"][name]["counts"].get("unfinished_at_cut", 0)}
+            for name in ("initial", "extended")}
 
 
 def summary_table(summaries: list[dict]) -> str:
     """A markdown table, one row per finished iteration."""
     head = ("| iter | instructions | accept | initial | init words mean/med/p90 | extended "
-            "| ext words mean/med/p90 | tokens | seconds |")
-    rows = [head, "|" + "---|" * 9]
+            "| ext words mean/med/p90 | finish cut (records/unfinished) | tokens | seconds |")
+    rows = [head, "|" + "---|" * 10]
     for s in summaries:
         ph = s["phases"]
         iw, ew = s["initial_words"], s["extended_words"]
+        cut = s["finish_cut"]
+        cuts = sum(c["cut"] for c in cut.values())
+        unfinished = sum(c["unfinished"] for c in cut.values())
         tokens = sum(ph[n]["tokens"] for n in PHASES)
         seconds = sum(v.get("seconds", 0) for v in ph.values())
         rows.append(f"| {s['iteration']} | {ph['instructions']['records']} | "
                     f"{s['instruction_acceptance']:.2f} | {ph['initial']['records']} | "
                     f"{iw['mean']}/{iw['median']}/{iw['p90']} | {ph['extended']['records']} | "
-                    f"{ew['mean']}/{ew['median']}/{ew['p90']} | {tokens} | {seconds:.0f} |")
+                    f"{ew['mean']}/{ew['median']}/{ew['p90']} | {cuts}/{unfinished} | {tokens} | "
+                    f"{seconds:.0f} |")
     return "\n".join(rows)
 
 

@@ -1,6 +1,11 @@
 """Pure text rules of the Self-Lengthen pipeline: word counts, quality filters,
 length-biased down-sampling, paragraph splitting, instruction de-duplication.
 
+The quality filter comes in two rule sets: `reference` (the default) decides exactly
+as QwenLM/Self-Lengthen's `check_response` does for each language, and `strict` is
+this project's own, tighter variant (more closing marks for zh, word-start meta words
+in non-blank lines, case-insensitive).
+
 Everything here is model-free and deterministic (given a seeded rng), so the data
 the pipeline keeps can be explained and tested without a checkpoint.
 """
@@ -21,7 +26,14 @@ LANGUAGES: tuple[str, ...] = ("zh", "en")
 # CJK ideographs, CJK symbols/punctuation, full-width forms: each one is a "word".
 _CJK = re.compile("[\u4e00-\u9fff\u3000-\u303f\uff00-\uffef]")
 
-# Characters a finished text may end with; anything else suggests it was cut off.
+# The reference's ending marks, per language (its "..." entry can never equal one
+# character, so it is left out). Note the zh set has no ASCII . ! ? and the en set
+# counts , ; : - as endings.
+REFERENCE_ZH_CLOSING = frozenset("。！？”)]}>）】’…`")
+REFERENCE_EN_CLOSING = frozenset(".!?,;:-\"')]}>`")
+RULES: tuple[str, ...] = ("reference", "strict")
+
+# The strict rules' characters a finished text may end with.
 ZH_CLOSING = frozenset("。！？!?.…”’\"'）)】』」》〉〕〗～~")
 EN_CLOSING = frozenset(".!?\"'”’)]}…")
 
@@ -40,8 +52,8 @@ META = "meta words"
 
 _SPACE_NEXT_TO_CJK = re.compile(f" (?={_CJK.pattern})|(?<={_CJK.pattern}) ")
 
-# zh repetition units: a run of ASCII letters (an English word inside Chinese text)
-# is one unit, every other non-space character is its own unit.
+# Strict zh repetition units: a run of ASCII letters (an English word inside Chinese
+# text) is one unit, every other non-space character is its own unit.
 _ZH_UNIT = re.compile(r"[A-Za-z]+|\S")
 
 
@@ -82,29 +94,62 @@ def has_repeated_ngram(units: list[str], n: int) -> bool:
     return False
 
 
+def reference_zh_units(text: str) -> list[str]:
+    """The reference's zh repetition units: every run of ASCII characters (letters,
+    digits, spaces, newlines, ASCII punctuation) is one unit, every other character is
+    its own unit."""
+    units: list[str] = []
+    previous_ascii = False
+    for char in text:
+        if char.isascii() and previous_ascii:
+            units[-1] += char
+        else:
+            units.append(char)
+        previous_ascii = char.isascii()
+    return units
+
+
+def check_rules(rules: str) -> str:
+    """Fail early and clearly on an unknown rule set."""
+    if rules not in RULES:
+        raise ValueError(f"unknown quality rules {rules!r}; expected one of {RULES}")
+    return rules
+
+
 def _meta_pattern(meta_words: Iterable[str]) -> re.Pattern[str]:
     words = "|".join(re.escape(w) for w in meta_words)
     # Word start only, so "Revised" and "versions" match but "conversion" does not.
     return re.compile(rf"\b(?:{words})", re.IGNORECASE)
 
 
-def quality_problems(
-    text: str,
-    language: str,
-    *,
-    ngram: int | None = None,
-    meta_words: Iterable[str] = META_WORDS,
-) -> list[str]:
-    """Why `text` should not become training data (empty list: it passes).
+def _reference_problems(text: str, language: str, n: int, meta_words: Iterable[str]) -> list[str]:
+    """The reference's checks: the right-stripped text ends in one of its marks; no
+    n-gram of units repeats; for en, no meta word occurs (case-sensitive substring) in
+    the first 2 or last 3 lines of the text split on newlines, blank lines included."""
+    body = text.rstrip()
+    if not body:
+        return [EMPTY]
+    problems = []
+    closing = REFERENCE_ZH_CLOSING if language == "zh" else REFERENCE_EN_CLOSING
+    if body[-1] not in closing:
+        problems.append(UNFINISHED)
+    units = reference_zh_units(body) if language == "zh" else body.split()
+    if has_repeated_ngram(units, n):
+        problems.append(REPETITION)
+    if language == "en":
+        lines = body.split("\n")
+        edges = "\n".join(lines[:META_HEAD_LINES] + lines[-META_TAIL_LINES:])
+        if any(word in edges for word in meta_words):
+            problems.append(META)
+    return problems
 
-    `ngram` defaults to 13 (zh characters) or 10 (en words); `meta_words` are only
-    checked for English, in the first 2 and last 3 non-empty lines.
-    """
-    check_language(language)
+
+def _strict_problems(text: str, language: str, n: int, meta_words: Iterable[str]) -> list[str]:
+    """This project's stricter checks: more closing marks, letter-run zh units, and
+    case-insensitive word-start meta words in the first 2 and last 3 non-blank lines."""
     stripped = text.strip()
     if not stripped:
         return [EMPTY]
-    n = DEFAULT_NGRAM[language] if ngram is None else ngram
     problems = []
     closing = ZH_CLOSING if language == "zh" else EN_CLOSING
     if stripped[-1] not in closing:
@@ -121,32 +166,63 @@ def quality_problems(
     return problems
 
 
-def passes_quality(
+def quality_problems(
     text: str,
     language: str,
     *,
+    rules: str = "reference",
     ngram: int | None = None,
     meta_words: Iterable[str] = META_WORDS,
-) -> bool:
-    """True when `quality_problems` finds nothing."""
-    return not quality_problems(text, language, ngram=ngram, meta_words=meta_words)
+) -> list[str]:
+    """Why `text` should not become training data (empty list: it passes).
 
-
-def length_biased_keep(lengths: list[int], rng: np.random.Generator) -> list[bool]:
-    """Keep flags (original order) that thin out short samples.
-
-    Rank r = 1 - i/n for sorted position i (1 = shortest); keep probability
-    clip(1 - 2 r^3, 0, 1): the shortest fifth is always dropped and the longest
-    samples almost always kept, pushing the next round's data towards length.
+    `ngram` defaults to 13 (zh units) or 10 (en words); `meta_words` are only checked
+    for English. `rules` picks the reference's checks or the strict ones.
     """
+    check_language(language)
+    check_rules(rules)
+    n = DEFAULT_NGRAM[language] if ngram is None else ngram
+    check = _reference_problems if rules == "reference" else _strict_problems
+    return check(text, language, n, tuple(meta_words))
+
+
+def check_response(
+    text: str, language: str, rules: str = "reference", *, ngram: int | None = None
+) -> bool:
+    """True when `text` passes the quality filter of `rules` (the reference's
+    `check_response` by default)."""
+    return not quality_problems(text, language, rules=rules, ngram=ngram)
+
+
+TIES: tuple[str, ...] = ("shared", "ordered")
+
+
+def length_biased_keep(lengths: list[int], rng: np.random.Generator,
+                       ties: str = "shared") -> list[bool]:
+    """Keep flags (original order) that thin out short samples, as the reference's
+    `drop_short` does.
+
+    Rank r = 1 - i/n, where i is the sample's position among the sorted lengths; a
+    sample is kept when a uniform draw exceeds 2 r^3. So the shortest fifth is always
+    dropped and the longest samples almost always kept. With `ties="shared"` (the
+    reference) equal lengths all take the lowest position of their value; "ordered"
+    ranks them by their original order instead.
+    """
+    if ties not in TIES:
+        raise ValueError(f"unknown ties rule {ties!r}; expected one of {TIES}")
     n = len(lengths)
-    order = sorted(range(n), key=lambda k: (lengths[k], k))
-    prob = np.empty(n)
-    for position, index in enumerate(order):
-        rank = 1.0 - position / n
-        prob[index] = min(max(1.0 - 2.0 * rank**3, 0.0), 1.0)
+    position = np.empty(n)
+    if ties == "shared":
+        ordered = sorted(lengths)
+        first = {}
+        for i, length in enumerate(ordered):
+            first.setdefault(length, i)
+        position[:] = [first[length] for length in lengths]
+    else:
+        for i, index in enumerate(sorted(range(n), key=lambda k: (lengths[k], k))):
+            position[index] = i
     draws = rng.random(n)
-    return [bool(u < p) for u, p in zip(draws, prob, strict=True)]
+    return [bool(u > 2.0 * (1.0 - i / n) ** 3) for u, i in zip(draws, position, strict=True)]
 
 
 def split_paragraphs(text: str) -> list[str]:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 
 from selflengthen_jax.demo import corpus
-from selflengthen_jax.pipeline.prompts import (judge_answers, parse_instruction, self_instruct_prompt,
-                                               self_instruct_stop)
+from selflengthen_jax.pipeline.prompts import (judge_answers, parse_instruction, self_instruct_stop,
+                                               self_instruct_turn)
 from selflengthen_jax.pipeline.seeds import load_seeds
 from selflengthen_jax.pipeline.text import count_words, quality_problems, split_paragraphs
 
@@ -87,8 +87,8 @@ def test_self_instruct_completions_stop_after_one_new_request(language: str) -> 
         new = parse_instruction(completion[:cut])
         assert new in requests
         # The prompt is the pipeline's own, with two examples from the pool it will see.
-        head = self_instruct_prompt(language, "A", "B")
-        assert pair["prompt"].startswith(head.split("A")[0])
+        head = corpus.self_instruct_prompt(language, "\x00", "\x01")
+        assert pair["prompt"].startswith(head.split("\x00")[0])
         shown = [e for e in examples if e in pair["prompt"]]
         assert len(shown) >= 2 and new not in pair["prompt"]
 
@@ -104,3 +104,16 @@ def test_records_cover_every_task_of_the_languages_asked() -> None:
 def test_unknown_language_is_refused() -> None:
     with pytest.raises(ValueError, match="no language 'fr'"):
         corpus.stories("fr")
+
+
+def test_the_self_instruct_prompt_is_the_loops_own_chat_prompt() -> None:
+    # The loop renders the chat turn with the checkpoint's template and pre-fills the
+    # answer; the warm-up data must be byte-identical for the shipped model's template.
+    from selflengthen_jax.checkpoint.tokenizer import chat_prompt, load_tokenizer
+    from selflengthen_jax.demo.shipped import SHIPPED_DIR
+
+    tok = load_tokenizer(SHIPPED_DIR)
+    messages, answer = self_instruct_turn("en", "Write A.", "Write B.")
+    assert corpus.self_instruct_prompt("en", "Write A.", "Write B.") == chat_prompt(tok, messages, answer)
+    assert chat_prompt(tok, messages, answer).endswith(
+        "<|im_start|>assistant\nInstruction 1: Write A.\nInstruction 2: Write B.\nInstruction 3:")

@@ -27,14 +27,37 @@ ITEMS = [{"query": "写一篇散文。", "response": "春天来了。", "languag
          {"query": "Write a story.", "response": "Once upon a time.", "language": "en"}]
 
 
-def test_prompt_names_every_dimension_and_ignores_length():
+def test_the_reference_prompt_asks_for_an_analysis_then_strict_scores_in_json():
+    # eval/quality_eval.md: seven dimensions 1-10, length left aside, a brief analysis
+    # first, one JSON object, "as strict as possible"; in English for every language.
     for item in ITEMS:
         [message] = judge_messages(item["query"], item["response"], item["language"])
+        content = message["content"]
+        assert message["role"] == "user"
+        assert all(f"{d.capitalize()}: " in content for d in DIMENSIONS)
+        assert item["query"] in content and item["response"] in content
+        assert content.index(item["query"]) < content.index(item["response"])
+        assert "Leave aside whether the answer meets any length" in content
+        assert "Start with a short analysis" in content and "as strictly as you can" in content
+        assert '{"Analysis": "...", "Relevance": <score>,' in content
+    assert judge_messages("q", "r", "zh") == judge_messages("q", "r", "en")
+
+
+def test_a_reference_shaped_answer_parses():
+    answer = json.dumps({"Analysis": "Vivid {but} uneven.", **{k.capitalize(): v for k, v in GOOD.items()}})
+    assert parse_judgement(answer) == GOOD
+
+
+def test_our_dimension_prompt_stays_an_option():
+    for item in ITEMS:
+        [message] = judge_messages(item["query"], item["response"], item["language"], "dimensions")
         assert message["role"] == "user"
         assert all(d in message["content"] for d in DIMENSIONS)
         assert item["query"] in message["content"] and item["response"] in message["content"]
-    assert "length" in judge_messages("q", "r", "en")[0]["content"]
-    assert "长度" in judge_messages("q", "r", "zh")[0]["content"]
+    assert "length" in judge_messages("q", "r", "en", "dimensions")[0]["content"]
+    assert "长度" in judge_messages("q", "r", "zh", "dimensions")[0]["content"]
+    with pytest.raises(ValueError, match="unknown judge prompt 'other'"):
+        judge_messages("q", "r", "en", "other")
 
 
 @pytest.mark.parametrize("text", [

@@ -179,3 +179,28 @@ def test_records_use_the_model_rewrite_only_when_it_kept_the_numbers():
                              "language", "source_id", "rewrite"}
     assert (fallback["source_id"], fallback["words"], fallback["response"]) == ("s1", 3000, "3000")
     assert finalize_record(plan, None, np.random.default_rng(0))["rewrite"] == "template"
+
+
+# --- where we deliberately differ from the reference's add_length_control.py ----------------
+
+
+def test_zh_above_and_below_are_worded_the_right_way_round():
+    # The reference's zh list is ['大约{}字', '{}字至{}字', '小于{}字', '大于{}字'] against the
+    # en ['around', 'N-M', 'more than', 'less than']: its zh "above" demand (the lower
+    # bound) says 小于 ("less than") and its "below" says 大于. Ours match the meaning.
+    above, below = Constraint("above", 3000, 3000), Constraint("below", 5000, 5000)
+    assert format_demand(above, "zh", False) == "大于3000字"
+    assert format_demand(below, "zh", False) == "小于5000字"
+    assert band(above)[0] == 3000 and band(below)[1] == 5000
+
+
+@pytest.mark.parametrize("kind, words", [("about", 3100), ("about", 2450), ("range", 2000),
+                                         ("above", 3900), ("below", 7990)])
+def test_demands_always_contain_the_true_length_unlike_the_references_rounding(kind, words):
+    # The reference rounds 3,100 words with its coarse 2,000 unit to "around 4000"
+    # (LonGen band 3200-4800) and 2,000 words to the range "2000-2000"; ours refine the
+    # unit until the demand's band holds the true length.
+    c = make_constraint(kind, words, 2000, 2000, 8000)
+    low, high = band(c)
+    assert low <= words <= high
+    assert c.type != "range" or c.low < c.high

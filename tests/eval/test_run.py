@@ -74,6 +74,30 @@ def test_responses_only_scores_the_given_answers_without_a_model(tmp_path, capsy
     assert not (out / "responses.jsonl").exists()
 
 
+def test_a_longbench_write_file_is_scored_by_s_l(tmp_path, capsys):
+    # LongBench-Write's own rows: prompt, a category as type, a required length; no constraint.
+    rows_ = [{"prompt": "写一篇关于春天的散文。", "type": "Literature", "length": 1000, "response": "春" * 1000},
+             {"prompt": "Write a blog post about rivers.", "type": "Blog", "length": 500,
+              "response": "river " * 1000}]
+    out = tmp_path / "eval"
+    code, stdout, _ = run_main(main, ["--benchmark", write_jsonl(tmp_path / "lbw.jsonl", rows_),
+                                      "--output", out, "--responses-only"], capsys)
+    assert code == 0 and stdout.strip().splitlines()[-1] == "overall=n/a"  # no LonGen bands
+    report = json.loads((out / "report.json").read_text())
+    zh, en = report["records"]
+    assert (zh["language"], zh["range"], zh["longbench_write"]) == ("zh", "500-2k", 100.0)
+    assert (en["language"], en["range"], en["target"]) == ("en", "500-2k", 500.0)
+    assert en["longbench_write"] == pytest.approx(100 * (1 - (1000 / 500 - 1) / 3))
+    assert "longbench_write=83.33 n=2" in stdout
+
+
+def test_a_longbench_write_row_needs_a_positive_length(tmp_path, capsys):
+    bad = write_jsonl(tmp_path / "lbw.jsonl", [{"prompt": "Write.", "length": "many"}])
+    code, _, stderr = run_main(main, ["--benchmark", bad, "--output", tmp_path / "out", "--responses-only"],
+                               capsys)
+    assert code == 2 and ":1: 'length' must be a positive number" in stderr
+
+
 def test_judge_through_an_openai_compatible_server(tmp_path, capsys):
     reply = lambda body: (200, {"choices": [{"message": {"role": "assistant", "content": json.dumps(GOOD)}}]})
     with fake_openai_server(reply) as (url, received):

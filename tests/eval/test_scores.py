@@ -9,6 +9,7 @@ from selflengthen_jax.eval.constraints import band, parse_constraint
 from selflengthen_jax.eval.scores import (
     aggregate,
     longbench_write_score,
+    longwriter_words,
     longen_score,
     markdown_table,
     report_json,
@@ -94,3 +95,41 @@ def test_markdown_table_layout():
     about = lines[2].split(" | ")
     assert about[1] == "1.000" and about[2] == "-" and about[4] == "1.000" and about[5] == "0.500"
     assert lines[-1].endswith(f"| {sum(LONGEN) / 9:.3f} |")
+
+
+# --- S_l exactly as LongWriter defines it ----------------------------------------------------
+
+
+@pytest.mark.parametrize("text, words", [
+    ("字" * 10, 10),
+    ("Hello, world! It's 2024.", 4),  # It / s are two runs of letters; digits count nothing
+    ("中文English混排。", 4),  # no \b between 文 and E (both are \w): only the 4 ideographs
+    ("中文 English 混排。", 5),
+    ("，。「」ＡＢＣ", 0),  # CJK punctuation and full-width forms are not ideographs
+    ("snake_case x2 e-mail", 2),  # "_" and "2" are \w, so only "e" and "mail" stand alone
+])
+def test_longwriter_word_count(text, words):
+    assert longwriter_words(text) == words
+
+
+def test_s_l_uses_the_rows_length_field_and_longwriters_count():
+    row = {"language": "en", "range": "2-4k", "type": "about", "constraint": "around 2000 words",
+           "length": 3000, "response": "word " * 2000 + "1 2 3 " * 500}
+    scored = score_records([row])["records"][0]
+    assert scored["target"] == 3000  # x is the row's length, not the band centre
+    assert scored["longwriter_words"] == 2000 and scored["length"] == 3500
+    assert scored["longbench_write"] == pytest.approx(longbench_write_score(2000, 3000))
+    assert scored["longen"] == pytest.approx(3 - 2 * 3500 / 2400)  # LonGen: its own count and band
+
+
+def test_longbench_write_rows_get_s_l_only():
+    rows = [{"language": "zh", "range": "500-2k", "type": "length", "length": 1000, "response": "字" * 1000},
+            {"language": "zh", "range": "2-4k", "type": "about", "constraint": "大约2000字",
+             "response": "字" * 2000}]
+    report = score_records(rows)
+    first, second = report["records"]
+    assert first["longen"] is None and first["longbench_write"] == pytest.approx(100.0)
+    assert second["longen"] == pytest.approx(1.0)
+    assert report["overall"]["longen"] == pytest.approx(1.0)  # the LonGen mean skips the S_l-only row
+    assert report["overall"]["longbench_write"] == pytest.approx(100.0)
+    assert "| length |" in markdown_table(report, "longen")

@@ -88,3 +88,11 @@ def test_dry_run_on_every_shipped_config(capsys):
         code, out, err = run_main(main, ["--config", cfg, "--dry-run"], capsys)
         assert code == 0, err
         assert "fsdp" in out and "GiB" in out or "MiB" in out
+
+
+def test_prompt_and_output_beyond_the_models_positions(ckpt, tmp_path, capsys):
+    positions = json.loads((ckpt / "config.json").read_text())["max_position_embeddings"]
+    fails(capsys, [f"model.path={ckpt}", f"output_dir={tmp_path}", f"engine.max_prefill_len={positions}",
+                   "engine.max_new_tokens=1"],
+          f"= {positions + 1} exceeds the model's max_position_embeddings={positions}",
+          f"lower engine.max_prefill_len to at most {positions - 1}")

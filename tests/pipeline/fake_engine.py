@@ -35,11 +35,19 @@ class FakeEngine:
         self.tok = FakeTokenizer()
         self.bad_every = bad_every
         self.calls: list[str] = []
+        self.requests: dict[str, object] = {}  # id -> the request, prompt and adapter as sent
+        self.adapter_sets: list[dict] = []  # every set_adapters call
 
     def _answer(self, req) -> str:
         rng = random.Random(req.params.seed)
-        if req.prompt is not None and "<assistant>" not in req.prompt:  # self-instruct
+        if req.prompt is not None and req.prompt.endswith("Instruction 3:"):  # self-instruct
             return f" Write a long {rng.choice(WORDS)} story of {rng.randrange(3000, 9000)} words.\nInstruction 4: x"
+        if req.prompt is not None and req.prompt.endswith("指令3："):
+            return f"写一篇关于{rng.choice(WORDS)}的{rng.randrange(3000, 9000)}字长篇故事。\n指令4：x"
+        if req.messages is not None and "2,000 words" in req.messages[-1]["content"]:  # judge
+            return "No" if "lantern" in req.messages[-1]["content"] else "Yes"
+        if req.messages is not None and "2000字" in req.messages[-1]["content"]:
+            return "否" if "lantern" in req.messages[-1]["content"] else "是"
         if req.params.seed % self.bad_every == 0:
             return "an unfinished answer without final punctuation"
         if req.prompt is not None:  # extension stage 2: continue the assistant turn
@@ -50,6 +58,7 @@ class FakeEngine:
         out = []
         for i, r in enumerate(requests):
             self.calls.append(r.id)
+            self.requests[r.id] = r
             text = self._answer(r)
             for stop in r.params.stop:
                 if stop and stop in text:
@@ -59,6 +68,9 @@ class FakeEngine:
                 on_complete(i, c)
             out.append(c)
         return out
+
+    def set_adapters(self, adapters):
+        self.adapter_sets.append(dict(adapters))
 
     def loglikelihood(self, pairs, adapter="base"):
         # "yes" wins unless the instruction mentions a lantern

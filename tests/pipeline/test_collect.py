@@ -14,7 +14,7 @@ def pair(rid, instruction, response, **extra):
 @pytest.fixture
 def run_dir(tmp_path):
     """iter_1 and iter_2 finished; iter_3 still generating (no extended.jsonl yet); an
-    extra data round (collect/) after the last iteration."""
+    extra data rounds (collect/round_r/) after the last iteration."""
     run = tmp_path / "run"
     files = {
         "iter_1/initial.jsonl": [pair("a", "Q1", "short 1", language="en"), pair("b", "Q2", "short 2")],
@@ -22,7 +22,9 @@ def run_dir(tmp_path):
         "iter_2/initial.jsonl": [pair("a", "Q1", "long 1"), pair("c", "Q3", "short 3")],    # repeats iter 1
         "iter_2/extended.jsonl": [pair("a", "Q1", "longer 1"), pair("c", "Q3", "long 3")],
         "iter_3/initial.jsonl": [pair("a", "Q1", "new")],
-        "collect/initial.jsonl": [pair("d", "Q4", "final 4"), pair("e", "Q1", "longer 1")],  # extra round
+        "collect/round_0/initial.jsonl": [pair("d", "Q4", "final 4"), pair("e", "Q1", "longer 1")],
+        "collect/round_1/instructions.jsonl": [pair("g", "Q6", "")],  # round 1 still answering
+        "collect/round_10/initial.jsonl": [pair("f", "Q5", "final 5")],  # rounds in number order
     }
     for name, records in files.items():
         (run / name).parent.mkdir(parents=True, exist_ok=True)
@@ -40,7 +42,7 @@ def test_default_collects_every_finished_iteration_and_the_extra_round_without_e
     assert [(r["id"], r["response"]) for r in records] == [
         ("iter_1/initial/a", "short 1"), ("iter_1/initial/b", "short 2"), ("iter_1/extended/a", "long 1"),
         ("iter_2/initial/c", "short 3"), ("iter_2/extended/a", "longer 1"), ("iter_2/extended/c", "long 3"),
-        ("collect/initial/d", "final 4")]
+        ("collect/round_0/initial/d", "final 4"), ("collect/round_10/initial/f", "final 5")]
     assert dropped == 3
     assert records[-1]["iteration"] is None and records[-1]["source"] == "initial"
     assert records[0] == {"id": "iter_1/initial/a", "instruction": "Q1", "response": "short 1",
@@ -72,7 +74,7 @@ def test_an_unfinished_or_malformed_iteration_is_named(run_dir):
 def test_cli_writes_the_file_and_reports_counts(run_dir, tmp_path, capsys):
     out = tmp_path / "long.jsonl"
     code, stdout, _ = run_main(main, ["--input", run_dir, "--output", out], capsys)
-    assert code == 0 and "wrote 7 records" in stdout and "3 duplicates dropped" in stdout
+    assert code == 0 and "wrote 8 records" in stdout and "3 duplicates dropped" in stdout
     assert read_jsonl(out) == collect_long(run_dir)[0]
     assert write_long(run_dir, out, [1]) == (3, 1)
 

@@ -9,14 +9,15 @@ from selflengthen_jax.pipeline.prompts import (
     TEMPLATES_DIR,
     extend_messages,
     generator_messages,
+    judge_answer_forms,
     judge_answers,
     judge_messages,
+    judge_says_yes,
     load_templates,
     parse_instruction,
-    parse_judgement,
     render,
-    self_instruct_prompt,
     self_instruct_stop,
+    self_instruct_turn,
 )
 from selflengthen_jax.pipeline.text import language_of
 
@@ -55,10 +56,10 @@ def test_render_rejects_an_unknown_field():
 @pytest.mark.parametrize("language", ["zh", "en"])
 def test_packaged_templates_are_written_in_their_language(language):
     templates = load_templates(language)
-    for name in TEMPLATE_FIELDS:
+    for name, fields in TEMPLATE_FIELDS.items():
         text = getattr(templates, name)
         assert text == text.rstrip()
-        assert language_of(text) == language, name
+        assert language_of(render(text, **{f: "" for f in fields})) == language, name
 
 
 def test_an_empty_templates_dir_means_the_packaged_templates():
@@ -79,8 +80,8 @@ def test_missing_templates_name_the_language_and_expected_files(tmp_path):
         load_templates("zh", tmp_path)
     message = str(error.value)
     assert "'zh'" in message
-    assert "self_instruct.txt, judge.txt, extend.txt" in message
-    assert "missing: self_instruct.txt, extend.txt" in message
+    assert "self_instruct.txt, self_instruct_answer.txt, judge.txt, extend.txt" in message
+    assert "missing: self_instruct.txt, self_instruct_answer.txt, extend.txt" in message
 
 
 def test_a_template_with_wrong_fields_is_rejected_on_load(tmp_path):
@@ -100,21 +101,33 @@ def test_unknown_language_is_rejected():
 # --- self-instruct ------------------------------------------------------------------
 
 
-def test_en_self_instruct_prompt_ends_in_an_open_third_item():
-    prompt = self_instruct_prompt("en", "Write A.", "Write B.")
-    assert prompt.endswith("\n\nInstruction 1: Write A.\nInstruction 2: Write B.\nInstruction 3:")
-    assert "thousand words" in prompt
+def test_en_self_instruct_is_a_user_turn_and_a_prefilled_answer_opening_a_third_item():
+    # As the reference's llama/prompt_templates/self_instruct.md: the user asks for
+    # long-writing instructions and the assistant's turn already lists two of them.
+    [message], answer = self_instruct_turn("en", "Write A.", "Write B.")
+    assert message["role"] == "user"
+    assert "several thousand words" in message["content"] and "complete" in message["content"]
+    assert answer == "Instruction 1: Write A.\nInstruction 2: Write B.\nInstruction 3:"
 
 
-def test_zh_self_instruct_prompt_ends_in_an_open_third_item():
-    prompt = self_instruct_prompt("zh", "写甲。", "写乙。")
-    assert prompt.endswith("\n\n指令1：写甲。\n指令2：写乙。\n指令3：")
-    assert "几千字" in prompt
+def test_zh_self_instruct_is_a_user_turn_and_a_prefilled_answer_opening_a_third_item():
+    [message], answer = self_instruct_turn("zh", "写甲。", "写乙。")
+    assert message["role"] == "user"
+    assert "几千字" in message["content"] and "完整" in message["content"]
+    assert answer == "指令1：写甲。\n指令2：写乙。\n指令3："
 
 
-def test_self_instruct_stops_at_a_fourth_item_or_a_blank_line():
-    assert self_instruct_stop("en") == ("\nInstruction 4", "Instruction 4:", "\n\n")
-    assert self_instruct_stop("zh") == ("\n指令4", "指令4：", "指令4:", "\n\n")
+def test_self_instruct_examples_with_braces_are_inserted_verbatim():
+    _, answer = self_instruct_turn("en", "Write {x}.", "Write {example_2}.")
+    assert answer == "Instruction 1: Write {x}.\nInstruction 2: Write {example_2}.\nInstruction 3:"
+
+
+def test_self_instruct_stops_are_the_references():
+    # qwen/llm_client.py and llama/llm_client.py get_completion: rule lines, a triple
+    # newline and a fourth item end the text; a single blank line does not.
+    assert self_instruct_stop("en") == ("\n\n---", "\n\n\n", "\n---", "---", "\nInstruction 4")
+    assert self_instruct_stop("zh") == ("\n\n---", "\n\n\n", "\n---", "---", "\n指令4")
+    assert "\n\n" not in self_instruct_stop("en") + self_instruct_stop("zh")
 
 
 @pytest.mark.parametrize(
@@ -162,46 +175,45 @@ def test_zh_judge_asks_for_shi_or_fou_on_2000_characters():
 @pytest.mark.parametrize(
     ("reply", "verdict"),
     [
+        # llama/step0_self_instruct.py: is_suitable.lower() == 'yes' after strip()
         ("yes", True),
-        ("Yes.", True),
-        (" **YES**, it does", True),
-        ('"yes"', True),
+        ("Yes", True),
+        (" YES \n", True),
+        ("Yes.", False),
+        ('"yes"', False),
+        ("Yes, it does", False),
         ("no", False),
-        ("No.", False),
-        ("No, a short answer will do.", False),
-        ("none", None),
-        ("Nope", None),
-        ("yesterday", None),
-        ("Maybe", None),
-        ("", None),
+        ("No", False),
+        ("yesterday", False),
+        ("是", False),
+        ("", False),
     ],
 )
-def test_parse_en_judgement(reply, verdict):
-    assert parse_judgement(reply, "en") is verdict
+def test_en_judge_says_yes_as_the_reference_compares(reply, verdict):
+    assert judge_says_yes(reply, "en") is verdict
 
 
 @pytest.mark.parametrize(
     ("reply", "verdict"),
     [
+        # qwen/step0_self_instruct.py: is_suitable == '是' after strip()
         ("是", True),
-        ("是。", True),
-        ("“是”", True),
-        ("Yes", True),
+        (" 是\n", True),
+        ("是。", False),
+        ("“是”", False),
+        ("Yes", False),
         ("否", False),
-        ("否，不需要。", False),
         ("不是", False),
-        ("不需要", False),
-        ("No.", False),
-        ("当然", None),
-        ("", None),
+        ("", False),
     ],
 )
-def test_parse_zh_judgement(reply, verdict):
-    assert parse_judgement(reply, "zh") is verdict
+def test_zh_judge_says_yes_as_the_reference_compares(reply, verdict):
+    assert judge_says_yes(reply, "zh") is verdict
 
 
-def test_en_judgement_ignores_chinese_answers():
-    assert parse_judgement("是", "en") is None
+def test_likelihood_judge_weighs_the_casings_a_model_answers_with():
+    assert judge_answer_forms("en") == (("yes", "Yes"), ("no", "No"))
+    assert judge_answer_forms("zh") == (("是",), ("否",))
 
 
 # --- extender and generator ------------------------------------------------------------
