@@ -15,8 +15,8 @@ from selflengthen_jax.config import Config, ConfigError, validate_for_model
 from selflengthen_jax.models.config import ModelConfig
 from selflengthen_jax.models.presets import model_config_from_name
 from selflengthen_jax.outputs import check_dir
-from selflengthen_jax.parallel.mesh import mesh_shape
-from selflengthen_jax.parallel.planner import format_plan, plan
+from selflengthen_jax.parallel.mesh import check_meshes
+from selflengthen_jax.plan.planner import format_plan, plan
 from selflengthen_jax.pipeline import run_dir
 from selflengthen_jax.pipeline.loop import Loop
 from selflengthen_jax.pipeline.prompts import load_templates
@@ -64,8 +64,9 @@ def dry_run(cfg: Config, force: bool = False) -> str:
 
 
 def check_inputs(cfg: Config) -> None:
-    """Everything a user can get wrong, checked before any weight is read."""
-    mesh_shape(cfg.mesh, jax.device_count())
+    """Everything a user can get wrong, checked before any weight is read (the training
+    mesh and every host's generation mesh are built here, before output_dir is claimed)."""
+    check_meshes(cfg.mesh)
     check_loop_settings(cfg)
     if not cfg.model.path:
         raise ConfigError("model.path is empty: a run needs a checkpoint (model.preset serves --dry-run only)")

@@ -51,9 +51,10 @@ from selflengthen_jax.models.config import ModelConfig
 from selflengthen_jax.models.lora import adapter_shapes, lora_logical_axes
 from selflengthen_jax.models.transformer import (CACHE_BLOCK, K_CACHE_AXES, V_CACHE_AXES, KVCache,
                                                   abstract_model, logical_axes, per_layer_tree)
-from selflengthen_jax.parallel.mesh import AXES, mesh_shape
+from selflengthen_jax.parallel.mesh import AXES, generation_layout, mesh_shape
 from selflengthen_jax.parallel.peaks import DEVICES, GiB, DeviceSpec, device_spec
 from selflengthen_jax.parallel.rules import STRATEGIES, Rules, spec_for, strategy_rules
+from selflengthen_jax.sampling.engine import cache_length
 from selflengthen_jax.training.step import LOSS_CHUNK
 
 TRAIN_MODES = ("lora", "full")
@@ -244,12 +245,6 @@ def training_breakdown(cfg: ModelConfig, train: TrainSection, mode: str, mesh: A
         workspace=gathers)
 
 
-def cache_length(engine: EngineSection) -> int:
-    """The engine's KV cache length: prompt plus output room, in whole cache blocks."""
-    room = engine.max_prefill_len + engine.max_new_tokens
-    return -(-room // CACHE_BLOCK) * CACHE_BLOCK
-
-
 def per_layer_bytes(cfg: ModelConfig, mesh: AnyMesh, rules: Rules) -> int:
     """Per-device bytes of the engine's per-layer copy of the weights (`per_layer`)."""
     return tree_bytes(*per_layer_tree(cfg), mesh, rules)
@@ -329,17 +324,14 @@ def _layouts(cfg: Config, model_cfg: ModelConfig, num_devices: int) -> list[tupl
     return out
 
 
-def _generation_mesh(name: str, layout: MeshSection, spec: DeviceSpec, num_devices: int,
-                     model_cfg: ModelConfig) -> tuple[AbstractMesh, Rules] | None:
-    """The mesh the engine builds: one replica per host (its local devices) when
-    `replica_per_host`, else the global one; None if the layout needs more than a host."""
-    n = num_devices
-    if layout.replica_per_host and num_devices > spec.devices_per_host:
-        n = spec.devices_per_host
-        if name in STRATEGIES:
-            layout = builtin_layout(name, n, model_cfg.num_heads)
+def _generation_mesh(layout: MeshSection, spec: DeviceSpec,
+                     num_devices: int) -> tuple[AbstractMesh, Rules] | None:
+    """The mesh the engine builds (`generation_layout`: one replica per host of
+    `spec.devices_per_host` devices, or the global mesh); None if it cannot be built."""
+    host = min(num_devices, spec.devices_per_host)
+    gen = generation_layout(layout, num_devices, host)
     try:
-        shape = mesh_shape(layout, n)
+        shape = mesh_shape(gen, num_devices if gen is layout else host)
     except ValueError:
         return None
     return abstract_mesh(shape), strategy_rules(layout.strategy, layout.rules)
@@ -362,7 +354,7 @@ def plan(cfg: Config, model_cfg: ModelConfig, device_kind: str, num_devices: int
         layout = dataclasses.replace(layout, replica_per_host=cfg.mesh.replica_per_host)
         rules = strategy_rules(layout.strategy, layout.rules)
         mesh = abstract_mesh(mesh_shape(layout, num_devices))
-        gen = _generation_mesh(name, layout, spec, num_devices, mcfg)
+        gen = _generation_mesh(layout, spec, num_devices)
         strategies.append(StrategyPlan(
             name=name, mesh=tuple(mesh.shape.values()),
             generation_mesh=None if gen is None else tuple(gen[0].shape.values()),
