@@ -24,6 +24,7 @@ from tqdm import tqdm
 from selflengthen_jax.checkpoint.loader import LoadedModel, param_shardings, per_layer_shardings
 from selflengthen_jax.checkpoint.tokenizer import chat_prompt
 from selflengthen_jax.config import EngineSection
+from selflengthen_jax.models.lora import stack_adapters
 from selflengthen_jax.models.transformer import CACHE_BLOCK, K_CACHE_AXES, V_CACHE_AXES, forward, per_layer
 from selflengthen_jax.parallel.placement import put, replicated, to_host
 from selflengthen_jax.parallel.rules import Rules, named
@@ -94,6 +95,12 @@ def logprobs_fn(cfg: Any, attention_impl: str) -> Callable:
     return jax.jit(fn)
 
 
+def stack_fn(scales: Sequence[float], mesh: Mesh) -> Callable:
+    """jit of `stack_adapters` for adapters with these scales, replicated on the mesh:
+    the stack is built on the devices, never on the host."""
+    return jax.jit(lambda ads: stack_adapters(list(zip(ads, scales))), out_shardings=replicated(mesh))
+
+
 def _bucket(n: int, cap: int, floor: int = 16) -> int:
     b = floor
     while b < n:
@@ -149,13 +156,9 @@ class Engine:
         Adapters are stacked with the zero adapter at index 0 ("base"); a request picks
         one by name and rows of different adapters share a batch.
         """
-        from selflengthen_jax.models.lora import stack_adapters
-
         names = list(adapters)
         self.adapter_names = {"base": 0, **{n: i + 1 for i, n in enumerate(names)}}
-        scales = [float(adapters[n][1]) for n in names]
-        stack = jax.jit(lambda ads: stack_adapters(list(zip(ads, scales))),
-                        out_shardings=replicated(self.mesh))  # stacked on device, not on the host
+        stack = stack_fn([float(adapters[n][1]) for n in names], self.mesh)
         self.lora = None if not names else stack([adapters[n][0] for n in names])
         self._compiled.clear()
 

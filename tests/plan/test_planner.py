@@ -12,12 +12,11 @@ from selflengthen_jax.models.presets import PRESETS, model_config_from_name
 from selflengthen_jax.models.transformer import forward, init_params, per_layer
 from selflengthen_jax.parallel.mesh import make_mesh
 from selflengthen_jax.parallel.peaks import GiB, device_spec
-from selflengthen_jax.sampling.engine import cache_length
-from selflengthen_jax.plan.planner import (abstract_mesh, builtin_layout,
-                                               format_plan, generation_breakdown, param_bytes,
-                                               per_layer_bytes, plan, training_activations,
-                                               training_breakdown)
 from selflengthen_jax.parallel.rules import STRATEGIES, strategy_rules
+from selflengthen_jax.plan.planner import (abstract_mesh, builtin_layout, format_plan,
+                                           generation_breakdown, param_bytes, per_layer_bytes, plan,
+                                           training_activations, training_breakdown)
+from selflengthen_jax.sampling.engine import cache_length
 
 BF16 = ["model.param_dtype=bfloat16", "model.compute_dtype=bfloat16", "train.compute_dtype=bfloat16"]
 
