@@ -87,7 +87,6 @@ def rehearse(cfg: Config, slice_name: str, log=print) -> Rehearsal:
     validate_for_model(cfg, mcfg.num_heads)
     check_loop_settings(cfg)
     devices = slices.topology_devices(target)
-    log(slices.describe(target, devices))
     rows = rehearsal.rehearse(cfg, mcfg, target, devices, log)
     bad = [r for r in rows if not r.fits]
     hint = None

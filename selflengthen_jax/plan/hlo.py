@@ -3,10 +3,13 @@
 XLA's `cost_analysis()` counts the body of a `while` loop once, so a step that scans 28
 layers reports a fraction of its FLOPs. Here the HLO's call graph gives each
 computation how many times it runs per call (a loop body: the enclosing count times
-the loop's `known_trip_count`; a loop whose count is only known at run time, such as
-the engine's decode chunk, gets `unknown_trip`), which scales
+the loop's trip count: XLA's `known_trip_count`, or the bound its condition compares
+the counter with; a loop whose count is only known at run time, such as the engine's
+decode chunk and the cache blocks it reads, gets the `unknown_trips` given for its
+nesting depth), which scales
 
-  * the matmul FLOPs (2 x output elements x contracted size of every `dot`),
+  * the matmul FLOPs (2 x output elements x contracted size of every `dot`, and of the
+    `convolution`s the TPU compiler turns dots into),
   * the bytes that unfused instructions read and write, and
   * the bytes each collective moves: all-gather (the gathered result), reduce-scatter,
     all-reduce, all-to-all and collective-permute (their operands), per device.
@@ -22,6 +25,8 @@ import re
 from collections import defaultdict
 from typing import Iterator
 
+import numpy as np
+
 COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
 _BYTES = {"pred": 1, "s4": 0.5, "u4": 0.5, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1,
           "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4,
@@ -32,6 +37,8 @@ _CALLS = re.compile(r"\b(calls|to_apply|body|condition|true_computation|false_co
 _BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
 _TRIP = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
 _CONTRACT = re.compile(r"lhs_contracting_dims=\{([\d,]*)\}")
+_DIM_LABELS = re.compile(r"dim_labels=\w*_(\w+)->")
+_CONSTANT = re.compile(r"^s(?:32|64)\[\]")
 _NO_TRAFFIC = {"parameter", "tuple", "get-tuple-element", "constant", "bitcast", "while", "call",
                "conditional", "after-all", "partition-id", "replica-id", "opt-barrier"}
 
@@ -134,24 +141,51 @@ class Work:
         return f, b
 
 
-def analyse(text: str, unknown_trip: int = 1) -> Work:
-    """FLOPs, bytes and collective bytes of an optimised HLO module's text."""
+def _condition_bound(ops: list[_Op]) -> int | None:
+    """The trip count of a loop whose condition is `counter < constant` (from 0)."""
+    consts = {op.name: int(op.operands) for op in ops
+              if op.opcode == "constant" and _CONSTANT.match(op.shape) and op.operands.lstrip("-").isdigit()}
+    for op in ops:
+        if op.opcode == "compare" and "direction=LT" in op.attrs:
+            names = [n.strip().lstrip("%") for n in op.operands.split(",")]
+            if len(names) == 2 and names[1] in consts:
+                return consts[names[1]]
+    return None
+
+
+def _trip(op: _Op, comps: dict[str, list[_Op]]) -> int | None:
+    found = _TRIP.search(op.attrs)
+    if found:
+        return int(found[1])
+    cond = dict(_callees(op)).get("condition")
+    return _condition_bound(comps.get(cond, [])) if cond else None
+
+
+def analyse(text: str, unknown_trips: tuple[int, ...] = ()) -> Work:
+    """FLOPs, bytes and collective bytes of an optimised HLO module's text.
+
+    `unknown_trips[k]`: the trip count assumed for a loop with a run-time count nested
+    inside k such loops (1 beyond the tuple)."""
     comps, entry = _computations(text)
     mult: dict[str, float] = defaultdict(float)
     once: dict[str, float] = defaultdict(float)
+    depth: dict[str, int] = defaultdict(int)
     fused: set[str] = set()
     mult[entry], once[entry] = 1.0, 1.0
     order = _topological(comps, entry)
     for name in order:
         for op in comps.get(name, []):
-            trip = 1
+            trip, unknown = 1, 0
             if op.opcode == "while":
-                found = _TRIP.search(op.attrs)
-                trip = int(found[1]) if found else unknown_trip
+                trip = _trip(op, comps)
+                if trip is None:
+                    k = depth[name]
+                    trip, unknown = (unknown_trips[k] if k < len(unknown_trips) else 1), 1
             for kind, callee in _callees(op):
                 loop = kind in ("body", "condition")
                 mult[callee] += mult[name] * (trip if loop else 1)
                 once[callee] += once[name]
+                depth[callee] = max(depth[callee], depth[name] + (unknown if loop else 0))
                 if kind in ("calls", "to_apply") and op.opcode not in ("call", "async-start"):
                     fused.add(callee)
     flops = flops_once = traffic = traffic_once = 0.0
@@ -159,7 +193,7 @@ def analyse(text: str, unknown_trip: int = 1) -> Work:
     for name in order:
         shapes = {op.name: op.shape for op in comps.get(name, [])}
         for op in comps.get(name, []):
-            if op.opcode == "dot":
+            if op.opcode in ("dot", "convolution"):
                 f = _dot_flops(op, shapes)
                 flops += f * mult[name]
                 flops_once += f * once[name]
@@ -200,18 +234,55 @@ def _operand_shapes(op: _Op, shapes: dict[str, str]) -> str:
 
 
 def _dot_flops(op: _Op, shapes: dict[str, str]) -> float:
+    """2 x output elements x the size of what each output element sums over."""
     out = _arrays(op.shape)
-    lhs = _arrays(_operand_shapes(op, shapes))
-    m = _CONTRACT.search(op.attrs)
-    if not out or not lhs or not m:
+    args = _arrays(_operand_shapes(op, shapes))
+    if not out or len(args) < (1 if op.opcode == "dot" else 2):
         return 0.0
     contracted = 1
-    for d in (int(x) for x in m[1].split(",") if x):
-        contracted *= lhs[0][1][d]
+    if op.opcode == "dot":
+        m = _CONTRACT.search(op.attrs)
+        if not m:
+            return 0.0
+        for d in (int(x) for x in m[1].split(",") if x):
+            contracted *= args[0][1][d]
+    else:
+        return _conv_flops(op, out[0][1], args[0][1], args[1][1])
     n = 1
     for d in out[0][1]:
         n *= d
     return 2.0 * n * contracted
+
+
+def _window(attrs: str) -> dict[str, list[str]]:
+    m = re.search(r"window=\{([^}]*)\}", attrs)
+    return {k: v.split("x") for k, v in (kv.split("=") for kv in m[1].split())} if m else {}
+
+
+def _valid_pairs(out: int, size: int, stride: int, lo: int, lhs_dilate: int, rhs_dilate: int,
+                 extent: int) -> int:
+    """(output position, kernel position) pairs of one spatial dim that meet an input element."""
+    o = np.arange(out)[:, None]
+    k = np.arange(size)[None, :]
+    pos = o * stride + k * rhs_dilate - lo
+    return int(((pos >= 0) & (pos % lhs_dilate == 0) & (pos // lhs_dilate < extent)).sum())
+
+
+def _conv_flops(op: _Op, out: list[int], lhs: list[int], rhs: list[int]) -> float:
+    """2 x batch x output features x input features x the valid window pairs per spatial
+    dim (the TPU compiler writes batched matmuls as dilated, strided convolutions)."""
+    m = re.search(r"dim_labels=(\w+)_(\w+)->(\w+)", op.attrs)
+    if not m or len(m[1]) != len(lhs) or len(m[2]) != len(rhs) or len(m[3]) != len(out):
+        return 0.0
+    lhs_l, rhs_l, out_l = m[1], m[2], m[3]
+    w = _window(op.attrs)
+    n = 2.0 * out[out_l.index("b")] * out[out_l.index("f")] * rhs[rhs_l.index("i")]
+    for i, d in enumerate(sorted(c for c in out_l if c.isdigit())):
+        get = lambda key, default: int(w[key][i]) if key in w else default  # noqa: E731
+        lo = int(w["pad"][i].split("_")[0]) if "pad" in w else 0
+        n *= _valid_pairs(out[out_l.index(d)], rhs[rhs_l.index(d)], get("stride", 1), lo,
+                          get("lhs_dilate", 1), get("rhs_dilate", 1), lhs[lhs_l.index(d)])
+    return n
 
 
 def _collective(opcode: str) -> str | None:

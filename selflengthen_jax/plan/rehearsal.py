@@ -30,13 +30,13 @@ from selflengthen_jax.checkpoint.loader import param_shardings, per_layer_shardi
 from selflengthen_jax.config import Config, ConfigError, load_config
 from selflengthen_jax.models.attention import query_blocks
 from selflengthen_jax.models.config import ModelConfig
-from selflengthen_jax.models.lora import adapter_shapes, stack_adapters
-from selflengthen_jax.models.transformer import abstract_model, per_layer_tree
+from selflengthen_jax.models.lora import adapter_shapes, projection_dims, stack_adapters
+from selflengthen_jax.models.transformer import CACHE_BLOCK, abstract_model, per_layer_tree
 from selflengthen_jax.parallel.mesh import check_meshes, generation_mesh, make_mesh
 from selflengthen_jax.parallel.peaks import GiB
 from selflengthen_jax.parallel.rules import strategy_rules
 from selflengthen_jax.plan import hlo
-from selflengthen_jax.plan.planner import generation_breakdown, training_breakdown
+from selflengthen_jax.plan.planner import fmt_bytes, generation_breakdown, training_breakdown
 from selflengthen_jax.plan.slices import Slice, describe
 from selflengthen_jax.sampling import decode_state as ds
 from selflengthen_jax.sampling import engine as eng
@@ -89,7 +89,7 @@ class Executable:
     args: tuple
     planned: int | None = None
     resident: int = 0
-    unknown_trip: int = 1          # a run-time loop's largest trip count (decode: the chunk)
+    unknown_trips: tuple[int, ...] = ()  # run-time loops' largest trip counts, outermost first
     per_step: int = 1              # divide traffic by this (decode: per step)
     analytic_flops: float | None = None
 
@@ -173,7 +173,8 @@ def generation_executables(cfg: Config, mcfg: ModelConfig, devices: Sequence[Any
                    planned=planned.total),
         Executable(f"decode chunk {section.decode_chunk}", mesh, strategy, decode,
                    (weights, lora, state, eos, _spec((), jnp.int32, rep), _spec((), jnp.bool_, rep)),
-                   planned=planned.total, unknown_trip=section.decode_chunk,
+                   planned=planned.total,
+                   unknown_trips=(section.decode_chunk, cache_len // CACHE_BLOCK),  # full cache read
                    per_step=section.decode_chunk),
         Executable(f"judge score 1x{p}", mesh, strategy, eng.logprobs_fn(mcfg, impl),
                    (weights, lora, score_tokens, score_tokens, _spec((1,), jnp.int32, rep))),
@@ -182,8 +183,8 @@ def generation_executables(cfg: Config, mcfg: ModelConfig, devices: Sequence[Any
 
 def analytic_train_flops(mcfg: ModelConfig, cfg: Config, tokens: int, rows: int) -> float:
     """Matmul FLOPs of one step: 6·N·tokens (full) or 4·N·tokens (LoRA: no weight
-    gradients), causal attention (forward x3), and what is recomputed: the forward
-    again under `remat=full`, the logits of each loss chunk."""
+    gradients) plus the adapters' own, block-causal attention (forward x3), and what is
+    recomputed: the forward again under `remat=full`, the logits of each loss chunk."""
     d, f, v, L = mcfg.hidden_size, mcfg.intermediate_size, mcfg.vocab_size, mcfg.num_layers
     H, K, Dh = mcfg.num_heads, mcfg.num_kv_heads, mcfg.head_dim
     layer = d * (H + 2 * K) * Dh + H * Dh * d + 3 * d * f
@@ -191,9 +192,13 @@ def analytic_train_flops(mcfg: ModelConfig, cfg: Config, tokens: int, rows: int)
     attention = rows * 4 * Dh * H * sum((e - a) * e for a, e in query_blocks(seq)) * L
     n = L * layer + v * d
     base = (6 if cfg.train.mode == "full" else 4) * n * tokens + 3 * attention
+    adapters = 0
+    if cfg.train.mode == "lora":  # x·A·B on every projection: forward, dX and dW
+        adapters = 2 * tokens * L * cfg.train.lora.rank * sum(a + b for a, b in projection_dims(mcfg).values())
     recompute = 2 * v * d * tokens if seq > LOSS_CHUNK else 0
     if cfg.train.remat == "full":
-        recompute += 2 * L * layer * tokens + attention
+        recompute += 2 * L * layer * tokens + attention + adapters
+    base += 3 * adapters
     return float(base + recompute)
 
 
@@ -253,7 +258,7 @@ def compile_row(x: Executable, usable: int) -> Row:
     total = m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
     cost = compiled.cost_analysis() or {}
     cost = cost[0] if isinstance(cost, list) else cost
-    work = hlo.analyse(compiled.as_text(), x.unknown_trip)
+    work = hlo.analyse(compiled.as_text(), x.unknown_trips)
     flops, nbytes = work.corrected(float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0)))
     coll = {k: v / x.per_step for k, v in work.collectives.items()}
     return Row(x.name, _mesh_str(x.mesh, x.strategy), m.argument_size_in_bytes, m.output_size_in_bytes,
@@ -339,7 +344,7 @@ def _as_overrides(cfg: Config) -> list[str]:
 # -- the report -----------------------------------------------------------------------------
 
 def _gib(n: float | None) -> str:
-    return "-" if n is None else f"{n / GiB:.2f}"
+    return "-" if n is None else fmt_bytes(int(n))
 
 
 def _coll(c: dict[str, float]) -> str:
@@ -348,7 +353,7 @@ def _coll(c: dict[str, float]) -> str:
 
 
 def format_rows(s: Slice, devices: Sequence[Any], rows: Sequence[Row]) -> str:
-    cols = ("executable", "mesh", "args", "outputs", "temp", "aliased", "total GiB/chip", "resident",
+    cols = ("executable", "mesh", "args", "outputs", "temp", "aliased", "total/chip", "resident",
             "planned", "fits", "TFLOP/chip", "GB accessed", "collectives (bytes)", "per", "compile s")
     lines = [describe(s, devices), "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
