@@ -29,7 +29,7 @@ def mesh_shape(section: MeshSection, num_devices: int) -> tuple[int, int, int]:
     known = int(np.prod([s for s in sizes if s != -1]))
     if -1 in sizes:
         if num_devices % known:
-            named = " x ".join(f"mesh.{a}={s}" for a, s in zip(AXES, sizes) if s != -1)
+            named = " x ".join(f"mesh.{a}={s}" for a, s in zip(AXES, sizes) if s not in (-1, 1))
             raise ConfigError(f"mesh: {named} = {known} does not divide the {num_devices} devices")
         sizes[sizes.index(-1)] = num_devices // known
     if int(np.prod(sizes)) != num_devices:

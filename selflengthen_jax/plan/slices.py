@@ -50,7 +50,7 @@ def _grid(chips: int, dims: int) -> tuple[int, ...]:
     dimension (the last among equals): 2x2x1, 2x2x2, 2x2x4, 2x4x4, 4x4x4; 2x2, 2x4, 4x4."""
     if chips & (chips - 1):
         raise ValueError(f"{chips} chips is not a power of two")
-    grid = [1] * dims
+    grid = [2, 2, 1] if dims == 3 and chips >= 4 else [1] * dims
     while math.prod(grid) < chips:
         i = max(range(dims), key=lambda k: (-grid[k], k))
         grid[i] *= 2
