@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rehearse", metavar="SLICE",
                    help="compile every executable for a TPU slice (v4-32, v5p-16, v5e:2x2, ...); no TPU needed")
     p.add_argument("--json", metavar="FILE", help="with --rehearse: also write the rows as JSON")
+    p.add_argument("--only", metavar="NAMES", default="",
+                   help="with --rehearse: compile only executables whose names start with these "
+                        "(comma-separated, e.g. 'train step,decode chunk')")
     p.add_argument("--force", action="store_true", help="take over an output_dir of another run")
     p.add_argument("--distributed", action="store_true",
                    help="multi-host: every host runs this same command (jax.distributed.initialize)")
@@ -46,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             print(start.dry_run(cfg, force=args.force))
             return 0
         if args.rehearse:
-            return _rehearse(cfg, args.rehearse, args.json)
+            return _rehearse(cfg, args.rehearse, args.json, tuple(n for n in args.only.split(",") if n))
         out = start.prepare(cfg, force=args.force)
     with cli.resumable(cfg.output_dir):  # from here on, even while the model builds or loads
         with cli.user_errors():
@@ -55,9 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _rehearse(cfg, slice_name: str, json_path: str | None) -> int:
+def _rehearse(cfg, slice_name: str, json_path: str | None, only: tuple[str, ...]) -> int:
     try:
-        result = start.rehearse(cfg, slice_name, log=lambda m: print(m, file=sys.stderr))
+        result = start.rehearse(cfg, slice_name, log=lambda m: print(m, file=sys.stderr), only=only)
     except LibtpuMissing as e:
         cli.fail(str(e))
     except CompileError as e:

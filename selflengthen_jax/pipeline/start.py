@@ -76,7 +76,7 @@ class Rehearsal:
         return all(r.fits for r in self.rows)
 
 
-def rehearse(cfg: Config, slice_name: str, log=print) -> Rehearsal:
+def rehearse(cfg: Config, slice_name: str, log=print, only: tuple[str, ...] = ()) -> Rehearsal:
     """Compile every executable of the loop for a TPU slice (no weights, no TPU).
 
     Bad input (slice name, model preset, loop settings, an axis the slice does not
@@ -87,7 +87,7 @@ def rehearse(cfg: Config, slice_name: str, log=print) -> Rehearsal:
     validate_for_model(cfg, mcfg.num_heads)
     check_loop_settings(cfg)
     devices = slices.topology_devices(target)
-    rows = rehearsal.rehearse(cfg, mcfg, target, devices, log)
+    rows = rehearsal.rehearse(cfg, mcfg, target, devices, log, only)
     bad = [r for r in rows if not r.fits]
     hint = None
     if bad:

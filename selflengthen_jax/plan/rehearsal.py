@@ -28,7 +28,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from selflengthen_jax.checkpoint.loader import param_shardings, per_layer_shardings
 from selflengthen_jax.config import Config, ConfigError, load_config
-from selflengthen_jax.models.attention import query_blocks
+from selflengthen_jax.models.attention import SAVE_SCORES_UP_TO, query_blocks
 from selflengthen_jax.models.config import ModelConfig
 from selflengthen_jax.models.lora import adapter_shapes, projection_dims, stack_adapters
 from selflengthen_jax.models.transformer import CACHE_BLOCK, abstract_model, per_layer_tree
@@ -184,7 +184,8 @@ def generation_executables(cfg: Config, mcfg: ModelConfig, devices: Sequence[Any
 def analytic_train_flops(mcfg: ModelConfig, cfg: Config, tokens: int, rows: int) -> float:
     """Matmul FLOPs of one step: 6·N·tokens (full) or 4·N·tokens (LoRA: no weight
     gradients) plus the adapters' own, block-causal attention (forward x3), and what is
-    recomputed: the forward again under `remat=full`, the logits of each loss chunk."""
+    recomputed: the forward again under `remat=full`, the logits of each loss chunk and,
+    past `SAVE_SCORES_UP_TO`, each attention block's scores."""
     d, f, v, L = mcfg.hidden_size, mcfg.intermediate_size, mcfg.vocab_size, mcfg.num_layers
     H, K, Dh = mcfg.num_heads, mcfg.num_kv_heads, mcfg.head_dim
     layer = d * (H + 2 * K) * Dh + H * Dh * d + 3 * d * f
@@ -196,6 +197,8 @@ def analytic_train_flops(mcfg: ModelConfig, cfg: Config, tokens: int, rows: int)
     if cfg.train.mode == "lora":  # x·A·B on every projection: forward, dX and dW
         adapters = 2 * tokens * L * cfg.train.lora.rank * sum(a + b for a, b in projection_dims(mcfg).values())
     recompute = 2 * v * d * tokens if seq > LOSS_CHUNK else 0
+    if seq > SAVE_SCORES_UP_TO:  # each query block's scores are recomputed in the backward
+        recompute += attention
     if cfg.train.remat == "full":
         recompute += 2 * L * layer * tokens + attention + adapters
     base += 3 * adapters
@@ -268,10 +271,14 @@ def compile_row(x: Executable, usable: int) -> Row:
 
 
 def rehearse(cfg: Config, mcfg: ModelConfig, s: Slice, devices: Sequence[Any],
-             log: Callable[[str], None] = lambda _: None) -> list[Row]:
-    """Compile every executable of the run for the slice; one row each."""
+             log: Callable[[str], None] = lambda _: None, only: Sequence[str] = ()) -> list[Row]:
+    """Compile every executable of the run for the slice (or those whose names start
+    with one of `only`); one row each."""
     usable = int(s.spec.hbm_bytes * HEADROOM)
-    todo = executables(cfg, mcfg, devices)
+    todo = [x for x in executables(cfg, mcfg, devices) if not only or x.name.startswith(tuple(only))]
+    if not todo:
+        raise ValueError(f"--only {', '.join(only)} names no executable; they are: "
+                         + ", ".join(x.name for x in executables(cfg, mcfg, devices)))
     rows = []
     for x in todo:
         log(f"compiling {x.name} on {_mesh_str(x.mesh, x.strategy)} ...")
