@@ -85,7 +85,8 @@ def rehearse(cfg: Config, slice_name: str, log=print, only: tuple[str, ...] = ()
     target = slices.parse_slice(slice_name)
     mcfg = model_config(cfg)
     validate_for_model(cfg, mcfg.num_heads)
-    check_loop_settings(cfg)
+    if cfg.train.mode == "lora":  # train.mode=full rehearses launch.train's full fine-tuning
+        check_loop_settings(cfg)
     devices = slices.topology_devices(target)
     rows = rehearsal.rehearse(cfg, mcfg, target, devices, log, only)
     bad = [r for r in rows if not r.fits]
