@@ -49,7 +49,7 @@ from selflengthen_jax.config import Config, EngineSection, MeshSection, TrainSec
 from selflengthen_jax.models.attention import query_blocks, score_entries
 from selflengthen_jax.models.config import ModelConfig
 from selflengthen_jax.models.lora import adapter_shapes, lora_logical_axes
-from selflengthen_jax.models.transformer import (CACHE_BLOCK, K_CACHE_AXES, V_CACHE_AXES, KVCache,
+from selflengthen_jax.models.transformer import (K_CACHE_AXES, V_CACHE_AXES, KVCache,
                                                   abstract_model, logical_axes, per_layer_tree)
 from selflengthen_jax.parallel.mesh import AXES, generation_layout, mesh_shape
 from selflengthen_jax.parallel.peaks import DEVICES, GiB, DeviceSpec, device_spec
