@@ -127,6 +127,7 @@ class Engine:
         self.adapter_names: dict[str, int] = {"base": 0}
         self.lora: Any = None
         self._compiled: dict[tuple, Callable] = {}
+        self._empty: Callable[[], ds.SlotState] | None = None
         self.stats = collections.Counter()
 
     @property
@@ -165,6 +166,12 @@ class Engine:
     # -- shardings --------------------------------------------------------------------------
     def _state_shardings(self) -> ds.SlotState:
         return slot_state_shardings(self.cfg, self.section.slots, self.cache_len, self.mesh, self.rules)
+
+    def _empty_state(self) -> ds.SlotState:
+        if self._empty is None:  # one compile per engine
+            self._empty = empty_state_fn(self.cfg, self.section.slots, self.cache_len, self.cache_dtype,
+                                         self._state_shardings())
+        return self._empty()
 
     def _lora_sharding(self) -> Any:
         return None if self.lora is None else jax.tree.map(lambda _: replicated(self.mesh), self.lora)
@@ -215,8 +222,7 @@ class Engine:
         results: list[Completion | None] = [None] * len(requests)
         pending = collections.deque(range(len(requests)))
         slots: list[_Slot | None] = [None] * self.section.slots
-        state = empty_state_fn(self.cfg, self.section.slots, self.cache_len, self.cache_dtype,
-                               self._state_shardings())() if requests else None
+        state = self._empty_state() if requests else None
         bar = tqdm(total=len(requests), disable=not progress, unit="req", dynamic_ncols=True)
         start, made = time.perf_counter(), 0
 
