@@ -59,12 +59,22 @@ def host_replica_layout(section: MeshSection, host_devices: int) -> MeshSection:
                                fsdp=rest if shards_weights else 1, tensor=tensor)
 
 
+def per_host(section: MeshSection, num_devices: int, host_devices: int) -> bool:
+    """Whether generation runs one replica per host (else one global mesh)."""
+    return section.replica_per_host and num_devices > host_devices
+
+
 def generation_layout(section: MeshSection, num_devices: int, host_devices: int) -> MeshSection:
-    """The generation mesh's layout: per host when `replica_per_host` and the run spans
-    more than one host, else the configured (global) layout."""
-    if section.replica_per_host and num_devices > host_devices:
+    """The generation mesh's layout: with a replica per host, the configured layout if it
+    fits one host's devices, else `host_replica_layout` (fsdp 8 over two 4-chip hosts
+    becomes fsdp 4 on each); otherwise the configured (global) layout."""
+    if not per_host(section, num_devices, host_devices):
+        return section
+    try:
+        mesh_shape(section, host_devices)
+        return section
+    except ConfigError:
         return host_replica_layout(section, host_devices)
-    return section
 
 
 def host_devices(devices: Sequence[jax.Device], process: int) -> list[jax.Device]:
@@ -81,7 +91,7 @@ def generation_mesh(section: MeshSection, devices: Sequence[jax.Device] | None =
     process = jax.process_index() if process is None else process
     local = host_devices(devices, process)
     layout = generation_layout(section, len(devices), len(local))
-    return make_mesh(layout, local if layout is not section else devices)
+    return make_mesh(layout, local if per_host(section, len(devices), len(local)) else devices)
 
 
 def check_meshes(section: MeshSection, devices: Sequence[jax.Device] | None = None) -> None:

@@ -51,7 +51,7 @@ from selflengthen_jax.models.config import ModelConfig
 from selflengthen_jax.models.lora import adapter_shapes, lora_logical_axes
 from selflengthen_jax.models.transformer import (K_CACHE_AXES, V_CACHE_AXES, KVCache,
                                                   abstract_model, logical_axes, per_layer_tree)
-from selflengthen_jax.parallel.mesh import AXES, generation_layout, mesh_shape
+from selflengthen_jax.parallel.mesh import AXES, generation_layout, mesh_shape, per_host
 from selflengthen_jax.parallel.peaks import DEVICES, GiB, DeviceSpec, device_spec
 from selflengthen_jax.parallel.rules import STRATEGIES, Rules, spec_for, strategy_rules
 from selflengthen_jax.sampling.engine import cache_length
@@ -331,7 +331,7 @@ def _generation_mesh(layout: MeshSection, spec: DeviceSpec,
     host = min(num_devices, spec.devices_per_host)
     gen = generation_layout(layout, num_devices, host)
     try:
-        shape = mesh_shape(gen, num_devices if gen is layout else host)
+        shape = mesh_shape(gen, host if per_host(layout, num_devices, host) else num_devices)
     except ValueError:
         return None
     return abstract_mesh(shape), strategy_rules(layout.strategy, layout.rules)

@@ -22,6 +22,12 @@ def test_a_replica_keeps_the_tensor_axis_the_host_allows():
     assert mesh_shape(host_replica_layout(dp, 8), 8) == (8, 1, 1)
 
 
+def test_a_layout_that_fits_one_host_is_kept_for_its_replica():
+    section = MeshSection(data=-1, fsdp=2, strategy="fsdp", replica_per_host=True)
+    assert generation_layout(section, 8, 4) is section
+    assert mesh_shape(section, 4) == (2, 2, 1)
+
+
 def test_one_host_or_a_global_replica_keeps_the_configured_layout():
     section = MeshSection(data=-1, fsdp=8, strategy="fsdp", replica_per_host=False)
     assert generation_layout(section, 8, 4) is section
