@@ -198,7 +198,7 @@ def analyse(text: str, unknown_trips: tuple[int, ...] = ()) -> Work:
                 flops += f * mult[name]
                 flops_once += f * once[name]
             if name not in fused and op.opcode not in _NO_TRAFFIC and not op.opcode.endswith("-done"):
-                b = shape_bytes(op.shape) + shape_bytes(_operand_shapes(op, shapes))
+                b = _traffic(op, shapes, comps)
                 traffic += b * mult[name]
                 traffic_once += b * once[name]
             kind = _collective(op.opcode)
@@ -223,6 +223,46 @@ def _topological(comps: dict[str, list[_Op]], entry: str) -> list[str]:
 
     visit(entry)
     return post[::-1]
+
+
+_SLICING = ("dynamic-slice", "slice", "gather")
+
+
+def _operand_names(op: _Op) -> list[str]:
+    return [m.lstrip("%") for m in re.findall(r"%[\w.\-]+", op.operands)] or \
+        [n.strip() for n in op.operands.split(",") if n.strip()]
+
+
+def _traffic(op: _Op, shapes: dict[str, str], comps: dict[str, list[_Op]]) -> float:
+    """Bytes an unfused instruction reads and writes: an operand that is only sliced
+    counts as the slices read, an in-place update as the update written (so a decode
+    step reading one block of a 20 GB cache is not charged the whole cache)."""
+    names = _operand_names(op)
+    if op.opcode in _SLICING:
+        return 2 * shape_bytes(op.shape)
+    if op.opcode == "dynamic-update-slice" and len(names) > 1:
+        return 2 * shape_bytes(shapes.get(names[1], ""))
+    body = comps.get(dict(_callees(op)).get("calls", ""), []) if op.opcode == "fusion" else []
+    if not body:
+        return shape_bytes(op.shape) + shape_bytes(_operand_shapes(op, shapes))
+    params = {int(p.operands): p.name for p in body if p.opcode == "parameter" and p.operands.isdigit()}
+    inner = {p.name: p.shape for p in body}
+    total = 0.0
+    for i, outer in enumerate(names):
+        users = [u for u in body if params.get(i) in _operand_names(u)]
+        if users and all(u.opcode in _SLICING and _operand_names(u)[0] == params.get(i) for u in users):
+            total += sum(shape_bytes(u.shape) for u in users)
+        elif users and all(u.opcode == "dynamic-update-slice" and _operand_names(u)[0] == params.get(i)
+                           for u in users):
+            total += 0.0  # the buffer updated in place: only the update is written (below)
+        else:
+            total += shape_bytes(shapes.get(outer, ""))
+    root = body[-1]
+    if root.opcode == "dynamic-update-slice":
+        total += shape_bytes(inner.get(_operand_names(root)[1], ""))
+    else:
+        total += shape_bytes(op.shape)
+    return total
 
 
 def _operand_shapes(op: _Op, shapes: dict[str, str]) -> str:
