@@ -54,7 +54,7 @@ from selflengthen_jax.models.transformer import (K_CACHE_AXES, V_CACHE_AXES, KVC
 from selflengthen_jax.parallel.mesh import AXES, generation_layout, mesh_shape, per_host
 from selflengthen_jax.parallel.peaks import DEVICES, GiB, DeviceSpec, device_spec
 from selflengthen_jax.parallel.rules import STRATEGIES, Rules, spec_for, strategy_rules
-from selflengthen_jax.sampling.engine import cache_length
+from selflengthen_jax.sampling.engine import cache_length, prefill_rows
 from selflengthen_jax.training.step import LOSS_CHUNK
 
 TRAIN_MODES = ("lora", "full")
@@ -216,7 +216,12 @@ def training_activations(cfg: ModelConfig, rows: int, seq: int, remat: str,
                          mesh: AnyMesh, rules: Rules) -> int:
     """Rough peak activation bytes per device of one micro-batch's forward + backward."""
     a = _acts(cfg, rows, seq, score_entries(seq), cfg.compute_dtype, mesh, rules)
-    working = a.linear_working + 3 * a.scores               # the layer being differentiated
+    # The layer being differentiated: the TPU compiler keeps one float32 score buffer of
+    # every query block alive through its backward, plus two of the largest block's.
+    every_block = shard_bytes(("batch", "heads", None),
+                              (rows, cfg.num_heads, sum((e - s) * e for s, e in query_blocks(seq))),
+                              jnp.float32, mesh, rules)
+    working = a.linear_working + every_block + 2 * a.scores
     loss = 3 * shard_bytes(("batch", None, "vocab"), (rows, min(seq, LOSS_CHUNK), cfg.vocab_size),
                            jnp.float32, mesh, rules)
     return cfg.num_layers * _saved_per_layer(a, remat) + working + a.mask + loss + a.x
@@ -252,32 +257,36 @@ def per_layer_bytes(cfg: ModelConfig, mesh: AnyMesh, rules: Rules) -> int:
 
 def generation_breakdown(cfg: ModelConfig, engine: EngineSection, mesh: AnyMesh,
                          rules: Rules, platform: str) -> Breakdown:
-    """The engine's memory: weights, the slots' KV cache, a full-slots prefill, sampling state.
+    """The engine's memory: weights, the slots' KV cache, and the larger workspace of its
+    two kernels: the largest prefill the engine admits (`prefill_rows` rows, bounded by
+    `engine.prefill_tokens`) or the decode loop with the sampling state.
 
     The cache holds `compute_dtype` keys/values (the engine's default cache dtype). On a
     `platform` where the engine decodes from a per-layer copy, the weights count twice
-    (the loaded params stay for training).
+    (the loaded params stay for training). On TPU the compiler keeps a second copy of the
+    cache inside the decode loop (measured with `--rehearse`: temp = one cache + a little).
     """
     b = functools.partial(shard_bytes, mesh=mesh, rules=rules)
     V = cfg.vocab_size
     n, P = engine.slots, engine.max_prefill_len
+    rows = prefill_rows(engine)
 
-    def kv_bytes(length: int) -> int:
-        k_shape, v_shape = KVCache.shapes(cfg, n, length)
+    def kv_bytes(slots: int, length: int) -> int:
+        k_shape, v_shape = KVCache.shapes(cfg, slots, length)
         return b(K_CACHE_AXES, k_shape, cfg.compute_dtype) + b(V_CACHE_AXES, v_shape, cfg.compute_dtype)
 
-    cache = kv_bytes(cache_length(engine))
+    cache = kv_bytes(n, cache_length(engine))
     largest_block = max((end - start) * end for start, end in query_blocks(P))  # score entries
-    a = _acts(cfg, n, P, (largest_block, 0), cfg.compute_dtype, mesh, rules)
-    prefill = (kv_bytes(P)   # every layer's k/v
+    a = _acts(cfg, rows, P, (largest_block, 0), cfg.compute_dtype, mesh, rules)
+    prefill = (kv_bytes(rows, P)   # every layer's k/v
                + a.linear_working + 2 * a.scores + a.mask)
     sampling = 2 * b(("batch", None), (n, V), jnp.bool_) + 3 * b(("batch", None), (n, V), jnp.float32)
+    decode = sampling + (cache if platform == "tpu" else 0)
     gathers = gathered_layer_bytes(cfg, mesh, rules, cfg.compute_dtype)
     weights = param_bytes(cfg, mesh, rules)
     if engine.layout_on(platform) == "per_layer":
         weights += per_layer_bytes(cfg, mesh, rules)
-    return Breakdown(weights=weights, kv_cache=cache,
-                     workspace=prefill + sampling + gathers)
+    return Breakdown(weights=weights, kv_cache=cache, workspace=max(prefill, decode) + gathers)
 
 
 # -- the plan ---------------------------------------------------------------------------

@@ -111,17 +111,6 @@ def _per_chip(shapes: Any, shardings: Any) -> int:
                for x, s in zip(jax.tree.leaves(shapes), jax.tree.leaves(shardings)))
 
 
-def _largest_prefill_rows(cfg: Config) -> int:
-    """Rows of the largest prefill the engine admits: a power-of-two bucket of slots
-    whose prompts at full length fit `engine.prefill_tokens` (at least one row)."""
-    e, rows, best = cfg.engine, 1, 1
-    while rows <= e.slots:
-        if rows * e.max_prefill_len <= e.prefill_tokens:
-            best = rows
-        rows *= 2
-    return min(max(best, 1), e.slots)
-
-
 def _k_cap(cfg: Config, mcfg: ModelConfig) -> int:
     top_k = cfg.sampling.top_k
     return mcfg.vocab_size if top_k <= 0 else min(top_k, mcfg.vocab_size)
@@ -151,7 +140,7 @@ def generation_executables(cfg: Config, mcfg: ModelConfig, devices: Sequence[Any
     state = _abstract(jax.eval_shape(partial(ds.empty_state, mcfg, section.slots, cache_len, dtype)), state_sh)
     k_cap = _k_cap(cfg, mcfg)
     impl = cfg.model.attention_impl
-    n, p = _largest_prefill_rows(cfg), section.max_prefill_len
+    n, p = eng.prefill_rows(section), section.max_prefill_len
     vec = lambda dt: _spec((n,), dt, rep)  # noqa: E731
     rows = ds.NewRows(_spec((n, p), jnp.int32, rep), vec(jnp.int32), vec(jnp.int32), vec(jnp.int32),
                       _spec((n, 2), jnp.uint32, rep), vec(jnp.int32),

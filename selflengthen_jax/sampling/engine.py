@@ -101,6 +101,15 @@ def stack_fn(scales: Sequence[float], mesh: Mesh) -> Callable:
     return jax.jit(lambda ads: stack_adapters(list(zip(ads, scales))), out_shardings=replicated(mesh))
 
 
+def prefill_rows(section: EngineSection) -> int:
+    """Rows of the largest prefill `_admit` builds: the largest power-of-two bucket of
+    slots whose prompts at full length fit `engine.prefill_tokens` (one row at least)."""
+    rows, p = 1, _bucket(section.max_prefill_len, section.max_prefill_len)
+    while rows < section.slots and _bucket(rows + 1, section.slots, floor=1) * p <= section.prefill_tokens:
+        rows = _bucket(rows + 1, section.slots, floor=1)
+    return rows
+
+
 def _bucket(n: int, cap: int, floor: int = 16) -> int:
     b = floor
     while b < n:
