@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import time
 from functools import partial
 from typing import Any, Callable, Sequence
@@ -244,7 +245,12 @@ def compile_row(x: Executable, usable: int) -> Row:
     try:
         compiled = x.fn.lower(*x.args).compile()
     except Exception as error:  # the compiler's own message, whatever its type
-        raise CompileError(f"{x.name}: {error}") from error
+        needed = _exhausted_bytes(str(error))
+        if needed is None:
+            raise CompileError(f"{x.name}: {error}") from error
+        return Row(x.name, _mesh_str(x.mesh, x.strategy), 0, 0, needed, 0, needed, x.resident, x.planned,
+                   usable, False, 0.0, 0.0, {k: 0.0 for k in hlo.COLLECTIVES},
+                   "step" if x.per_step > 1 else "call", time.perf_counter() - t0, x.analytic_flops)
     seconds = time.perf_counter() - t0
     m = compiled.memory_analysis()
     total = m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
@@ -257,6 +263,18 @@ def compile_row(x: Executable, usable: int) -> Row:
                m.temp_size_in_bytes, m.alias_size_in_bytes, total, x.resident, x.planned, usable,
                total + x.resident <= usable, flops, nbytes, coll,
                "step" if x.per_step > 1 else "call", seconds, x.analytic_flops)
+
+
+_UNITS = {"K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
+
+
+def _exhausted_bytes(message: str) -> int | None:
+    """What the TPU compiler says an executable needs when it exceeds HBM (it refuses
+    to compile it: "RESOURCE_EXHAUSTED ... required for HLO temporaries (64.25G)"), else None."""
+    if "RESOURCE_EXHAUSTED" not in message:
+        return None
+    m = re.search(r"required[^(]*\(([\d.]+)([KMGT])\)", message)
+    return int(float(m[1]) * _UNITS[m[2]]) if m else 0
 
 
 def rehearse(cfg: Config, mcfg: ModelConfig, s: Slice, devices: Sequence[Any],
