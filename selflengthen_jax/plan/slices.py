@@ -100,5 +100,7 @@ def topology_devices(s: Slice) -> list[Any]:
 
 def describe(s: Slice, devices: list[Any]) -> str:
     hosts = len({d.process_index for d in devices})
-    return (f"{s.name} = {s.topology}: {s.chips} {s.generation} chips ({devices[0].device_kind}), "
-            f"{hosts} host(s) of {s.chips // hosts}, {s.spec.hbm_bytes / 2 ** 30:.0f} GiB HBM per chip")
+    cores = "" if len(devices) == s.chips else f", {len(devices)} jax devices (one per TensorCore)"
+    return (f"{s.name} = {s.topology}: {s.chips} {s.generation} chips ({devices[0].device_kind}){cores}, "
+            f"{hosts} host(s) of {len(devices) // hosts} devices, "
+            f"{s.spec.hbm_bytes / 2 ** 30:.0f} GiB HBM per chip")
