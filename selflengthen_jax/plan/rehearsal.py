@@ -73,6 +73,7 @@ class Row:
     per: str                       # "call" or "step"
     compile_s: float
     analytic_flops: float | None = None
+    steps: int = 1                 # decode steps per call (FLOPs and bytes are per call)
 
     @property
     def peak_bytes(self) -> int:
@@ -250,7 +251,8 @@ def compile_row(x: Executable, usable: int) -> Row:
             raise CompileError(f"{x.name}: {error}") from error
         return Row(x.name, _mesh_str(x.mesh, x.strategy), 0, 0, needed, 0, needed, x.resident, x.planned,
                    usable, False, 0.0, 0.0, {k: 0.0 for k in hlo.COLLECTIVES},
-                   "step" if x.per_step > 1 else "call", time.perf_counter() - t0, x.analytic_flops)
+                   "step" if x.per_step > 1 else "call", time.perf_counter() - t0, x.analytic_flops,
+                   x.per_step)
     seconds = time.perf_counter() - t0
     m = compiled.memory_analysis()
     total = m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
@@ -262,7 +264,7 @@ def compile_row(x: Executable, usable: int) -> Row:
     return Row(x.name, _mesh_str(x.mesh, x.strategy), m.argument_size_in_bytes, m.output_size_in_bytes,
                m.temp_size_in_bytes, m.alias_size_in_bytes, total, x.resident, x.planned, usable,
                total + x.resident <= usable, flops, nbytes, coll,
-               "step" if x.per_step > 1 else "call", seconds, x.analytic_flops)
+               "step" if x.per_step > 1 else "call", seconds, x.analytic_flops, x.per_step)
 
 
 def device_hbm(s: Slice, devices: Sequence[Any]) -> int:
