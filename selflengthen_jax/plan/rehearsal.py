@@ -385,7 +385,7 @@ def format_rows(s: Slice, devices: Sequence[Any], rows: Sequence[Row]) -> str:
             "yes" if r.fits else "NO", f"{r.flops / 1e12:.3f}", f"{r.bytes_accessed / 1e9:.2f}",
             _coll(r.collective_bytes), r.per, f"{r.compile_s:.1f}"]) + " |")
     for r in rows:
-        if r.analytic_flops:
+        if r.analytic_flops and r.flops:
             lines.append(f"\n{r.executable}: {r.flops / 1e12:.3f} TFLOP/chip compiled vs "
                          f"{r.analytic_flops / 1e12:.3f} analytic ({r.flops / r.analytic_flops:.3f}x)")
     return "\n".join(lines)
