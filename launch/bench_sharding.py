@@ -11,6 +11,13 @@ bench_sharding.{md,csv,json,png} to --output (default: bench.output_dir, else
 README.md, "Benchmark on the devices you have"); the rest to the run config. Exits 1
 when strategies that must agree (float32) do not. The older spelling --out still
 works, with a hint.
+
+    python -m launch.bench_sharding --topology SLICE [--config FILE] [--strategies ...] [--output DIR]
+
+With `--topology` (a TPU slice: v5p-16, v5e:2x2, ...) nothing runs: each strategy's
+executables are compiled for the slice with the TPU compiler (needs the `tpu` extra) and
+ranked by per-chip memory, collective bytes per step and an estimated, lower-bound step
+time; the table also goes to bench_sharding_topology.{md,csv,json} in --output.
 """
 
 from __future__ import annotations
@@ -25,7 +32,10 @@ import jax
 from launch import cli
 from selflengthen_jax.bench import sharding_report as report
 from selflengthen_jax.bench.sharding import load_bench, prepare, run
+from selflengthen_jax.config import load_config
 from selflengthen_jax.outputs import check_dir
+from selflengthen_jax.pipeline.start import model_config
+from selflengthen_jax.plan import slices, strategies
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -39,7 +49,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--distributed", action="store_true",
                    help="multi-host: jax.distributed.initialize() first (auto-detected on TPU "
                         "pod slices, Slurm and Open MPI); run the same command on every host")
+    p.add_argument("--topology", metavar="SLICE",
+                   help="rank strategies by compiling for this TPU slice (no TPU needed)")
     args = cli.parse(p, argv, old_flags={"--out": "--output"})
+    if args.topology:
+        return _topology(args)
     cli.init_distributed(args.distributed)
     with cli.user_errors():
         bench_overrides = [o.removeprefix("bench.") for o in args.overrides if o.startswith("bench.")]
@@ -63,6 +77,26 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(report.numerics(result), file=sys.stderr)
     if result.failures:
         raise SystemExit(1)
+
+
+def _topology(args) -> None:
+    with cli.user_errors():
+        cfg = load_config(args.config, [o for o in args.overrides if not o.startswith("bench.")])
+        target = slices.parse_slice(args.topology)
+        mcfg = model_config(cfg)
+        out = check_dir(args.output or Path(cfg.output_dir) / "bench_sharding", [], what="--output")
+        names = [s.strip() for s in args.strategies.split(",")] if args.strategies else \
+            [*strategies.STRATEGIES, "config"]
+        try:
+            devices = slices.topology_devices(target)
+        except slices.LibtpuMissing as e:
+            cli.fail(str(e))
+        ranked = strategies.rank(cfg, mcfg, target, devices, names,
+                                 log=lambda m: print(m, file=sys.stderr))
+    table = strategies.markdown(ranked)
+    print(slices.describe(target, devices) + "\n\n" + table)
+    for path in strategies.write(ranked, out):
+        print(f"wrote {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

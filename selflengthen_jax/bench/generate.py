@@ -48,8 +48,7 @@ from selflengthen_jax.models.transformer import Params, init_params, lm_head
 from selflengthen_jax.parallel.mesh import make_mesh
 from selflengthen_jax.parallel.placement import put, replicated, to_host
 from selflengthen_jax.parallel.rules import strategy_rules
-from selflengthen_jax.sampling import decode_state as ds
-from selflengthen_jax.sampling.engine import Engine
+from selflengthen_jax.sampling.engine import Engine, empty_state_fn, slot_state_shardings
 from selflengthen_jax.sampling.request import Completion, Request, SamplingParams
 from selflengthen_jax.sampling.sampler import RowParams
 
@@ -487,8 +486,8 @@ def position_curve(engine: Engine, spec: BenchSpec, bandwidth: float) -> dict:
     probe = requests(["w0"], [steps])
     fn = engine._fn("decode", engine._k_cap(probe))   # noqa: SLF001 - the kernel generate() uses
     rep = replicated(engine.mesh)
-    sh = engine._state_shardings()                      # noqa: SLF001
-    state = jax.device_put(ds.empty_state(cfg, b, engine.cache_len, engine.cache_dtype), sh)
+    sh = slot_state_shardings(cfg, b, engine.cache_len, engine.mesh, engine.rules)
+    state = empty_state_fn(cfg, b, engine.cache_len, engine.cache_dtype, sh)()  # made on the devices
     keys = np.stack([np.asarray(jax.random.key_data(jax.random.PRNGKey(i))) for i in range(b)])
     fixed = dict(
         last_token=np.arange(b, dtype=np.int32) % cfg.vocab_size, n_gen=np.ones(b, np.int32),

@@ -47,7 +47,7 @@ from selflengthen_jax.models.transformer import CACHE_BLOCK, logical_axes
 from selflengthen_jax.parallel.mesh import make_mesh, mesh_shape
 from selflengthen_jax.parallel.peaks import SystemPeak, system_peak
 from selflengthen_jax.parallel.placement import put, put_tree, replicated, to_host
-from selflengthen_jax.parallel.planner import (TRAIN_MODES, builtin_layout, generation_breakdown,
+from selflengthen_jax.plan.planner import (TRAIN_MODES, builtin_layout, generation_breakdown,
                                                training_breakdown)
 from selflengthen_jax.parallel.rules import STRATEGIES, Rules, strategy_rules, tree_shardings
 from selflengthen_jax.sampling import decode_state as ds

@@ -1,7 +1,15 @@
-"""A device mesh with axes (data, fsdp, tensor) sized from config."""
+"""A device mesh with axes (data, fsdp, tensor) sized from config.
+
+Generation can run one model replica per host (`mesh.replica_per_host`): each host then
+builds its mesh from its own devices, re-sized by `generation_layout`. The engine, the
+memory planner and the rehearsal all resolve that per-host layout with this one
+function, so what `--dry-run` plans is what the engine builds.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Sequence
 
 import jax
@@ -21,7 +29,8 @@ def mesh_shape(section: MeshSection, num_devices: int) -> tuple[int, int, int]:
     known = int(np.prod([s for s in sizes if s != -1]))
     if -1 in sizes:
         if num_devices % known:
-            raise ConfigError(f"mesh: fsdp x tensor = {known} does not divide the {num_devices} devices")
+            named = " x ".join(f"mesh.{a}={s}" for a, s in zip(AXES, sizes) if s not in (-1, 1))
+            raise ConfigError(f"mesh: {named} = {known} does not divide the {num_devices} devices")
         sizes[sizes.index(-1)] = num_devices // known
     if int(np.prod(sizes)) != num_devices:
         raise ConfigError(f"mesh data x fsdp x tensor = {sizes[0]}x{sizes[1]}x{sizes[2]} = "
@@ -36,8 +45,59 @@ def make_mesh(section: MeshSection, devices: Sequence[jax.Device] | None = None)
     return Mesh(np.array(devices).reshape(shape), AXES)
 
 
-def generation_mesh(section: MeshSection) -> Mesh:
-    """One replica per host (host-local devices) or one global mesh, as configured."""
-    if section.replica_per_host and jax.process_count() > 1:
-        return make_mesh(section, jax.local_devices())
-    return make_mesh(section)
+def host_replica_layout(section: MeshSection, host_devices: int) -> MeshSection:
+    """The configured layout shrunk to one host's devices (one generation replica).
+
+    The tensor axis stays as large as the host allows (its gcd with the host's device
+    count, so it still divides the heads); the rest of the host goes to `fsdp` when the
+    layout shards weights over fsdp, else to `data`.
+    """
+    tensor = math.gcd(host_devices if section.tensor == -1 else section.tensor, host_devices)
+    rest = host_devices // tensor
+    shards_weights = section.fsdp != 1 or section.strategy in ("fsdp", "fsdp_tp")
+    return dataclasses.replace(section, data=1 if shards_weights else rest,
+                               fsdp=rest if shards_weights else 1, tensor=tensor)
+
+
+def per_host(section: MeshSection, num_devices: int, host_devices: int) -> bool:
+    """Whether generation runs one replica per host (else one global mesh)."""
+    return section.replica_per_host and num_devices > host_devices
+
+
+def generation_layout(section: MeshSection, num_devices: int, host_devices: int) -> MeshSection:
+    """The generation mesh's layout: with a replica per host, the configured layout if it
+    fits one host's devices, else `host_replica_layout` (fsdp 8 over two 4-chip hosts
+    becomes fsdp 4 on each); otherwise the configured (global) layout."""
+    if not per_host(section, num_devices, host_devices):
+        return section
+    try:
+        mesh_shape(section, host_devices)
+        return section
+    except ConfigError:
+        return host_replica_layout(section, host_devices)
+
+
+def host_devices(devices: Sequence[jax.Device], process: int) -> list[jax.Device]:
+    """The devices of one host (process) among `devices`."""
+    return [d for d in devices if d.process_index == process]
+
+
+def generation_mesh(section: MeshSection, devices: Sequence[jax.Device] | None = None,
+                    process: int | None = None) -> Mesh:
+    """This host's generation mesh: one replica per host (host-local devices) or one
+    global mesh, as configured. `devices`/`process` default to this run's (the
+    rehearsal passes a TPU topology's devices and a host index)."""
+    devices = list(jax.devices() if devices is None else devices)
+    process = jax.process_index() if process is None else process
+    local = host_devices(devices, process)
+    layout = generation_layout(section, len(devices), len(local))
+    return make_mesh(layout, local if per_host(section, len(devices), len(local)) else devices)
+
+
+def check_meshes(section: MeshSection, devices: Sequence[jax.Device] | None = None) -> None:
+    """Build the training mesh and every host's generation mesh (start-up check: raises
+    ConfigError naming the axis before anything is loaded or written)."""
+    devices = list(jax.devices() if devices is None else devices)
+    make_mesh(section, devices)
+    for process in sorted({d.process_index for d in devices}):
+        generation_mesh(section, devices, process)

@@ -30,6 +30,7 @@ class DeviceSpec:
     bandwidth: float           # memory bytes/s
     devices_per_host: int      # chips one host drives: a generation replica's size per host
     kinds: tuple[str, ...] = ()  # lower-case substrings of jax's `device_kind` that mean this
+    ici_bandwidth: float = 0.0   # inter-chip bytes/s per chip (TPU ICI); 0: not tabled
 
     @property
     def platform(self) -> str:
@@ -38,10 +39,11 @@ class DeviceSpec:
 
 
 DEVICES: dict[str, DeviceSpec] = {d.name: d for d in (
-    DeviceSpec("v4", 32 * GiB, 275e12, 1.2e12, 4, ("tpu v4",)),
-    DeviceSpec("v5e", 16 * GiB, 197e12, 0.82e12, 4, ("tpu v5 lite", "tpu v5e")),
-    DeviceSpec("v5p", 95 * GiB, 459e12, 2.76e12, 4, ("tpu v5p", "tpu v5")),
-    DeviceSpec("v6e", 32 * GiB, 918e12, 1.64e12, 4, ("tpu v6 lite", "tpu v6e")),
+    # ICI: Cloud TPU's published per-chip interchip bandwidth (2400, 1600, 4800, 3584 Gbps).
+    DeviceSpec("v4", 32 * GiB, 275e12, 1.2e12, 4, ("tpu v4",), 300e9),
+    DeviceSpec("v5e", 16 * GiB, 197e12, 0.82e12, 4, ("tpu v5 lite", "tpu v5e"), 200e9),
+    DeviceSpec("v5p", 95 * GiB, 459e12, 2.76e12, 4, ("tpu v5p", "tpu v5"), 600e9),
+    DeviceSpec("v6e", 32 * GiB, 918e12, 1.64e12, 4, ("tpu v6 lite", "tpu v6e"), 448e9),
     # NVIDIA datasheets: the 40 GB A100 has 1.555 TB/s, the 80 GB SXM part 2.039 TB/s.
     DeviceSpec("a100-40gb", 40 * GiB, 312e12, 1.555e12, 8, ("a100",)),
     DeviceSpec("a100-80gb", 80 * GiB, 312e12, 2.039e12, 8, ("a100-sxm4-80gb", "a100 80gb")),

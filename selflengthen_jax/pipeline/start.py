@@ -6,6 +6,7 @@ so a start-up that fails for any reason leaves the directory as it found it.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import jax
@@ -15,8 +16,9 @@ from selflengthen_jax.config import Config, ConfigError, check_context, validate
 from selflengthen_jax.models.config import ModelConfig
 from selflengthen_jax.models.presets import model_config_from_name
 from selflengthen_jax.outputs import check_dir
-from selflengthen_jax.parallel.mesh import mesh_shape
-from selflengthen_jax.parallel.planner import format_plan, plan
+from selflengthen_jax.parallel.mesh import check_meshes
+from selflengthen_jax.plan import rehearsal, slices
+from selflengthen_jax.plan.planner import format_plan, plan
 from selflengthen_jax.pipeline import run_dir
 from selflengthen_jax.pipeline.loop import Loop
 from selflengthen_jax.pipeline.prompts import load_templates
@@ -64,9 +66,42 @@ def dry_run(cfg: Config, force: bool = False) -> str:
     return format_plan(plan(cfg, mcfg, cfg.plan.device, n))
 
 
+@dataclasses.dataclass
+class Rehearsal:
+    text: str                  # the table and the FLOP cross-check
+    last_line: str
+    rows: list[rehearsal.Row]
+
+    @property
+    def fits(self) -> bool:
+        return all(r.fits for r in self.rows)
+
+
+def rehearse(cfg: Config, slice_name: str, log=print, only: tuple[str, ...] = ()) -> Rehearsal:
+    """Compile every executable of the loop for a TPU slice (no weights, no TPU).
+
+    Bad input (slice name, model preset, loop settings, an axis the slice does not
+    divide) is refused before anything compiles; a missing libtpu raises LibtpuMissing.
+    """
+    target = slices.parse_slice(slice_name)
+    mcfg = model_config(cfg)
+    validate_for_model(cfg, mcfg.num_heads)
+    if cfg.train.mode == "lora":  # train.mode=full rehearses launch.train's full fine-tuning
+        check_loop_settings(cfg)
+    devices = slices.topology_devices(target)
+    rows = rehearsal.rehearse(cfg, mcfg, target, devices, log, only)
+    bad = [r for r in rows if not r.fits]
+    hint = None
+    if bad:
+        hint = rehearsal.suggest(cfg, mcfg, max(bad, key=lambda r: r.peak_bytes), target, devices)
+    return Rehearsal(rehearsal.format_rows(target, devices, rows),
+                     rehearsal.last_line(target, rows, hint), rows)
+
+
 def check_inputs(cfg: Config) -> None:
-    """Everything a user can get wrong, checked before any weight is read."""
-    mesh_shape(cfg.mesh, jax.device_count())
+    """Everything a user can get wrong, checked before any weight is read (the training
+    mesh and every host's generation mesh are built here, before output_dir is claimed)."""
+    check_meshes(cfg.mesh)
     check_loop_settings(cfg)
     if not cfg.model.path:
         raise ConfigError("model.path is empty: a run needs a checkpoint (model.preset serves --dry-run only)")

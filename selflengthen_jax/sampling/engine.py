@@ -25,8 +25,9 @@ from selflengthen_jax.checkpoint.loader import LoadedModel, param_shardings, per
 from selflengthen_jax.checkpoint.tokenizer import chat_prompt
 from selflengthen_jax.config import EngineSection
 from selflengthen_jax.metrics import profile
+from selflengthen_jax.models.lora import stack_adapters
 from selflengthen_jax.models.transformer import CACHE_BLOCK, K_CACHE_AXES, V_CACHE_AXES, forward, per_layer
-from selflengthen_jax.parallel.placement import put, put_tree, replicated, to_host
+from selflengthen_jax.parallel.placement import put, replicated, to_host
 from selflengthen_jax.parallel.rules import Rules, named
 from selflengthen_jax.sampling import decode_state as ds
 from selflengthen_jax.sampling.request import Completion, FinishReason, Request
@@ -47,6 +48,69 @@ class _Slot:
     checked: int = 0     # tokens already searched for stop strings
 
 
+def cache_length(section: EngineSection) -> int:
+    """The KV cache length: prompt plus output room, in whole blocks for cached attention."""
+    room = section.max_prefill_len + section.max_new_tokens
+    return -(-room // CACHE_BLOCK) * CACHE_BLOCK
+
+
+def slot_state_shardings(cfg: Any, slots: int, cache_len: int, mesh: Mesh, rules: Rules) -> ds.SlotState:
+    """Where each part of the slots' decode state lives on the generation mesh."""
+    n = partial(named, mesh, rules)
+    vec = n(("batch",), (slots,))
+    k_shape, v_shape = ds.KVCache.shapes(cfg, slots, cache_len)
+    return ds.SlotState(
+        cache=ds.KVCache(n(K_CACHE_AXES, k_shape), n(V_CACHE_AXES, v_shape)),
+        last_token=vec, pos=vec, n_gen=vec, max_new=vec,
+        done=vec, seen=n(("batch", None), (slots, cfg.vocab_size)), keys=n(("batch", None), (slots, 2)),
+        adapter=vec, sampling=RowParams(vec, vec, vec, vec, vec))
+
+
+def empty_state_fn(cfg: Any, slots: int, cache_len: int, dtype: Any,
+                   shardings: ds.SlotState) -> Callable[[], ds.SlotState]:
+    """jit(empty_state) with the state's out_shardings: each device makes only its own
+    shards of the KV cache, so no full-size cache ever exists on one device or the host."""
+    return jax.jit(partial(ds.empty_state, cfg, slots, cache_len, dtype), out_shardings=shardings)
+
+
+def kernel(kind: str, cfg: Any, section: EngineSection, k_cap: int, attention_impl: str,
+           param_shardings: Any, lora_shardings: Any, state_shardings: ds.SlotState,
+           rep: Any) -> Callable:
+    """The jitted prefill or decode kernel with explicit shardings; the state is donated."""
+    common = dict(cfg=cfg, k_cap=k_cap, attention_impl=attention_impl)
+    if kind == "decode":
+        fn = partial(ds.decode, chunk=section.decode_chunk, **common)
+        return jax.jit(fn, in_shardings=(param_shardings, lora_shardings, state_shardings, rep, rep, rep),
+                       out_shardings=(state_shardings, rep), donate_argnums=(2,))
+    fn = partial(ds.prefill, **common)
+    return jax.jit(fn, in_shardings=(param_shardings, lora_shardings, state_shardings, rep, rep),
+                   out_shardings=(state_shardings, rep), donate_argnums=(2,))
+
+
+def logprobs_fn(cfg: Any, attention_impl: str) -> Callable:
+    """jit of one sequence's next-token log-probs (the likelihood judge's scoring call)."""
+    def fn(params, lora, tokens, seg, adapter_ids):
+        kw = {} if lora is None else {"lora": lora, "adapter_ids": adapter_ids}
+        logits = forward(params, cfg, tokens, segment_ids=seg, attention_impl=attention_impl, **kw).logits
+        return jax.nn.log_softmax(logits[0], axis=-1)
+    return jax.jit(fn)
+
+
+def stack_fn(scales: Sequence[float], mesh: Mesh) -> Callable:
+    """jit of `stack_adapters` for adapters with these scales, replicated on the mesh:
+    the stack is built on the devices, never on the host."""
+    return jax.jit(lambda ads: stack_adapters(list(zip(ads, scales))), out_shardings=replicated(mesh))
+
+
+def prefill_rows(section: EngineSection) -> int:
+    """Rows of the largest prefill `_admit` builds: the largest power-of-two bucket of
+    slots whose prompts at full length fit `engine.prefill_tokens` (one row at least)."""
+    rows, p = 1, _bucket(section.max_prefill_len, section.max_prefill_len)
+    while rows < section.slots and _bucket(rows + 1, section.slots, floor=1) * p <= section.prefill_tokens:
+        rows = _bucket(rows + 1, section.slots, floor=1)
+    return rows
+
+
 def _bucket(n: int, cap: int, floor: int = 16) -> int:
     b = floor
     while b < n:
@@ -62,8 +126,7 @@ class Engine:
         self.model, self.section, self.mesh, self.rules = model, section, mesh, rules
         self.cfg = model.cfg
         self.tok = model.tokenizer
-        room = section.max_prefill_len + section.max_new_tokens
-        self.cache_len = -(-room // CACHE_BLOCK) * CACHE_BLOCK  # whole blocks for cached attention
+        self.cache_len = cache_length(section)
         self.cache_dtype = jnp.dtype(cache_dtype or model.cfg.compute_dtype)
         self.attention_impl = attention_impl
         vocab = self.tok.get_vocab()
@@ -74,6 +137,7 @@ class Engine:
         self.adapter_names: dict[str, int] = {"base": 0}
         self.lora: Any = None
         self._compiled: dict[tuple, Callable] = {}
+        self._empty: Callable[[], ds.SlotState] | None = None
         self.stats = collections.Counter()
 
     @property
@@ -103,25 +167,21 @@ class Engine:
         Adapters are stacked with the zero adapter at index 0 ("base"); a request picks
         one by name and rows of different adapters share a batch.
         """
-        from selflengthen_jax.models.lora import stack_adapters
-
         names = list(adapters)
         self.adapter_names = {"base": 0, **{n: i + 1 for i, n in enumerate(names)}}
-        self.lora = None if not names else jax.device_put(
-            stack_adapters([adapters[n] for n in names]), replicated(self.mesh))
+        stack = stack_fn([float(adapters[n][1]) for n in names], self.mesh)
+        self.lora = None if not names else stack([adapters[n][0] for n in names])
         self._compiled.clear()
 
     # -- shardings --------------------------------------------------------------------------
     def _state_shardings(self) -> ds.SlotState:
-        b, v = self.section.slots, self.cfg.vocab_size
-        n = partial(named, self.mesh, self.rules)
-        vec = n(("batch",), (b,))
-        k_shape, v_shape = ds.KVCache.shapes(self.cfg, b, self.cache_len)
-        return ds.SlotState(
-            cache=ds.KVCache(n(K_CACHE_AXES, k_shape), n(V_CACHE_AXES, v_shape)),
-            last_token=vec, pos=vec, n_gen=vec, max_new=vec,
-            done=vec, seen=n(("batch", None), (b, v)), keys=n(("batch", None), (b, 2)), adapter=vec,
-            sampling=RowParams(vec, vec, vec, vec, vec))
+        return slot_state_shardings(self.cfg, self.section.slots, self.cache_len, self.mesh, self.rules)
+
+    def _empty_state(self) -> ds.SlotState:
+        if self._empty is None:  # one compile per engine
+            self._empty = empty_state_fn(self.cfg, self.section.slots, self.cache_len, self.cache_dtype,
+                                         self._state_shardings())
+        return self._empty()
 
     def _lora_sharding(self) -> Any:
         return None if self.lora is None else jax.tree.map(lambda _: replicated(self.mesh), self.lora)
@@ -129,18 +189,9 @@ class Engine:
     def _fn(self, kind: str, k_cap: int) -> Callable:
         key = (kind, k_cap, self.lora is None)
         if key not in self._compiled:
-            state_sh, rep = self._state_shardings(), replicated(self.mesh)
-            common = dict(cfg=self.cfg, k_cap=k_cap, attention_impl=self.attention_impl)
-            if kind == "decode":
-                fn = partial(ds.decode, chunk=self.section.decode_chunk, **common)
-                self._compiled[key] = jax.jit(
-                    fn, in_shardings=(self.param_shardings, self._lora_sharding(), state_sh, rep, rep, rep),
-                    out_shardings=(state_sh, rep), donate_argnums=(2,))
-            else:
-                fn = partial(ds.prefill, **common)
-                self._compiled[key] = jax.jit(
-                    fn, in_shardings=(self.param_shardings, self._lora_sharding(), state_sh, rep, rep),
-                    out_shardings=(state_sh, rep), donate_argnums=(2,))
+            self._compiled[key] = kernel(kind, self.cfg, self.section, k_cap, self.attention_impl,
+                                         self.param_shardings, self._lora_sharding(),
+                                         self._state_shardings(), replicated(self.mesh))
         return self._compiled[key]
 
     # -- prompts ----------------------------------------------------------------------------
@@ -181,8 +232,7 @@ class Engine:
         results: list[Completion | None] = [None] * len(requests)
         pending = collections.deque(range(len(requests)))
         slots: list[_Slot | None] = [None] * self.section.slots
-        state = put_tree(ds.empty_state(self.cfg, self.section.slots, self.cache_len, self.cache_dtype),
-                         self._state_shardings()) if requests else None
+        state = self._empty_state() if requests else None
         bar = tqdm(total=len(requests), disable=not progress, unit="req", dynamic_ncols=True)
         start, made = time.perf_counter(), 0
 
@@ -351,12 +401,7 @@ class Engine:
     def _logprobs(self, tokens: np.ndarray, length: int, adapter: int) -> np.ndarray:
         key = ("logprobs", tokens.shape, self.lora is None)
         if key not in self._compiled:
-            def fn(params, lora, tokens, seg, adapter_ids):
-                kw = {} if lora is None else {"lora": lora, "adapter_ids": adapter_ids}
-                logits = forward(params, self.cfg, tokens, segment_ids=seg,
-                                 attention_impl=self.attention_impl, **kw).logits
-                return jax.nn.log_softmax(logits[0], axis=-1)
-            self._compiled[key] = jax.jit(fn)
+            self._compiled[key] = logprobs_fn(self.cfg, self.attention_impl)
         seg = (np.arange(tokens.shape[1])[None] < length).astype(np.int32)
         rep = replicated(self.mesh)
         return to_host(self._compiled[key](self.params, self.lora, put(tokens, rep),

@@ -8,21 +8,25 @@ and a config key means the same thing everywhere.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+from typing import Any
 
 import jax
+import jax.numpy as jnp
+from flax import nnx
 from jax.sharding import Mesh
 
 from selflengthen_jax.checkpoint.hf_import import read_config
 from selflengthen_jax.checkpoint.hub import resolve_model
-from selflengthen_jax.checkpoint.loader import load_model
+from selflengthen_jax.checkpoint.loader import load_model, param_shardings
 from selflengthen_jax.checkpoint.tokenizer import load_tokenizer
 from selflengthen_jax.config import Config, ConfigError, EngineSection, SamplingSection, validate_for_model
 from selflengthen_jax.models.config import ModelConfig
+from selflengthen_jax.models.transformer import KVCache, abstract_model
 from selflengthen_jax.parallel.mesh import generation_mesh
-from selflengthen_jax.parallel.planner import fmt_bytes, generation_breakdown
 from selflengthen_jax.parallel.rules import Rules, strategy_rules
-from selflengthen_jax.sampling.engine import Engine
+from selflengthen_jax.sampling.engine import Engine, cache_length, slot_state_shardings
 from selflengthen_jax.sampling.request import SamplingParams
 
 
@@ -65,20 +69,35 @@ def device_memory(device: jax.Device) -> int | None:
     return host // max(1, jax.local_device_count())
 
 
+def _gib(n: int) -> str:
+    return f"{n / 2 ** 30:.2f} GiB"
+
+
+def _shard_bytes(shapes: Any, shardings: Any) -> int:
+    """Bytes one device holds of a tree of shapes placed by `shardings`."""
+    return sum(math.prod(sh.shard_shape(x.shape)) * jnp.dtype(x.dtype).itemsize
+               for x, sh in zip(jax.tree.leaves(shapes), jax.tree.leaves(shardings)))
+
+
 def check_memory(model_cfg: ModelConfig, section: EngineSection, mesh: Mesh, rules: Rules) -> None:
     """Refuse, before any weight is read, an engine whose weights and KV cache alone
-    exceed a device's memory (the planner's per-device bytes): e.g. engine.slots=10^8
+    exceed a device's memory (their shard shapes on this mesh): e.g. engine.slots=10^8
     would otherwise fail with RESOURCE_EXHAUSTED after the whole model has loaded."""
     device = mesh.devices.flat[0]
     have = device_memory(device)
     if have is None:
         return
-    need = generation_breakdown(model_cfg, section, mesh, rules, device.platform)
-    if need.weights + need.kv_cache > have:
+    params = nnx.state(abstract_model(model_cfg), nnx.Param).to_pure_dict()
+    length = cache_length(section)
+    cache = KVCache(*(jax.ShapeDtypeStruct(s, model_cfg.compute_dtype)
+                      for s in KVCache.shapes(model_cfg, section.slots, length)))
+    need = (_shard_bytes(params, param_shardings(model_cfg, mesh, rules))
+            + _shard_bytes(cache, slot_state_shardings(model_cfg, section.slots, length, mesh, rules).cache))
+    if need > have:
         raise ConfigError(
-            f"the engine needs {fmt_bytes(need.weights + need.kv_cache)} per device for weights and "
+            f"the engine needs {_gib(need)} per device for weights and "
             f"KV cache (engine.slots={section.slots}, cache {section.max_prefill_len}+"
-            f"{section.max_new_tokens} tokens) but a device holds {fmt_bytes(have)}: lower engine.slots, "
+            f"{section.max_new_tokens} tokens) but a device holds {_gib(have)}: lower engine.slots, "
             "engine.max_new_tokens or engine.max_prefill_len, or use more devices")
 
 

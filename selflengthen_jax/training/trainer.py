@@ -20,24 +20,26 @@ from typing import Any, Callable
 import jax
 import numpy as np
 import transformers
+from flax import nnx
 from jax.sharding import Mesh
 from tqdm import tqdm
 
 from selflengthen_jax import faults
+from selflengthen_jax.checkpoint.loader import param_shardings
 from selflengthen_jax.checkpoint.orbax_params import save_params
 from selflengthen_jax.config import Config
 from selflengthen_jax.metrics import profile
 from selflengthen_jax.metrics.tensorboard import TB_DIR, Board, TrainingCurve
 from selflengthen_jax.models.config import ModelConfig
-from selflengthen_jax.models.lora import init_lora, lora_logical_axes, lora_rank
-from selflengthen_jax.models.transformer import PROJECTIONS, Params, logical_axes
+from selflengthen_jax.models.lora import adapter_shapes, init_lora, lora_logical_axes, lora_rank
+from selflengthen_jax.models.transformer import PROJECTIONS, Params, abstract_model, logical_axes
 from selflengthen_jax.parallel.rules import Rules, strategy_rules, tree_shardings
 from selflengthen_jax.training import checkpointing
 from selflengthen_jax.training.data import (Batch, DataPosition, Example, Layout, SFTData,
                                             encode_dataset, read_records)
 from selflengthen_jax.training.optimizer import make_optimizer, to_master
 from selflengthen_jax.training.step import (StepSpec, TrainState, batch_shardings, fresh_state,
-                                            init_state, make_train_step, state_shardings)
+                                            make_train_step, state_shardings)
 
 
 class TrainingError(RuntimeError):
@@ -99,16 +101,6 @@ def check_finite(metrics: dict[str, Any], step: int, ckpt_dir: Path, last_saved:
                                 f"last good checkpoint in {ckpt_dir}: {kept}")
 
 
-def _trainable_source(cfg: Config, base_params: Params, model_cfg: ModelConfig,
-                      init_adapters: Any) -> tuple[Any, Any]:
-    """(what the trainable state starts from, its logical axes)."""
-    if cfg.train.mode == "full":
-        return base_params, logical_axes(model_cfg)
-    adapters = init_adapters if init_adapters is not None else init_lora(
-        model_cfg, cfg.train.lora.rank, cfg.seed)
-    return adapters, lora_logical_axes(tuple(adapters))
-
-
 def _save_artifact(cfg: Config, role: str, out_dir: Path, trainable: Any, model_cfg: ModelConfig,
                    steps: int) -> Path:
     if cfg.train.mode == "full":
@@ -119,6 +111,62 @@ def _save_artifact(cfg: Config, role: str, out_dir: Path, trainable: Any, model_
             "scale": cfg.train.lora.alpha / rank, "targets": [p for p in PROJECTIONS if p in trainable],
             "base_model": cfg.model.path, "steps": steps}
     return checkpointing.save_adapter(out_dir / "adapter", trainable, meta)
+
+
+@dataclasses.dataclass
+class StepParts:
+    """The jitted executables of training on a mesh, built from config and shapes alone
+    (no data, no weights): what a run calls and what the rehearsal compiles."""
+
+    step_fn: Callable[..., tuple[TrainState, dict]]
+    fresh_fn: Callable[[Any], TrainState]   # step 0, made on the devices (jit, out_shardings)
+    shardings: TrainState
+    base_shardings: Any                     # frozen base (LoRA), else None
+    batch_shardings: Batch
+    layout: Layout
+    abstract: TrainState                    # shapes/dtypes of the state, for restoring
+
+
+def _trainable_shapes(cfg: Config, model_cfg: ModelConfig, init_adapters: Any) -> tuple[Any, Any]:
+    """(shapes of what the trainable state starts from, its logical axes)."""
+    if cfg.train.mode == "full":
+        return nnx.state(abstract_model(model_cfg), nnx.Param).to_pure_dict(), logical_axes(model_cfg)
+    if cfg.train.lora.dropout > 0:
+        raise TrainingError("train.lora.dropout > 0 is not supported; set it to 0")
+    shapes = (jax.eval_shape(lambda: init_adapters) if init_adapters is not None
+              else adapter_shapes(model_cfg, cfg.train.lora.rank))
+    return shapes, lora_logical_axes(tuple(shapes))
+
+
+def _fresh(source: Any, *, optimizer: Any, model_cfg: ModelConfig, rank: int, seed: int) -> TrainState:
+    """Step 0 from `source` (base params or earlier adapters), or fresh LoRA adapters."""
+    if source is None:
+        source = init_lora(model_cfg, rank, seed)
+    return fresh_state(source, optimizer)
+
+
+def build_step(cfg: Config, model_cfg: ModelConfig, mesh: Mesh, total: int,
+               init_adapters: Any = None) -> StepParts:
+    """Optimizer, shardings and the jitted step and state creation for `train.mode`."""
+    tc = cfg.train
+    rules = strategy_rules(cfg.mesh.strategy, cfg.mesh.rules)
+    shapes, axes = _trainable_shapes(cfg, model_cfg, init_adapters)
+    layout = Layout(tc.grad_accum, tc.batch_size * batch_shards(mesh, rules),
+                    jax.process_index(), jax.process_count())
+    optimizer, schedule = make_optimizer(tc, total)
+    master = jax.eval_shape(to_master, shapes)
+    shardings = state_shardings(optimizer, tree_shardings(axes, master, mesh, rules), master, mesh)
+    lora = tc.mode == "lora"
+    base_sh = param_shardings(model_cfg, mesh, rules) if lora else None
+    spec = StepSpec(dataclasses.replace(model_cfg, compute_dtype=tc.compute_dtype),
+                    tc.lora.alpha / lora_rank(shapes) if lora else None, tc.remat,
+                    cfg.model.attention_impl, lora_dropout=tc.lora.dropout if lora else 0.0,
+                    dropout_seed=cfg.seed)
+    batch_sh = batch_shardings(mesh, rules, (layout.accum, layout.global_rows, 1))
+    fresh = partial(_fresh, optimizer=optimizer, model_cfg=model_cfg, rank=tc.lora.rank, seed=cfg.seed)
+    return StepParts(make_train_step(spec, optimizer, schedule, shardings, base_sh, batch_sh),
+                     jax.jit(fresh, out_shardings=shardings), shardings, base_sh, batch_sh, layout,
+                     jax.eval_shape(partial(fresh_state, optimizer=optimizer), shapes))
 
 
 @dataclasses.dataclass
@@ -138,26 +186,15 @@ class Run:
 def prepare(cfg: Config, examples: list[Example], base_params: Params, model_cfg: ModelConfig,
             mesh: Mesh, init_adapters: Any) -> Run:
     tc = cfg.train
-    source, axes = _trainable_source(cfg, base_params, model_cfg, init_adapters)
-    rules = strategy_rules(cfg.mesh.strategy, cfg.mesh.rules)
-    model_cfg = dataclasses.replace(model_cfg, compute_dtype=tc.compute_dtype)
-    layout = Layout(tc.grad_accum, tc.batch_size * batch_shards(mesh, rules),
-                    jax.process_index(), jax.process_count())
-    data = SFTData(examples, layout, cfg.seed, tc.cutoff_len, tc.packing)
+    parts = build_step(cfg, model_cfg, mesh, 1, init_adapters)  # the layout, to size the data
+    data = SFTData(examples, parts.layout, cfg.seed, tc.cutoff_len, tc.packing)
     total = tc.max_steps if tc.max_steps > 0 else data.num_steps(tc.epochs)
-    optimizer, schedule = make_optimizer(tc, total)
-    shapes = jax.eval_shape(to_master, source)
-    shardings = state_shardings(optimizer, tree_shardings(axes, shapes, mesh, rules), shapes, mesh)
+    parts = build_step(cfg, model_cfg, mesh, total, init_adapters)
     lora = tc.mode == "lora"
-    base_sh = tree_shardings(logical_axes(model_cfg), base_params, mesh, rules) if lora else None
-    spec = StepSpec(model_cfg, tc.lora.alpha / lora_rank(source) if lora else None, tc.remat,
-                    cfg.model.attention_impl, lora_dropout=tc.lora.dropout if lora else 0.0,
-                    dropout_seed=cfg.seed)
-    batch_sh = batch_shardings(mesh, rules, (layout.accum, layout.global_rows, 1))
-    return Run(data, total, make_train_step(spec, optimizer, schedule, shardings, base_sh, batch_sh),
-               shardings, batch_sh, jax.device_put(base_params, base_sh) if lora else None,
-               lambda: init_state(source, optimizer, shardings),
-               jax.eval_shape(partial(fresh_state, optimizer=optimizer), source))
+    source = init_adapters if lora else base_params
+    return Run(data, total, parts.step_fn, parts.shardings, parts.batch_shardings,
+               jax.device_put(base_params, parts.base_shardings) if lora else None,
+               lambda: parts.fresh_fn(source), parts.abstract)
 
 
 def run_steps(run: Run, state: TrainState, pos: DataPosition, out: Path, manager: Any,

@@ -49,11 +49,12 @@ from selflengthen_jax.config import Config, EngineSection, MeshSection, TrainSec
 from selflengthen_jax.models.attention import query_blocks, score_entries
 from selflengthen_jax.models.config import ModelConfig
 from selflengthen_jax.models.lora import adapter_shapes, lora_logical_axes
-from selflengthen_jax.models.transformer import (CACHE_BLOCK, K_CACHE_AXES, V_CACHE_AXES, KVCache,
+from selflengthen_jax.models.transformer import (K_CACHE_AXES, V_CACHE_AXES, KVCache,
                                                   abstract_model, logical_axes, per_layer_tree)
-from selflengthen_jax.parallel.mesh import AXES, mesh_shape
+from selflengthen_jax.parallel.mesh import AXES, generation_layout, mesh_shape, per_host
 from selflengthen_jax.parallel.peaks import DEVICES, GiB, DeviceSpec, device_spec
 from selflengthen_jax.parallel.rules import STRATEGIES, Rules, spec_for, strategy_rules
+from selflengthen_jax.sampling.engine import cache_length, prefill_rows
 from selflengthen_jax.training.step import LOSS_CHUNK
 
 TRAIN_MODES = ("lora", "full")
@@ -215,7 +216,12 @@ def training_activations(cfg: ModelConfig, rows: int, seq: int, remat: str,
                          mesh: AnyMesh, rules: Rules) -> int:
     """Rough peak activation bytes per device of one micro-batch's forward + backward."""
     a = _acts(cfg, rows, seq, score_entries(seq), cfg.compute_dtype, mesh, rules)
-    working = a.linear_working + 3 * a.scores               # the layer being differentiated
+    # The layer being differentiated: the TPU compiler keeps one float32 score buffer of
+    # every query block alive through its backward, plus two of the largest block's.
+    every_block = shard_bytes(("batch", "heads", None),
+                              (rows, cfg.num_heads, sum((e - s) * e for s, e in query_blocks(seq))),
+                              jnp.float32, mesh, rules)
+    working = a.linear_working + every_block + 2 * a.scores
     loss = 3 * shard_bytes(("batch", None, "vocab"), (rows, min(seq, LOSS_CHUNK), cfg.vocab_size),
                            jnp.float32, mesh, rules)
     return cfg.num_layers * _saved_per_layer(a, remat) + working + a.mask + loss + a.x
@@ -244,12 +250,6 @@ def training_breakdown(cfg: ModelConfig, train: TrainSection, mode: str, mesh: A
         workspace=gathers)
 
 
-def cache_length(engine: EngineSection) -> int:
-    """The engine's KV cache length: prompt plus output room, in whole cache blocks."""
-    room = engine.max_prefill_len + engine.max_new_tokens
-    return -(-room // CACHE_BLOCK) * CACHE_BLOCK
-
-
 def per_layer_bytes(cfg: ModelConfig, mesh: AnyMesh, rules: Rules) -> int:
     """Per-device bytes of the engine's per-layer copy of the weights (`per_layer`)."""
     return tree_bytes(*per_layer_tree(cfg), mesh, rules)
@@ -257,32 +257,36 @@ def per_layer_bytes(cfg: ModelConfig, mesh: AnyMesh, rules: Rules) -> int:
 
 def generation_breakdown(cfg: ModelConfig, engine: EngineSection, mesh: AnyMesh,
                          rules: Rules, platform: str) -> Breakdown:
-    """The engine's memory: weights, the slots' KV cache, a full-slots prefill, sampling state.
+    """The engine's memory: weights, the slots' KV cache, and the larger workspace of its
+    two kernels: the largest prefill the engine admits (`prefill_rows` rows, bounded by
+    `engine.prefill_tokens`) or the decode loop with the sampling state.
 
     The cache holds `compute_dtype` keys/values (the engine's default cache dtype). On a
     `platform` where the engine decodes from a per-layer copy, the weights count twice
-    (the loaded params stay for training).
+    (the loaded params stay for training). On TPU the compiler keeps a second copy of the
+    cache inside the decode loop (measured with `--rehearse`: temp = one cache + a little).
     """
     b = functools.partial(shard_bytes, mesh=mesh, rules=rules)
     V = cfg.vocab_size
     n, P = engine.slots, engine.max_prefill_len
+    rows = prefill_rows(engine)
 
-    def kv_bytes(length: int) -> int:
-        k_shape, v_shape = KVCache.shapes(cfg, n, length)
+    def kv_bytes(slots: int, length: int) -> int:
+        k_shape, v_shape = KVCache.shapes(cfg, slots, length)
         return b(K_CACHE_AXES, k_shape, cfg.compute_dtype) + b(V_CACHE_AXES, v_shape, cfg.compute_dtype)
 
-    cache = kv_bytes(cache_length(engine))
+    cache = kv_bytes(n, cache_length(engine))
     largest_block = max((end - start) * end for start, end in query_blocks(P))  # score entries
-    a = _acts(cfg, n, P, (largest_block, 0), cfg.compute_dtype, mesh, rules)
-    prefill = (kv_bytes(P)   # every layer's k/v
+    a = _acts(cfg, rows, P, (largest_block, 0), cfg.compute_dtype, mesh, rules)
+    prefill = (kv_bytes(rows, P)   # every layer's k/v
                + a.linear_working + 2 * a.scores + a.mask)
     sampling = 2 * b(("batch", None), (n, V), jnp.bool_) + 3 * b(("batch", None), (n, V), jnp.float32)
+    decode = sampling + (cache if platform == "tpu" else 0)
     gathers = gathered_layer_bytes(cfg, mesh, rules, cfg.compute_dtype)
     weights = param_bytes(cfg, mesh, rules)
     if engine.layout_on(platform) == "per_layer":
         weights += per_layer_bytes(cfg, mesh, rules)
-    return Breakdown(weights=weights, kv_cache=cache,
-                     workspace=prefill + sampling + gathers)
+    return Breakdown(weights=weights, kv_cache=cache, workspace=max(prefill, decode) + gathers)
 
 
 # -- the plan ---------------------------------------------------------------------------
@@ -329,17 +333,14 @@ def _layouts(cfg: Config, model_cfg: ModelConfig, num_devices: int) -> list[tupl
     return out
 
 
-def _generation_mesh(name: str, layout: MeshSection, spec: DeviceSpec, num_devices: int,
-                     model_cfg: ModelConfig) -> tuple[AbstractMesh, Rules] | None:
-    """The mesh the engine builds: one replica per host (its local devices) when
-    `replica_per_host`, else the global one; None if the layout needs more than a host."""
-    n = num_devices
-    if layout.replica_per_host and num_devices > spec.devices_per_host:
-        n = spec.devices_per_host
-        if name in STRATEGIES:
-            layout = builtin_layout(name, n, model_cfg.num_heads)
+def _generation_mesh(layout: MeshSection, spec: DeviceSpec,
+                     num_devices: int) -> tuple[AbstractMesh, Rules] | None:
+    """The mesh the engine builds (`generation_layout`: one replica per host of
+    `spec.devices_per_host` devices, or the global mesh); None if it cannot be built."""
+    host = min(num_devices, spec.devices_per_host)
+    gen = generation_layout(layout, num_devices, host)
     try:
-        shape = mesh_shape(layout, n)
+        shape = mesh_shape(gen, host if per_host(layout, num_devices, host) else num_devices)
     except ValueError:
         return None
     return abstract_mesh(shape), strategy_rules(layout.strategy, layout.rules)
@@ -362,7 +363,7 @@ def plan(cfg: Config, model_cfg: ModelConfig, device_kind: str, num_devices: int
         layout = dataclasses.replace(layout, replica_per_host=cfg.mesh.replica_per_host)
         rules = strategy_rules(layout.strategy, layout.rules)
         mesh = abstract_mesh(mesh_shape(layout, num_devices))
-        gen = _generation_mesh(name, layout, spec, num_devices, mcfg)
+        gen = _generation_mesh(layout, spec, num_devices)
         strategies.append(StrategyPlan(
             name=name, mesh=tuple(mesh.shape.values()),
             generation_mesh=None if gen is None else tuple(gen[0].shape.values()),

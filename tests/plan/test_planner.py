@@ -12,11 +12,11 @@ from selflengthen_jax.models.presets import PRESETS, model_config_from_name
 from selflengthen_jax.models.transformer import forward, init_params, per_layer
 from selflengthen_jax.parallel.mesh import make_mesh
 from selflengthen_jax.parallel.peaks import GiB, device_spec
-from selflengthen_jax.parallel.planner import (abstract_mesh, builtin_layout, cache_length,
-                                               format_plan, generation_breakdown, param_bytes,
-                                               per_layer_bytes, plan, training_activations,
-                                               training_breakdown)
 from selflengthen_jax.parallel.rules import STRATEGIES, strategy_rules
+from selflengthen_jax.plan.planner import (abstract_mesh, builtin_layout, format_plan,
+                                           generation_breakdown, param_bytes, per_layer_bytes, plan,
+                                           training_activations, training_breakdown)
+from selflengthen_jax.sampling.engine import cache_length, prefill_rows
 
 BF16 = ["model.param_dtype=bfloat16", "model.compute_dtype=bfloat16", "train.compute_dtype=bfloat16"]
 
@@ -188,3 +188,25 @@ def test_format_plan_is_a_table_with_a_verdict_per_strategy_and_workload():
     assert any(r.startswith("| config:fsdp | 1x4x2 |") for r in rows)
     assert all(r.rstrip(" |").endswith("yes") or "NO (" in r for r in rows)
     assert "train lora*" in text
+
+
+def test_the_largest_prefill_is_bounded_by_prefill_tokens():
+    assert prefill_rows(EngineSection(slots=64, max_prefill_len=8192, prefill_tokens=32768)) == 4
+    assert prefill_rows(EngineSection(slots=3, max_prefill_len=100, prefill_tokens=10 ** 6)) == 3
+    assert prefill_rows(EngineSection(slots=8, max_prefill_len=4096, prefill_tokens=1000)) == 1
+
+
+# Per-chip bytes the TPU compiler reported for configs/qwen2-7b-instruct.yaml on v5p-16
+# (`python -m launch.iterate --config configs/qwen2-7b-instruct.yaml --rehearse v5p-16`,
+# README table): the LoRA train step at 16k tokens, and the decode chunk.
+COMPILED_QWEN2_7B_V5P16 = {"lora": 29.90 * GiB, "generation": 47.94 * GiB}
+
+
+def test_the_plan_is_within_15_percent_of_the_compiled_qwen2_7b_run():
+    cfg = load_config("configs/qwen2-7b-instruct.yaml")
+    mcfg = model_config_from_name("qwen2-7b", "bfloat16", "bfloat16")
+    p = plan(cfg, mcfg, "v5p", 8)
+    s = p.strategy("fsdp")
+    assert s.mesh == (1, 8, 1) and s.generation_mesh == (1, 4, 1)  # a replica per 4-chip host
+    assert s.training["lora"].total == pytest.approx(COMPILED_QWEN2_7B_V5P16["lora"], rel=0.15)
+    assert s.generation.total == pytest.approx(COMPILED_QWEN2_7B_V5P16["generation"], rel=0.15)
