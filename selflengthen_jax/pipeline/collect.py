@@ -18,6 +18,8 @@ import re
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from selflengthen_jax.paths import AnyPath
+from selflengthen_jax.paths import path as as_path
 from selflengthen_jax.pipeline.store import atomic_write_text
 from selflengthen_jax.sampling.batch import numbered_records
 
@@ -27,13 +29,13 @@ FIELDS: tuple[str, ...] = ("id", "instruction", "response")
 _ITER_DIR = re.compile(r"iter_(\d+)")
 
 
-def iteration_dir(run_dir: str | Path, k: int) -> Path:
-    return Path(run_dir) / f"iter_{k}"
+def iteration_dir(run_dir: str | AnyPath, k: int) -> AnyPath:
+    return as_path(run_dir) / f"iter_{k}"
 
 
 def finished_iterations(run_dir: str | Path) -> list[int]:
     """Iterations (ascending) whose directory holds both output files."""
-    run_dir = Path(run_dir)
+    run_dir = as_path(run_dir)
     if not run_dir.is_dir():
         raise ValueError(f"run directory {run_dir} does not exist")
     found = [int(m.group(1)) for d in run_dir.iterdir() if (m := _ITER_DIR.fullmatch(d.name))]
@@ -66,7 +68,7 @@ def read_iteration(run_dir: str | Path, k: int) -> list[dict]:
 
 def read_extra(run_dir: str | Path) -> list[dict]:
     """The extra round's files that exist (`iteration` is None for them)."""
-    paths = [Path(run_dir) / EXTRA_DIR / f"{source}.jsonl" for source in SOURCES]
+    paths = [as_path(run_dir) / EXTRA_DIR / f"{source}.jsonl" for source in SOURCES]
     return [record for path in paths if path.is_file() for record in read_source(path, None)]
 
 

@@ -17,6 +17,7 @@ from selflengthen_jax.models.presets import model_config_from_name
 from selflengthen_jax.outputs import check_dir
 from selflengthen_jax.parallel.mesh import mesh_shape
 from selflengthen_jax.parallel.planner import format_plan, plan
+from selflengthen_jax.paths import AnyPath, check_bucket, is_remote
 from selflengthen_jax.pipeline import run_dir
 from selflengthen_jax.pipeline.loop import Loop
 from selflengthen_jax.pipeline.prompts import load_templates
@@ -74,23 +75,29 @@ def check_inputs(cfg: Config) -> None:
     validate_for_model(cfg, read_config(cfg.model.path).num_heads)
 
 
-def check_output(cfg: Config, force: bool = False) -> Path:
+def check_output(cfg: Config, force: bool = False) -> AnyPath:
     """output_dir: a writable directory apart from the inputs, not inside another run,
-    and not another config's run (unless `force`); writes nothing."""
+    and not another config's run (unless `force`); writes nothing. A gs:// output_dir
+    must be in a bucket that exists and that we can reach."""
+    if is_remote(cfg.output_dir):
+        check_bucket(cfg.output_dir, "output_dir")
+        return run_dir.check(cfg.output_dir, cfg.to_dict(), force)
     inputs = [p for p in (cfg.model.path, cfg.pipeline.seeds_path, cfg.pipeline.templates_dir) if p]
     out = check_dir(cfg.output_dir, inputs, what="output_dir", own_run=cfg.output_dir)
     return run_dir.check(out, cfg.to_dict(), force)
 
 
-def prepare(cfg: Config, force: bool = False) -> Path:
+def prepare(cfg: Config, force: bool = False) -> AnyPath:
     """All start-up checks, output_dir included; writes nothing."""
     check_inputs(cfg)
     return check_output(cfg, force)
 
 
-def start(cfg: Config, out: Path, force: bool = False, log=print) -> Loop:
-    """Load the model in model.path, then claim `out` for this run: the loop, ready to run."""
+def start(cfg: Config, out: AnyPath, force: bool = False, log=print) -> Loop:
+    """Check every host sees `out`, load the model in model.path, then claim `out` for
+    this run: the loop, ready to run."""
     mine = cfg.to_dict()
+    run_dir.check_shared(out)
     engine = build_engine(cfg)
     run_dir.claim(out, mine, force)
     return Loop(cfg, engine, out, log)

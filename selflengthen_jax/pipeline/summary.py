@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import io
 
 import numpy as np
 
+from selflengthen_jax.paths import AnyPath, is_remote
+from selflengthen_jax.paths import path as as_path
 from selflengthen_jax.pipeline.store import read_jsonl, read_marker
 
 PHASES = ("instructions", "initial", "extended")
@@ -19,7 +21,7 @@ def _words(records: list[dict]) -> dict[str, float]:
             "median": float(np.median(w)), "p90": float(np.percentile(w, 90))}
 
 
-def iteration_summary(k: int, d: Path) -> dict:
+def iteration_summary(k: int, d: AnyPath) -> dict:
     """Read one finished iteration's markers and files into a summary entry."""
     entry: dict = {"iteration": k, "phases": {}}
     for name in PHASES:
@@ -62,7 +64,7 @@ def growth_line(summaries: list[dict]) -> str:
             f"(iteration {summaries[0]['iteration']} → {summaries[-1]['iteration']})")
 
 
-def plot_lengths(out: Path, summaries: list[dict], path: Path) -> Path:
+def plot_lengths(out: AnyPath, summaries: list[dict], path: AnyPath) -> AnyPath:
     """Histograms of initial and extended lengths per iteration."""
     import matplotlib
     matplotlib.use("Agg")
@@ -71,7 +73,7 @@ def plot_lengths(out: Path, summaries: list[dict], path: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, name in zip(axes, ("initial", "extended")):
         for s in summaries:
-            recs = read_jsonl(out / f"iter_{s['iteration']}" / f"{name}.jsonl")
+            recs = read_jsonl(as_path(out) / f"iter_{s['iteration']}" / f"{name}.jsonl")
             if recs:
                 ax.hist([r["words"] for r in recs], bins=20, alpha=0.5, label=f"iter {s['iteration']}")
         ax.set_title(f"{name} responses")
@@ -79,6 +81,11 @@ def plot_lengths(out: Path, summaries: list[dict], path: Path) -> Path:
         ax.legend()
     axes[0].set_ylabel("count")
     fig.tight_layout()
-    fig.savefig(path)
+    if is_remote(path):  # one object, written whole
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png")
+        as_path(path).write_bytes(buffer.getvalue())
+    else:
+        fig.savefig(path)
     plt.close(fig)
     return path

@@ -4,6 +4,10 @@ A step checkpoint holds the train state (trainable weights, optimizer state, ste
 the data position. Saves are asynchronous; a step only counts once Orbax has written
 its commit marker (`commit_success.txt`) as the last act of the save, so a save killed
 half-way is invisible to `restore_latest` and the previous checkpoint is used.
+
+Directories may be local or `gs://` (see `selflengthen_jax.paths`); in a bucket, where
+there is no rename, an adapter directory counts as finished once its
+adapter_config.json, written last, exists.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from jax.sharding import SingleDeviceSharding
 
 from selflengthen_jax import faults
 from selflengthen_jax.outputs import fresh_partial, replace_dir
+from selflengthen_jax.paths import AnyPath, is_remote
+from selflengthen_jax.paths import path as as_path
 from selflengthen_jax.training.data import DataPosition
 from selflengthen_jax.training.step import TrainState
 
@@ -27,7 +33,11 @@ ADAPTER_META = "adapter_config.json"
 ADAPTER_WRITES = (f"{ADAPTER_WEIGHTS}*", ADAPTER_META)  # all `save_adapter` puts in its directory
 
 
-def open_manager(directory: str | Path, keep: int) -> ocp.CheckpointManager:
+def _absolute(p: str | AnyPath) -> AnyPath:
+    return as_path(p) if is_remote(p) else Path(p).absolute()
+
+
+def open_manager(directory: str | AnyPath, keep: int) -> ocp.CheckpointManager:
     """A manager that keeps the newest `keep` checkpoints and trusts only committed ones.
 
     The trainer decides when to save (every `save_every` steps and at the end).
@@ -35,7 +45,7 @@ def open_manager(directory: str | Path, keep: int) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True,
         temporary_path_class=ocp.path.atomicity.CommitFileTemporaryPath)
-    return ocp.CheckpointManager(Path(directory).absolute(), options=options,
+    return ocp.CheckpointManager(_absolute(directory), options=options,
                                  item_names=("state", "data"))
 
 
@@ -63,8 +73,10 @@ def restore_latest(manager: ocp.CheckpointManager, like: TrainState,
     return TrainState(*restored["state"]), DataPosition.from_dict(restored["data"])
 
 
-def save_adapter(path: str | Path, adapters: Any, meta: dict[str, Any]) -> Path:
+def save_adapter(path: str | AnyPath, adapters: Any, meta: dict[str, Any]) -> AnyPath:
     """Write `weights/` (Orbax) + adapter_config.json; the directory appears complete or not at all."""
+    if is_remote(path):
+        return _save_adapter_in_bucket(as_path(path), adapters, meta)
     out = Path(path).absolute()
     tmp = out.with_name(out.name + ".partial")
     if jax.process_index() == 0:
@@ -80,14 +92,29 @@ def save_adapter(path: str | Path, adapters: Any, meta: dict[str, Any]) -> Path:
     return out
 
 
-def read_adapter_meta(path: str | Path) -> dict[str, Any]:
-    meta = Path(path) / ADAPTER_META
+def _save_adapter_in_bucket(out: AnyPath, adapters: Any, meta: dict[str, Any]) -> AnyPath:
+    """No rename in a bucket: clear what a killed save left, write the weights, then the
+    config last; `read_adapter_meta` refuses a directory without it."""
+    if jax.process_index() == 0 and out.exists():
+        out.rmtree()
+    multihost_utils.sync_global_devices(f"save_adapter:{out}:clear")
+    with ocp.StandardCheckpointer() as ckpt:
+        ckpt.save(out / ADAPTER_WEIGHTS, adapters)
+        ckpt.wait_until_finished()
+    if jax.process_index() == 0:
+        (out / ADAPTER_META).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    multihost_utils.sync_global_devices(f"save_adapter:{out}")
+    return out
+
+
+def read_adapter_meta(path: str | AnyPath) -> dict[str, Any]:
+    meta = as_path(path) / ADAPTER_META
     if not meta.is_file():
         raise FileNotFoundError(f"{path} is not an adapter directory (no {ADAPTER_META})")
     return json.loads(meta.read_text(encoding="utf-8"))
 
 
-def load_adapter(path: str | Path, shardings: Any = None) -> tuple[Any, dict[str, Any]]:
+def load_adapter(path: str | AnyPath, shardings: Any = None) -> tuple[Any, dict[str, Any]]:
     """(adapters, meta) from `save_adapter`'s directory.
 
     Placed on `shardings` if given, else on this process's first device, so loading
@@ -95,7 +122,7 @@ def load_adapter(path: str | Path, shardings: Any = None) -> tuple[Any, dict[str
     """
     meta = read_adapter_meta(path)
     with ocp.StandardCheckpointer() as ckpt:
-        weights = Path(path).absolute() / ADAPTER_WEIGHTS
+        weights = _absolute(path) / ADAPTER_WEIGHTS
         like = ckpt.metadata(weights).item_metadata.tree
         if shardings is None:
             device = SingleDeviceSharding(jax.local_devices()[0])
