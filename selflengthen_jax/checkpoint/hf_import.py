@@ -1,4 +1,4 @@
-"""Load a local Hugging Face checkpoint directory straight into (sharded) JAX arrays.
+"""Load a Hugging Face checkpoint directory (local or gs://) straight into (sharded) JAX arrays.
 
 Every array is built with `jax.make_array_from_callback`: each device's shard is read
 from the memory-mapped safetensors slice it needs, so with a mesh no host ever
@@ -17,8 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from selflengthen_jax.checkpoint.bucket_source import open_safetensors
 from selflengthen_jax.checkpoint.hf_layout import Mapping, leaf_mappings
 from selflengthen_jax.checkpoint.safetensors_io import SafetensorsFile
+from selflengthen_jax.paths import AnyPath
+from selflengthen_jax.paths import path as as_path
 from selflengthen_jax.models.config import ModelConfig
 from selflengthen_jax.models.transformer import Params, abstract_model
 
@@ -27,9 +30,9 @@ class CheckpointError(ValueError):
     """A checkpoint directory is missing files or holds something we will not load."""
 
 
-def read_config(model_dir: str | Path, **dtypes: str) -> ModelConfig:
-    path = Path(model_dir) / "config.json"
-    if not Path(model_dir).is_dir():
+def read_config(model_dir: str | AnyPath, **dtypes: str) -> ModelConfig:
+    path = as_path(model_dir) / "config.json"
+    if not as_path(model_dir).is_dir():
         raise CheckpointError(f"model directory {model_dir} does not exist")
     if not path.is_file():
         raise CheckpointError(f"{model_dir} has no config.json (not a Hugging Face checkpoint directory)")
@@ -40,9 +43,9 @@ def read_config(model_dir: str | Path, **dtypes: str) -> ModelConfig:
     return ModelConfig.from_hf(hf, **dtypes)
 
 
-def weight_files(model_dir: str | Path) -> dict[str, Path]:
+def weight_files(model_dir: str | AnyPath) -> dict[str, AnyPath]:
     """HF tensor name -> the safetensors file holding it; refuses pickle-only checkpoints."""
-    d = Path(model_dir)
+    d = as_path(model_dir)
     index = d / "model.safetensors.index.json"
     if index.is_file():
         try:
@@ -55,7 +58,7 @@ def weight_files(model_dir: str | Path) -> dict[str, Path]:
         return {name: d / f for name, f in weight_map.items()}
     single = d / "model.safetensors"
     if single.is_file():
-        return {name: single for name in SafetensorsFile(single).keys()}
+        return {name: single for name in open_safetensors(single).keys()}
     if list(d.glob("*.bin")) or list(d.glob("*.pt")) or list(d.glob("*.pth")):
         raise CheckpointError(
             f"{d} holds only PyTorch pickle weights (*.bin/*.pt); this project never unpickles. "
@@ -106,7 +109,7 @@ def load_params(model_dir: str | Path, cfg: ModelConfig,
                 shardings: Params | None = None) -> Params:
     """Read all params; `shardings` (a params-shaped tree of NamedShardings) places them."""
     weight_map = weight_files(model_dir)
-    files = {p: SafetensorsFile(p) for p in set(weight_map.values())}
+    files = {p: open_safetensors(p) for p in set(weight_map.values())}
     mappings = leaf_mappings(cfg)
     abstract = nnx.state(abstract_model(cfg), nnx.Param).to_pure_dict()
     dtype = jnp.dtype(cfg.param_dtype)

@@ -6,8 +6,6 @@ so a start-up that fails for any reason leaves the directory as it found it.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import jax
 
 from selflengthen_jax.checkpoint.hf_import import read_config, weight_files
@@ -18,6 +16,7 @@ from selflengthen_jax.outputs import check_dir
 from selflengthen_jax.parallel.mesh import mesh_shape
 from selflengthen_jax.parallel.planner import format_plan, plan
 from selflengthen_jax.paths import AnyPath, check_bucket, is_remote
+from selflengthen_jax.paths import path as as_path
 from selflengthen_jax.pipeline import run_dir
 from selflengthen_jax.pipeline.loop import Loop
 from selflengthen_jax.pipeline.prompts import load_templates
@@ -28,7 +27,7 @@ from selflengthen_jax.sampling.service import build_engine, check_model
 def model_config(cfg: Config) -> ModelConfig:
     """The architecture, from the checkpoint if it is here, else from model.preset."""
     dtypes = dict(param_dtype=cfg.model.param_dtype, compute_dtype=cfg.model.compute_dtype)
-    if cfg.model.path and Path(cfg.model.path, "config.json").is_file():
+    if cfg.model.path and (as_path(cfg.model.path) / "config.json").is_file():
         return read_config(cfg.model.path, **dtypes)
     if cfg.model.preset:
         try:
@@ -55,7 +54,7 @@ def dry_run(cfg: Config, force: bool = False) -> str:
     (a model.path that is here is checked like the real start checks it)."""
     mcfg = model_config(cfg)
     validate_for_model(cfg, mcfg.num_heads)
-    if cfg.model.path and Path(cfg.model.path, "config.json").is_file():
+    if cfg.model.path and (as_path(cfg.model.path) / "config.json").is_file():
         check_model(cfg.model.path)
         weight_files(cfg.model.path)
     check_loop_settings(cfg)
@@ -70,6 +69,7 @@ def check_inputs(cfg: Config) -> None:
     check_loop_settings(cfg)
     if not cfg.model.path:
         raise ConfigError("model.path is empty: a run needs a checkpoint (model.preset serves --dry-run only)")
+    check_bucket(cfg.model.path, "model.path")
     check_model(cfg.model.path)
     weight_files(cfg.model.path)
     validate_for_model(cfg, read_config(cfg.model.path).num_heads)
