@@ -19,6 +19,7 @@ import json
 import time
 from typing import Any, Callable
 
+from selflengthen_jax import faults
 from selflengthen_jax.config import Config, ConfigError
 from selflengthen_jax.parallel import hosts
 from selflengthen_jax.parallel.mesh import make_mesh
@@ -74,6 +75,7 @@ class Loop:
             tokens = sum(hosts.gather(phase.gen.generated_tokens - tokens0))
             if self.writer:  # every shard is complete: the last generate call ended in a barrier
                 write_jsonl(path, records)
+                faults.checkpoint("phase_written")  # tests kill here: file written, no marker yet
                 mark_done(d, name, {"records": len(records), "counts": phase.counts,
                                     "roles": {"generator": phase.roles.generator,
                                               "extender": phase.roles.extender},
