@@ -35,6 +35,7 @@ from selflengthen_jax.models.lora import init_lora, lora_logical_axes, lora_rank
 from selflengthen_jax.models.transformer import PROJECTIONS, Params, logical_axes
 from selflengthen_jax.paths import AnyPath, is_remote
 from selflengthen_jax.paths import path as as_path
+from selflengthen_jax.parallel.placement import onto
 from selflengthen_jax.parallel.rules import Rules, strategy_rules, tree_shardings
 from selflengthen_jax.training import checkpointing
 from selflengthen_jax.training.data import (Batch, DataPosition, Example, Layout, SFTData,
@@ -170,8 +171,10 @@ def prepare(cfg: Config, examples: list[Example], base_params: Params, model_cfg
     spec = StepSpec(model_cfg, tc.lora.alpha / lora_rank(source) if lora else None, tc.remat,
                     cfg.model.attention_impl)
     batch_sh = batch_shardings(mesh, rules, (layout.accum, layout.global_rows, 1))
+    if jax.process_count() > 1:  # the generation replica and loaded adapters are per host
+        source = onto(source, shardings.trainable)
     return Run(data, total, make_train_step(spec, optimizer, schedule, shardings, base_sh, batch_sh),
-               shardings, batch_sh, jax.device_put(base_params, base_sh) if lora else None,
+               shardings, batch_sh, onto(base_params, base_sh) if lora else None,
                lambda: init_state(source, optimizer, shardings),
                jax.eval_shape(partial(fresh_state, optimizer=optimizer), source))
 
