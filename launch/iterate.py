@@ -29,6 +29,7 @@ from launch import cli
 from selflengthen_jax.demo.shipped import with_demo_model
 from selflengthen_jax.metrics.tensorboard import TB_DIR
 from selflengthen_jax.pipeline import start
+from selflengthen_jax.plan import checks
 from selflengthen_jax.plan.rehearsal import CompileError, as_json
 from selflengthen_jax.plan.slices import LibtpuMissing
 
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         flags = cli.flag_overrides({"model.path": args.model, "output_dir": args.output})
         cfg = cli.config(args, flags, complete=with_demo_model)
         if args.dry_run:
-            print(start.dry_run(cfg, force=args.force))
+            print(checks.dry_run(cfg, force=args.force))
             return 0
         if args.rehearse:
             return _rehearse(cfg, args.rehearse, args.json, tuple(n for n in args.only.split(",") if n))
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _rehearse(cfg, slice_name: str, json_path: str | None, only: tuple[str, ...]) -> int:
     try:
-        result = start.rehearse(cfg, slice_name, log=lambda m: print(m, file=sys.stderr), only=only)
+        result = checks.rehearse(cfg, slice_name, log=lambda m: print(m, file=sys.stderr), only=only)
     except LibtpuMissing as e:
         cli.fail(str(e))
     except CompileError as e:

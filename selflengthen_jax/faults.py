@@ -1,7 +1,7 @@
 """Fault injection for the kill-and-resume tests: die with SIGKILL at the n-th event.
 
 `SELFLENGTHEN_KILL_AT=completion:7` kills the process right after the 7th stored
-completion (likewise `train_step`, `orbax_save`). Unset (always, outside tests),
+completion (likewise `train_step`, `orbax_save`, `phase_written`). Unset (always, outside tests),
 `checkpoint()` costs one dictionary lookup.
 """
 

@@ -1,4 +1,4 @@
-"""Load a local Hugging Face checkpoint directory straight into (sharded) JAX arrays.
+"""Load a Hugging Face checkpoint directory (local or gs://) straight into (sharded) JAX arrays.
 
 Every array is built with `jax.make_array_from_callback`: each device's shard is read
 as the safetensors slice it needs, so with a mesh no host ever materialises a whole
@@ -17,8 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from selflengthen_jax.checkpoint.bucket_source import open_safetensors
 from selflengthen_jax.checkpoint.hf_layout import Mapping, leaf_mappings
-from selflengthen_jax.checkpoint.safetensors_io import TensorSource, open_safetensors
+from selflengthen_jax.checkpoint.safetensors_io import TensorSource
+from selflengthen_jax.paths import AnyPath
+from selflengthen_jax.paths import path as as_path
 from selflengthen_jax.models.config import ModelConfig
 from selflengthen_jax.models.transformer import Params, abstract_model
 
@@ -27,9 +30,9 @@ class CheckpointError(ValueError):
     """A checkpoint directory is missing files or holds something we will not load."""
 
 
-def read_config(model_dir: str | Path, **dtypes: str) -> ModelConfig:
-    path = Path(model_dir) / "config.json"
-    if not Path(model_dir).is_dir():
+def read_config(model_dir: str | AnyPath, **dtypes: str) -> ModelConfig:
+    path = as_path(model_dir) / "config.json"
+    if not as_path(model_dir).is_dir():
         raise CheckpointError(f"model directory {model_dir} does not exist")
     if not path.is_file():
         raise CheckpointError(f"{model_dir} has no config.json (not a Hugging Face checkpoint directory)")
@@ -40,9 +43,9 @@ def read_config(model_dir: str | Path, **dtypes: str) -> ModelConfig:
     return ModelConfig.from_hf(hf, **dtypes)
 
 
-def weight_files(model_dir: str | Path) -> dict[str, Path]:
+def weight_files(model_dir: str | AnyPath) -> dict[str, AnyPath]:
     """HF tensor name -> the safetensors file holding it; refuses pickle-only checkpoints."""
-    d = Path(model_dir)
+    d = as_path(model_dir)
     index = d / "model.safetensors.index.json"
     if index.is_file():
         try:

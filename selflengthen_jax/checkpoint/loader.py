@@ -13,6 +13,7 @@ from jax.sharding import Mesh
 from selflengthen_jax.checkpoint.hf_import import load_params, read_config
 from selflengthen_jax.checkpoint.tokenizer import eos_token_ids, load_tokenizer
 from selflengthen_jax.models.config import ModelConfig
+from selflengthen_jax.paths import path as as_path
 from selflengthen_jax.models.transformer import abstract_model, logical_axes, per_layer_tree
 from selflengthen_jax.parallel.rules import Rules, tree_shardings
 
@@ -44,4 +45,4 @@ def load_model(path: str | Path, mesh: Mesh | None = None, rules: Rules | None =
     tok = load_tokenizer(path)
     shardings = None if mesh is None else param_shardings(cfg, mesh, rules or {})
     params = load_params(path, cfg, shardings)
-    return LoadedModel(Path(path), cfg, params, tok, eos_token_ids(path, tok))
+    return LoadedModel(as_path(path), cfg, params, tok, eos_token_ids(path, tok))

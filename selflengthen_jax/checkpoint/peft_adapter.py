@@ -61,8 +61,9 @@ def peft_tensors(adapters: Any, index: int = 0) -> dict[str, np.ndarray]:
     return out
 
 
-def write_peft(directory: Path, tensors: dict[str, np.ndarray], config: dict[str, Any]) -> None:
-    """Put the two PEFT files into `directory` (which the caller renames into place)."""
+def write_peft(directory: Any, tensors: dict[str, np.ndarray], config: dict[str, Any]) -> None:
+    """Put the two PEFT files into `directory` (a local one the caller renames into place,
+    or a bucket folder, where each file is one object)."""
     save_file(tensors, directory / PEFT_WEIGHTS)
     (directory / PEFT_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
 

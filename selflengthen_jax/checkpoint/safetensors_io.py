@@ -15,8 +15,8 @@ library's, which takes pointers to our arrays instead of copying them. The forma
 little-endian u64 header length, a JSON header {name: {dtype, shape, data_offsets}},
 then the raw bytes.
 
-`open_safetensors` is the one place a file is opened for reading: another storage
-(e.g. ranged reads from a bucket) plugs in by returning any `TensorSource`.
+Any storage plugs in as a `TensorSource`: `checkpoint/bucket_source.py` gives the same
+face over ranged reads from a bucket, and its `open_safetensors` picks the one a path needs.
 """
 
 from __future__ import annotations
@@ -25,12 +25,15 @@ import json
 import os
 import struct
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 import ml_dtypes
 import numpy as np
 import safetensors
 import safetensors.numpy
+
+from selflengthen_jax.paths import is_remote
+from selflengthen_jax.paths import path as as_path
 
 DTYPES = {
     "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
@@ -52,36 +55,44 @@ class TensorSource(Protocol):
     def read(self, name: str, index: tuple[slice, ...] = ()) -> np.ndarray: ...
 
 
+def parse_header(read: Callable[[int, int], bytes], size: int, where: str) -> tuple[int, dict]:
+    """(offset of the data, {name: entry}) of a safetensors file of `size` bytes whose
+    bytes [start, end) `read` returns; every entry is checked against the file's size, so
+    a truncated or corrupt file is named here rather than failing in a later read."""
+    head = read(0, min(8, size))
+    if len(head) < 8:
+        raise SafetensorsError(f"{where}: corrupt safetensors file (too short)")
+    (n,) = struct.unpack("<Q", head)
+    if n > size - 8 or n > 100_000_000:
+        raise SafetensorsError(f"{where}: corrupt safetensors file (bad header length)")
+    try:
+        header = json.loads(read(8, 8 + n))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise SafetensorsError(f"{where}: corrupt safetensors file (bad header)") from None
+    if not isinstance(header, dict):
+        raise SafetensorsError(f"{where}: corrupt safetensors file (bad header)")
+    header.pop("__metadata__", None)
+    for name, e in header.items():
+        if e.get("dtype") not in DTYPES:
+            raise SafetensorsError(f"{where}: tensor {name!r} has unsupported dtype {e.get('dtype')!r}")
+        begin, end = e["data_offsets"]
+        want = int(np.prod(e["shape"], dtype=np.int64)) * DTYPES[e["dtype"]].itemsize
+        if end - begin != want or 8 + n + end > size:
+            raise SafetensorsError(f"{where}: corrupt safetensors file (tensor {name!r} "
+                                   "is truncated or its offsets are wrong)")
+    return 8 + n, header
+
+
 class SafetensorsFile:
     """Lazy access to the tensors of one local .safetensors file."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        size = self.path.stat().st_size
         with open(self.path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise SafetensorsError(f"{self.path}: corrupt safetensors file (too short)")
-            (n,) = struct.unpack("<Q", head)
-            if n > size - 8 or n > 100_000_000:
-                raise SafetensorsError(f"{self.path}: corrupt safetensors file (bad header length)")
-            try:
-                header = json.loads(f.read(n))
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                raise SafetensorsError(f"{self.path}: corrupt safetensors file (bad header)") from None
-        if not isinstance(header, dict):
-            raise SafetensorsError(f"{self.path}: corrupt safetensors file (bad header)")
-        header.pop("__metadata__", None)
-        self._data_start = 8 + n
-        self._entries = header
-        for name, e in header.items():
-            if e.get("dtype") not in DTYPES:
-                raise SafetensorsError(f"{self.path}: tensor {name!r} has unsupported dtype {e.get('dtype')!r}")
-            begin, end = e["data_offsets"]
-            want = int(np.prod(e["shape"], dtype=np.int64)) * DTYPES[e["dtype"]].itemsize
-            if end - begin != want or self._data_start + end > size:
-                raise SafetensorsError(f"{self.path}: corrupt safetensors file (tensor {name!r} "
-                                       "is truncated or its offsets are wrong)")
+            def read(start: int, end: int) -> bytes:
+                f.seek(start)
+                return f.read(end - start)
+            self._data_start, self._entries = parse_header(read, self.path.stat().st_size, str(self.path))
 
     def keys(self) -> list[str]:
         return list(self._entries)
@@ -98,16 +109,15 @@ class SafetensorsFile:
         return np.array(view[index])
 
 
-def open_safetensors(path: str | os.PathLike) -> TensorSource:
-    """The tensors of the file at `path` (local disk)."""
-    return SafetensorsFile(path)
-
-
 def save_file(tensors: dict[str, np.ndarray], path: str | os.PathLike,
               metadata: dict[str, str] | None = None) -> None:
-    """Write tensors (numpy arrays, bfloat16 as ml_dtypes) as one safetensors file."""
+    """Write tensors (numpy arrays, bfloat16 as ml_dtypes) as one safetensors file; a
+    bucket path (which has no partial writes) gets the file as one object."""
     arrays = {name: np.ascontiguousarray(a) for name, a in tensors.items()}
     try:
-        safetensors.numpy.save_file(arrays, str(path), metadata=metadata or {"format": "pt"})
+        if is_remote(path):
+            as_path(path).write_bytes(safetensors.numpy.save(arrays, metadata=metadata or {"format": "pt"}))
+        else:
+            safetensors.numpy.save_file(arrays, str(path), metadata=metadata or {"format": "pt"})
     except (safetensors.SafetensorError, ValueError, KeyError) as e:
         raise SafetensorsError(f"cannot write {path}: {e}") from None

@@ -8,14 +8,16 @@ from typing import Any, Sequence
 
 import transformers
 
+from selflengthen_jax.checkpoint.bucket_source import local_files
 from selflengthen_jax.checkpoint.hf_import import CheckpointError
 
 TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
 
 def load_tokenizer(model_dir: str | Path) -> transformers.PreTrainedTokenizerBase:
-    """AutoTokenizer from the directory, offline, never running remote code."""
-    d = Path(model_dir)
+    """AutoTokenizer from the directory (for gs://, a local copy of its small files),
+    offline, never running remote code."""
+    d = local_files(model_dir)
     if not any((d / f).is_file() for f in TOKENIZER_MARKERS):
         raise CheckpointError(f"{d} has no tokenizer (expected one of: {', '.join(TOKENIZER_MARKERS)})")
     try:
@@ -31,7 +33,7 @@ def load_tokenizer(model_dir: str | Path) -> transformers.PreTrainedTokenizerBas
 def eos_token_ids(model_dir: str | Path, tok: transformers.PreTrainedTokenizerBase) -> list[int]:
     """End-of-sequence ids: generation_config.json's (may be a list), else the tokenizer's."""
     ids: list[int] = []
-    gen = Path(model_dir) / "generation_config.json"
+    gen = local_files(model_dir) / "generation_config.json"
     if gen.is_file():
         eos = json.loads(gen.read_text(encoding="utf-8")).get("eos_token_id")
         ids = [eos] if isinstance(eos, int) else list(eos or [])

@@ -10,22 +10,40 @@ iteration's training began. The tags are listed in the README ("TensorBoard").
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 from tensorboardX import SummaryWriter
 
+from selflengthen_jax.paths import AnyPath, is_remote
+from selflengthen_jax.paths import path as as_path
+
 TB_DIR = "tensorboard"
 
 
 class Board:
     """A TensorBoard writer on `log_dir`; with `enabled` false (other processes) it
-    writes nothing and creates no file."""
+    writes nothing and creates no file.
 
-    def __init__(self, log_dir: str | Path, enabled: bool = True):
-        self.log_dir = Path(log_dir)
-        self.writer = SummaryWriter(str(self.log_dir)) if enabled else None
+    A bucket `log_dir` (gs://) has no append: the events are written to a local folder
+    and each flush uploads every event file whole, as one object, so a reader of the
+    bucket always sees complete records."""
+
+    def __init__(self, log_dir: str | AnyPath, enabled: bool = True):
+        self.log_dir = as_path(log_dir)
+        self.local = Path(tempfile.mkdtemp(prefix="tensorboard-")) if is_remote(log_dir) else self.log_dir
+        self.writer = SummaryWriter(str(self.local)) if enabled else None
+
+    def _flush(self) -> None:
+        self.writer.flush()
+        if self.local != self.log_dir:
+            for file in self.local.rglob("*"):
+                if file.is_file():
+                    target = self.log_dir / file.relative_to(self.local).as_posix()
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(file.read_bytes())
 
     def scalars(self, prefix: str, values: Mapping[str, float], step: int) -> None:
         """`prefix/name` = value for each entry, at `step`."""
@@ -33,16 +51,17 @@ class Board:
             return
         for name, value in values.items():
             self.writer.add_scalar(f"{prefix}/{name}", float(value), int(step))
-        self.writer.flush()
+        self._flush()
 
     def histogram(self, tag: str, values: Sequence[float], step: int) -> None:
         if self.writer is None or not len(values):
             return
         self.writer.add_histogram(tag, np.asarray(values, np.float64), int(step))
-        self.writer.flush()
+        self._flush()
 
     def close(self) -> None:
         if self.writer is not None:
+            self._flush()
             self.writer.close()
 
 

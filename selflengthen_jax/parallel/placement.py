@@ -20,6 +20,17 @@ def put_tree(tree: Any, shardings: Any) -> Any:
     return jax.tree.map(put, tree, shardings)
 
 
+def onto(tree: Any, shardings: Any) -> Any:
+    """Place `tree` on `shardings` (a global mesh). On several processes an array held on
+    this host's own mesh (a per-host generation replica, an adapter on a local device)
+    cannot be device_put across hosts; each host builds its shards from its own copy."""
+    def move(x: Any, sharding: NamedSharding) -> jax.Array:
+        if jax.process_count() > 1 and isinstance(x, jax.Array) and x.is_fully_addressable:
+            return put(jax.device_get(x), sharding)
+        return jax.device_put(x, sharding)
+    return jax.tree.map(move, tree, shardings)
+
+
 def to_host(x: jax.Array) -> np.ndarray:
     """The full value on every process (gathers when shards live on other hosts)."""
     if x.is_fully_addressable:

@@ -19,6 +19,8 @@ import re
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from selflengthen_jax.paths import AnyPath
+from selflengthen_jax.paths import path as as_path
 from selflengthen_jax.pipeline.store import atomic_write_text
 from selflengthen_jax.sampling.batch import numbered_records
 
@@ -29,13 +31,13 @@ _ITER_DIR = re.compile(r"iter_(\d+)")
 _ROUND_DIR = re.compile(r"round_(\d+)")
 
 
-def iteration_dir(run_dir: str | Path, k: int) -> Path:
-    return Path(run_dir) / f"iter_{k}"
+def iteration_dir(run_dir: str | AnyPath, k: int) -> AnyPath:
+    return as_path(run_dir) / f"iter_{k}"
 
 
 def finished_iterations(run_dir: str | Path) -> list[int]:
     """Iterations (ascending) whose directory holds both output files."""
-    run_dir = Path(run_dir)
+    run_dir = as_path(run_dir)
     if not run_dir.is_dir():
         raise ValueError(f"run directory {run_dir} does not exist")
     found = [int(m.group(1)) for d in run_dir.iterdir() if (m := _ITER_DIR.fullmatch(d.name))]
@@ -68,14 +70,14 @@ def read_iteration(run_dir: str | Path, k: int) -> list[dict]:
     return out
 
 
-def collect_round_dir(run_dir: str | Path, r: int) -> Path:
-    return Path(run_dir) / EXTRA_DIR / f"round_{r}"
+def collect_round_dir(run_dir: str | AnyPath, r: int) -> AnyPath:
+    return as_path(run_dir) / EXTRA_DIR / f"round_{r}"
 
 
 def read_extra(run_dir: str | Path) -> list[dict]:
     """The finished extra rounds' answers, in round order (`iteration` is None for them);
     ids become `collect/round_r/initial/<id>`."""
-    extra = Path(run_dir) / EXTRA_DIR
+    extra = as_path(run_dir) / EXTRA_DIR
     found = sorted(int(m.group(1)) for d in extra.iterdir()
                    if (m := _ROUND_DIR.fullmatch(d.name))) if extra.is_dir() else []
     paths = [collect_round_dir(run_dir, r) / "initial.jsonl" for r in found]

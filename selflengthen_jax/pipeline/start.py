@@ -6,19 +6,14 @@ so a start-up that fails for any reason leaves the directory as it found it.
 
 from __future__ import annotations
 
-import dataclasses
-from pathlib import Path
-
-import jax
-
 from selflengthen_jax.checkpoint.hf_import import read_config, weight_files
 from selflengthen_jax.config import Config, ConfigError, check_context, validate_for_model
 from selflengthen_jax.models.config import ModelConfig
 from selflengthen_jax.models.presets import model_config_from_name
 from selflengthen_jax.outputs import check_dir
 from selflengthen_jax.parallel.mesh import check_meshes
-from selflengthen_jax.plan import rehearsal, slices
-from selflengthen_jax.plan.planner import format_plan, plan
+from selflengthen_jax.paths import AnyPath, check_bucket, is_remote
+from selflengthen_jax.paths import path as as_path
 from selflengthen_jax.pipeline import run_dir
 from selflengthen_jax.pipeline.loop import Loop
 from selflengthen_jax.pipeline.prompts import load_templates
@@ -29,7 +24,7 @@ from selflengthen_jax.sampling.service import build_engine, check_model
 def model_config(cfg: Config) -> ModelConfig:
     """The architecture, from the checkpoint if it is here, else from model.preset."""
     dtypes = dict(param_dtype=cfg.model.param_dtype, compute_dtype=cfg.model.compute_dtype)
-    if cfg.model.path and Path(cfg.model.path, "config.json").is_file():
+    if cfg.model.path and (as_path(cfg.model.path) / "config.json").is_file():
         return read_config(cfg.model.path, **dtypes)
     if cfg.model.preset:
         try:
@@ -51,53 +46,6 @@ def check_loop_settings(cfg: Config) -> None:
         raise ValueError("the seeds file must hold at least 2 instructions (few-shot examples)")
 
 
-def dry_run(cfg: Config, force: bool = False) -> str:
-    """Validate everything and plan memory for the configured device, loading no weights
-    (a model.path that is here is checked like the real start checks it)."""
-    mcfg = model_config(cfg)
-    validate_for_model(cfg, mcfg.num_heads)
-    if cfg.model.path and Path(cfg.model.path, "config.json").is_file():
-        check_model(cfg.model.path)
-        weight_files(cfg.model.path)
-    check_context(cfg, mcfg.max_position_embeddings)
-    check_loop_settings(cfg)
-    check_output(cfg, force)
-    n = cfg.plan.num_devices or jax.device_count()
-    return format_plan(plan(cfg, mcfg, cfg.plan.device, n))
-
-
-@dataclasses.dataclass
-class Rehearsal:
-    text: str                  # the table and the FLOP cross-check
-    last_line: str
-    rows: list[rehearsal.Row]
-
-    @property
-    def fits(self) -> bool:
-        return all(r.fits for r in self.rows)
-
-
-def rehearse(cfg: Config, slice_name: str, log=print, only: tuple[str, ...] = ()) -> Rehearsal:
-    """Compile every executable of the loop for a TPU slice (no weights, no TPU).
-
-    Bad input (slice name, model preset, loop settings, an axis the slice does not
-    divide) is refused before anything compiles; a missing libtpu raises LibtpuMissing.
-    """
-    target = slices.parse_slice(slice_name)
-    mcfg = model_config(cfg)
-    validate_for_model(cfg, mcfg.num_heads)
-    if cfg.train.mode == "lora":  # train.mode=full rehearses launch.train's full fine-tuning
-        check_loop_settings(cfg)
-    devices = slices.topology_devices(target)
-    rows = rehearsal.rehearse(cfg, mcfg, target, devices, log, only)
-    bad = [r for r in rows if not r.fits]
-    hint = None
-    if bad:
-        hint = rehearsal.suggest(cfg, mcfg, max(bad, key=lambda r: r.peak_bytes), target, devices)
-    return Rehearsal(rehearsal.format_rows(target, devices, rows),
-                     rehearsal.last_line(target, rows, hint), rows)
-
-
 def check_inputs(cfg: Config) -> None:
     """Everything a user can get wrong, checked before any weight is read (the training
     mesh and every host's generation mesh are built here, before output_dir is claimed)."""
@@ -105,6 +53,7 @@ def check_inputs(cfg: Config) -> None:
     check_loop_settings(cfg)
     if not cfg.model.path:
         raise ConfigError("model.path is empty: a run needs a checkpoint (model.preset serves --dry-run only)")
+    check_bucket(cfg.model.path, "model.path")
     check_model(cfg.model.path)
     weight_files(cfg.model.path)
     model_cfg = read_config(cfg.model.path)
@@ -112,23 +61,29 @@ def check_inputs(cfg: Config) -> None:
     check_context(cfg, model_cfg.max_position_embeddings)
 
 
-def check_output(cfg: Config, force: bool = False) -> Path:
+def check_output(cfg: Config, force: bool = False) -> AnyPath:
     """output_dir: a writable directory apart from the inputs, not inside another run,
-    and not another config's run (unless `force`); writes nothing."""
+    and not another config's run (unless `force`); writes nothing. A gs:// output_dir
+    must be in a bucket that exists and that we can reach."""
+    if is_remote(cfg.output_dir):
+        check_bucket(cfg.output_dir, "output_dir")
+        return run_dir.check(cfg.output_dir, cfg.to_dict(), force)
     inputs = [p for p in (cfg.model.path, cfg.pipeline.seeds_path, cfg.pipeline.templates_dir) if p]
     out = check_dir(cfg.output_dir, inputs, what="output_dir", own_run=cfg.output_dir)
     return run_dir.check(out, cfg.to_dict(), force)
 
 
-def prepare(cfg: Config, force: bool = False) -> Path:
+def prepare(cfg: Config, force: bool = False) -> AnyPath:
     """All start-up checks, output_dir included; writes nothing."""
     check_inputs(cfg)
     return check_output(cfg, force)
 
 
-def start(cfg: Config, out: Path, force: bool = False, log=print) -> Loop:
-    """Load the model in model.path, then claim `out` for this run: the loop, ready to run."""
+def start(cfg: Config, out: AnyPath, force: bool = False, log=print) -> Loop:
+    """Check every host sees `out`, load the model in model.path, then claim `out` for
+    this run: the loop, ready to run."""
     mine = cfg.to_dict()
+    run_dir.check_shared(out)
     engine = build_engine(cfg)
     run_dir.claim(out, mine, force)
     return Loop(cfg, engine, out, log)

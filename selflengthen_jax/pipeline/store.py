@@ -1,10 +1,18 @@
-"""Durable record storage: the pipeline's resume mechanism.
+"""Durable record storage: the pipeline's resume mechanism, on local disk or in a bucket.
 
-Every finished sample is appended (and fsynced) to a JSONL file as soon as it
-exists, and a phase is marked done with an atomically written marker file. After
+On local disk every finished sample is appended (and fsynced) to a JSONL file as soon
+as it exists, and a phase is marked done with an atomically written marker file. After
 a crash the only possible damage is a torn final line, which is dropped; anything
 else unreadable is reported, never silently skipped. A file that is not one of ours
 (lines that are not our records) is refused whole, never cut or appended to.
+
+In a bucket (`gs://`, see `selflengthen_jax.paths`) there is no append and no rename,
+but every object is written whole or not at all. So a store there is a folder
+`<name>.parts/` of immutable batch objects (`000000.jsonl`, `000001.jsonl`, ...), each
+written once with the records appended since the last one (`flush`: every
+`REMOTE_BATCH` records, after `REMOTE_SECONDS`, and when the writer is done); a crash
+loses at most the unflushed batch, which a resumed run regenerates. Markers and whole
+files are single objects.
 """
 
 from __future__ import annotations
@@ -13,12 +21,20 @@ import json
 import os
 import re
 import tempfile
+import time
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Sequence
 
+from selflengthen_jax.paths import AnyPath, is_remote
+from selflengthen_jax.paths import path as as_path
+
 _PHASE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+REMOTE_BATCH = 32      # records per object in a bucket store
+REMOTE_SECONDS = 10.0  # ... or fewer, once this long has passed since the last object
+PARTS = ".parts"
+_PART = re.compile(r"\d{6}\.jsonl")
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -36,9 +52,13 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
+def atomic_write_text(path: str | AnyPath, text: str) -> None:
     """Write `text` so readers see the old file or the new one, never a mix:
-    temp file in the same directory, fsync, rename over, fsync the directory."""
+    temp file in the same directory, fsync, rename over, fsync the directory
+    (in a bucket: one object, which GCS writes whole or not at all)."""
+    if is_remote(path):
+        as_path(path).write_bytes(text.encode("utf-8"))
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -55,7 +75,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     _fsync_dir(path.parent)
 
 
-def atomic_write_json(path: str | Path, obj: Any) -> None:
+def atomic_write_json(path: str | AnyPath, obj: Any) -> None:
     """`atomic_write_text` of `obj` as indented UTF-8 JSON."""
     atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
 
@@ -93,20 +113,51 @@ class JsonlStore:
     naming its line, and the file is left as it was.
     """
 
-    def __init__(self, path: str | Path, *, fsync: bool = True, fields: Sequence[str] = ()) -> None:
-        self.path = Path(path)
+    def __init__(self, path: str | AnyPath, *, fsync: bool = True, fields: Sequence[str] = ()) -> None:
+        self.remote = is_remote(path)
+        self.path = as_path(path)
         self.fsync = fsync
         self.fields = tuple(fields)
         self._records: dict[str, dict] = {}
+        self._pending: list[str] = []  # bucket store: lines not yet in an object
+        self._next_part = 0
+        self._flushed_at = time.monotonic()
+        if self.remote:
+            self._load_parts()
+            return
         if self.path.is_dir():
             raise ValueError(f"{self.path} is a directory; give a file path")
         if self.path.exists():
             self._load()
 
     @classmethod
-    def open(cls, path: str | Path, *, fsync: bool = True, fields: Sequence[str] = ()) -> JsonlStore:
+    def open(cls, path: str | AnyPath, *, fsync: bool = True, fields: Sequence[str] = ()) -> JsonlStore:
         """Open (or prepare to create) the store at `path`."""
         return cls(path, fsync=fsync, fields=fields)
+
+    @property
+    def parts(self) -> AnyPath:
+        """The folder of batch objects of a bucket store."""
+        return self.path.parent / (self.path.name + PARTS)
+
+    def _load_parts(self) -> None:
+        """Every batch object, in order; objects are whole, so any bad line is not ours."""
+        if not self.parts.is_dir():
+            return
+        names = sorted(p.name for p in self.parts.iterdir() if _PART.fullmatch(p.name))
+        for name in names:
+            data = (self.parts / name).read_bytes()
+            for i, raw in enumerate(data.split(b"\n")):
+                if raw.strip():
+                    where = f"{self.parts / name}:{i + 1}"
+                    try:
+                        record = _decode_object(raw, where)
+                    except _Unreadable as error:
+                        raise ValueError(f"{error}; not an object this command wrote, left as it is: "
+                                         "choose another output") from None
+                    self._remember(record, where)
+        if names:
+            self._next_part = int(names[-1][:6]) + 1
 
     def _load(self) -> None:
         data = self.path.read_bytes()
@@ -181,6 +232,12 @@ class JsonlStore:
         line = json.dumps(record, ensure_ascii=False)
         stored = json.loads(line)
         self._remember(stored, f"{self.path}: append")
+        if self.remote:
+            self._pending.append(line)
+            if (len(self._pending) >= REMOTE_BATCH
+                    or time.monotonic() - self._flushed_at >= REMOTE_SECONDS):
+                self.flush()
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "ab") as handle:
@@ -192,24 +249,40 @@ class JsonlStore:
             del self._records[stored["id"]]
             raise
 
+    def flush(self) -> None:
+        """Bucket store: write the records appended since the last object as one new
+        object (a no-op on local disk, where each append is already durable)."""
+        if not self._pending:
+            return
+        lines, self._pending = self._pending, []
+        try:
+            target = self.parts / f"{self._next_part:06d}.jsonl"
+            target.write_bytes("".join(line + "\n" for line in lines).encode("utf-8"))
+        except BaseException:
+            for line in lines:
+                self._records.pop(json.loads(line)["id"], None)
+            raise
+        self._next_part += 1
+        self._flushed_at = time.monotonic()
 
-def _marker_path(directory: str | Path, phase: str) -> Path:
+
+def _marker_path(directory: str | AnyPath, phase: str) -> AnyPath:
     if not _PHASE.fullmatch(phase):
         raise ValueError(f"phase name {phase!r} must be letters, digits, '_', '.', '-'")
-    return Path(directory) / f"{phase}.done"
+    return as_path(directory) / f"{phase}.done"
 
 
-def mark_done(directory: str | Path, phase: str, info: dict) -> None:
+def mark_done(directory: str | AnyPath, phase: str, info: dict) -> None:
     """Atomically record that `phase` finished, with `info` (counts, settings)."""
     atomic_write_json(_marker_path(directory, phase), info)
 
 
-def is_done(directory: str | Path, phase: str) -> bool:
+def is_done(directory: str | AnyPath, phase: str) -> bool:
     """Whether `mark_done` was called for `phase` in `directory`."""
     return _marker_path(directory, phase).is_file()
 
 
-def read_marker(directory: str | Path, phase: str) -> dict | None:
+def read_marker(directory: str | AnyPath, phase: str) -> dict | None:
     """The info saved by `mark_done`, or None when the phase is not done."""
     path = _marker_path(directory, phase)
     if not path.is_file():
@@ -217,11 +290,11 @@ def read_marker(directory: str | Path, phase: str) -> dict | None:
     return _decode_object(path.read_bytes().strip(), str(path))
 
 
-def read_jsonl(path: str | Path, required_fields: Iterable[str] = ()) -> list[dict]:
+def read_jsonl(path: str | AnyPath, required_fields: Iterable[str] = ()) -> list[dict]:
     """Strictly read a user-supplied JSONL file: every non-empty line must be a
     JSON object holding `required_fields`. Problems raise ValueError with the path
     and 1-based line number, before any work is done on the records."""
-    path = Path(path)
+    path = as_path(path)
     if not path.is_file():
         raise ValueError(f"{path}: file not found")
     data = path.read_bytes()

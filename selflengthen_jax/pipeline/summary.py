@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import io
 
 import numpy as np
 
 from selflengthen_jax.metrics.tensorboard import Board
+from selflengthen_jax.paths import AnyPath, is_remote
+from selflengthen_jax.paths import path as as_path
 from selflengthen_jax.pipeline.store import read_jsonl, read_marker
 
 PHASES = ("instructions", "initial", "extended")
@@ -20,7 +22,7 @@ def _words(records: list[dict]) -> dict[str, float]:
             "median": float(np.median(w)), "p90": float(np.percentile(w, 90))}
 
 
-def iteration_summary(k: int, d: Path) -> dict:
+def iteration_summary(k: int, d: AnyPath) -> dict:
     """Read one finished iteration's markers and files into a summary entry."""
     entry: dict = {"iteration": k, "phases": {}}
     for name in PHASES:
@@ -76,7 +78,7 @@ def growth_line(summaries: list[dict]) -> str:
             f"(iteration {summaries[0]['iteration']} → {summaries[-1]['iteration']})")
 
 
-def plot_lengths(out: Path, summaries: list[dict], path: Path) -> Path:
+def plot_lengths(out: AnyPath, summaries: list[dict], path: AnyPath) -> AnyPath:
     """Histograms of initial and extended lengths per iteration."""
     import matplotlib
     matplotlib.use("Agg")
@@ -85,7 +87,7 @@ def plot_lengths(out: Path, summaries: list[dict], path: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, name in zip(axes, ("initial", "extended")):
         for s in summaries:
-            recs = read_jsonl(out / f"iter_{s['iteration']}" / f"{name}.jsonl")
+            recs = read_jsonl(as_path(out) / f"iter_{s['iteration']}" / f"{name}.jsonl")
             if recs:
                 ax.hist([r["words"] for r in recs], bins=20, alpha=0.5, label=f"iter {s['iteration']}")
         ax.set_title(f"{name} responses")
@@ -93,7 +95,12 @@ def plot_lengths(out: Path, summaries: list[dict], path: Path) -> Path:
         ax.legend()
     axes[0].set_ylabel("count")
     fig.tight_layout()
-    fig.savefig(path)
+    if is_remote(path):  # one object, written whole
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png")
+        as_path(path).write_bytes(buffer.getvalue())
+    else:
+        fig.savefig(path)
     plt.close(fig)
     return path
 
@@ -115,7 +122,7 @@ def phase_metrics(entry: dict) -> dict[str, dict[str, float]]:
     return out
 
 
-def global_step(out: Path, k: int, role: str | None, roles: tuple[str, ...]) -> int:
+def global_step(out: AnyPath, k: int, role: str | None, roles: tuple[str, ...]) -> int:
     """The run's TensorBoard step where iteration k's training of `role` (a short name,
     trained in the order of `roles`) begins, or with role None where iteration k's
     training begins: the optimizer steps of every training before it, as their
@@ -125,7 +132,7 @@ def global_step(out: Path, k: int, role: str | None, roles: tuple[str, ...]) -> 
     return sum((read_marker(out / f"iter_{j}", f"train_{r}") or {}).get("steps", 0) for j, r in before)
 
 
-def board_iteration(board: Board, d: Path, entry: dict, step: int) -> None:
+def board_iteration(board: Board, d: AnyPath, entry: dict, step: int) -> None:
     """One iteration's generation metrics (`generation/<phase>/...`) and word-count
     histograms (`lengths/<phase>_words`) at `step`, plus `progress/iteration`."""
     board.scalars("progress", {"iteration": entry["iteration"]}, step)

@@ -14,6 +14,7 @@ import hashlib
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+from selflengthen_jax.paths import path as as_path
 from selflengthen_jax.pipeline.store import JsonlStore, read_jsonl
 from selflengthen_jax.sampling.engine import Engine
 from selflengthen_jax.sampling.request import Completion, Request, SamplingParams
@@ -36,7 +37,7 @@ class PromptItem:
 def numbered_records(path: str | Path) -> list[tuple[str, int, dict]]:
     """(`file:line`, line, record) for every non-empty line, via the strict reader."""
     records = read_jsonl(path)
-    data = Path(path).read_bytes().removeprefix(b"\xef\xbb\xbf")
+    data = as_path(path).read_bytes().removeprefix(b"\xef\xbb\xbf")
     lines = [n for n, raw in enumerate(data.split(b"\n"), start=1) if raw.strip()]
     return [(f"{path}:{line}", line, record) for line, record in zip(lines, records)]
 

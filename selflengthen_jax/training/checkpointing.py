@@ -9,6 +9,10 @@ A step checkpoint holds the train state (trainable weights, optimizer state, ste
 the data position. Saves are asynchronous; a step only counts once Orbax has written
 its commit marker (`commit_success.txt`) as the last act of the save, so a save killed
 half-way is invisible to `restore_latest` and the previous checkpoint is used.
+
+Directories may be local or `gs://` (see `selflengthen_jax.paths`); in a bucket, where
+there is no rename, an adapter directory counts as finished once its
+adapter_config.json, written last, exists.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from selflengthen_jax import faults
 from selflengthen_jax.checkpoint.peft_adapter import (PEFT_CONFIG, PEFT_WRITES, peft_config, peft_tensors,
                                                       write_peft)
 from selflengthen_jax.outputs import fresh_partial, replace_dir
+from selflengthen_jax.paths import AnyPath, is_remote
+from selflengthen_jax.paths import path as as_path
 from selflengthen_jax.training.data import DataPosition
 from selflengthen_jax.training.step import TrainState
 
@@ -35,7 +41,11 @@ LEGACY_META = PEFT_CONFIG  # where adapters written before the PEFT files kept o
 ADAPTER_WRITES = (f"{ADAPTER_WEIGHTS}*", ADAPTER_META, *PEFT_WRITES)  # all `save_adapter` writes
 
 
-def open_manager(directory: str | Path, keep: int) -> ocp.CheckpointManager:
+def _absolute(p: str | AnyPath) -> AnyPath:
+    return as_path(p) if is_remote(p) else Path(p).absolute()
+
+
+def open_manager(directory: str | AnyPath, keep: int) -> ocp.CheckpointManager:
     """A manager that keeps the newest `keep` checkpoints and trusts only committed ones.
 
     The trainer decides when to save (every `save_every` steps and at the end).
@@ -43,7 +53,7 @@ def open_manager(directory: str | Path, keep: int) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True,
         temporary_path_class=ocp.path.atomicity.CommitFileTemporaryPath)
-    return ocp.CheckpointManager(Path(directory).absolute(), options=options,
+    return ocp.CheckpointManager(_absolute(directory), options=options,
                                  item_names=("state", "data"))
 
 
@@ -71,9 +81,11 @@ def restore_latest(manager: ocp.CheckpointManager, like: TrainState,
     return TrainState(*restored["state"]), DataPosition.from_dict(restored["data"])
 
 
-def save_adapter(path: str | Path, adapters: Any, meta: dict[str, Any]) -> Path:
+def save_adapter(path: str | AnyPath, adapters: Any, meta: dict[str, Any]) -> AnyPath:
     """Write `weights/` (Orbax), our metadata and the PEFT files; the directory appears
     complete or not at all. `meta` needs rank, alpha and base_model (dropout optional)."""
+    if is_remote(path):
+        return _save_adapter_in_bucket(as_path(path), adapters, meta)
     out = Path(path).absolute()
     peft = peft_tensors(adapters)
     tmp = out.with_name(out.name + ".partial")
@@ -85,17 +97,38 @@ def save_adapter(path: str | Path, adapters: Any, meta: dict[str, Any]) -> Path:
         ckpt.wait_until_finished()
     if jax.process_index() == 0:
         (tmp / ADAPTER_META).write_text(json.dumps(meta, indent=2, sort_keys=True))
-        write_peft(tmp, peft, peft_config(int(meta["rank"]), meta["alpha"], list(adapters),
-                                          str(meta.get("base_model") or ""), meta.get("dropout", 0.0)))
+        write_peft(tmp, peft, _peft_config(meta, adapters))
         replace_dir(tmp, out, ADAPTER_WRITES)
     multihost_utils.sync_global_devices(f"save_adapter:{out}")
     return out
 
 
-def read_adapter_meta(path: str | Path) -> dict[str, Any]:
+def _peft_config(meta: dict[str, Any], adapters: Any) -> dict[str, Any]:
+    return peft_config(int(meta["rank"]), meta["alpha"], list(adapters), str(meta.get("base_model") or ""),
+                       meta.get("dropout", 0.0))
+
+
+def _save_adapter_in_bucket(out: AnyPath, adapters: Any, meta: dict[str, Any]) -> AnyPath:
+    """No rename in a bucket: clear what a killed save left, write the weights, then the
+    metadata last; `read_adapter_meta` refuses a directory without it."""
+    if jax.process_index() == 0 and out.exists():
+        out.rmtree()
+    multihost_utils.sync_global_devices(f"save_adapter:{out}:clear")
+    with ocp.StandardCheckpointer() as ckpt:
+        ckpt.save(out / ADAPTER_WEIGHTS, adapters)
+        ckpt.wait_until_finished()
+    peft = peft_tensors(adapters)
+    if jax.process_index() == 0:
+        write_peft(out, peft, _peft_config(meta, adapters))
+        (out / ADAPTER_META).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    multihost_utils.sync_global_devices(f"save_adapter:{out}")
+    return out
+
+
+def read_adapter_meta(path: str | AnyPath) -> dict[str, Any]:
     """Our metadata of an adapter directory: `selflengthen_adapter.json`, or for an adapter
     written before the PEFT files, our schema under the name `adapter_config.json`."""
-    d = Path(path)
+    d = as_path(path)
     if (d / ADAPTER_META).is_file():
         return json.loads((d / ADAPTER_META).read_text(encoding="utf-8"))
     if (d / LEGACY_META).is_file():
@@ -107,7 +140,7 @@ def read_adapter_meta(path: str | Path) -> dict[str, Any]:
     raise FileNotFoundError(f"{path} is not an adapter directory (no {ADAPTER_META})")
 
 
-def load_adapter(path: str | Path, shardings: Any = None) -> tuple[Any, dict[str, Any]]:
+def load_adapter(path: str | AnyPath, shardings: Any = None) -> tuple[Any, dict[str, Any]]:
     """(adapters, meta) from `save_adapter`'s directory.
 
     Placed on `shardings` if given, else on this process's first device, so loading
@@ -115,7 +148,7 @@ def load_adapter(path: str | Path, shardings: Any = None) -> tuple[Any, dict[str
     """
     meta = read_adapter_meta(path)
     with ocp.StandardCheckpointer() as ckpt:
-        weights = Path(path).absolute() / ADAPTER_WEIGHTS
+        weights = _absolute(path) / ADAPTER_WEIGHTS
         like = ckpt.metadata(weights).item_metadata.tree
         if shardings is None:
             device = SingleDeviceSharding(jax.local_devices()[0])

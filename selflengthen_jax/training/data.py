@@ -22,6 +22,7 @@ import numpy as np
 import transformers
 
 from selflengthen_jax.checkpoint.tokenizer import chat_prompt, encode
+from selflengthen_jax.paths import path as as_path
 
 SMALLEST_BUCKET = 128
 WINDOW_STEPS = 16  # examples are sorted by length within windows of this many steps
@@ -84,7 +85,7 @@ class Layout:
 def read_records(path: str | Path) -> list[dict[str, Any]]:
     """JSON Lines (one record per line) or a JSON list of records, every record checked
     (`check_record`) so a bad one fails naming its file and line before any weight loads."""
-    p = Path(path)
+    p = as_path(path)
     if not p.is_file():
         raise DataError(f"training data file {p} does not exist")
     try:

@@ -4,7 +4,10 @@
 loop, which keeps the base model loaded across roles and iterations: the base params
 are never modified or donated. A run resumes from the newest committed checkpoint in
 `out_dir` and, on CPU, ends bitwise where an uninterrupted run would. A non-finite loss
-or gradient stops the run before anything from that step is saved.
+or gradient stops the run before anything from that step is saved. SIGTERM (a
+preemption notice, raised as an exception by the launcher's handler) or Ctrl-C during
+the steps saves the last finished step at once (an emergency checkpoint, as MaxText
+does), so the restart loses no step. Output directories may be local or `gs://`.
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ from selflengthen_jax.metrics.tensorboard import TB_DIR, Board, TrainingCurve
 from selflengthen_jax.models.config import ModelConfig
 from selflengthen_jax.models.lora import adapter_shapes, init_lora, lora_logical_axes, lora_rank
 from selflengthen_jax.models.transformer import PROJECTIONS, Params, abstract_model, logical_axes
+from selflengthen_jax.parallel.placement import onto
+from selflengthen_jax.paths import AnyPath, is_remote
+from selflengthen_jax.paths import path as as_path
 from selflengthen_jax.parallel.rules import Rules, strategy_rules, tree_shardings
 from selflengthen_jax.training import checkpointing
 from selflengthen_jax.training.data import (Batch, DataPosition, Example, Layout, SFTData,
@@ -68,10 +74,14 @@ class MetricsLog:
     board across runs, as the loop does; else to OUT/tensorboard as `train/<role>/...`.
     """
 
-    def __init__(self, out_dir: Path, every: int, enabled: bool, curve: TrainingCurve):
+    def __init__(self, out_dir: AnyPath, every: int, enabled: bool, curve: TrainingCurve):
         self.every, self.enabled, self.curve = every, enabled, curve
         self.path = out_dir / "metrics.jsonl"
         self.window: list[tuple[dict[str, float], float]] = []
+        # a bucket has no append: the (small) file is rewritten whole, as one object
+        self.remote = is_remote(self.path)
+        self.text = self.path.read_text(encoding="utf-8") if self.remote and enabled \
+            and self.path.exists() else ""
 
     def record(self, step: int, metrics: dict[str, Any], seconds: float, epoch: int,
                last: bool) -> None:
@@ -87,13 +97,17 @@ class MetricsLog:
         self.window = []
         if not self.enabled:
             return
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+        if self.remote:
+            self.text += json.dumps(row) + "\n"
+            self.path.write_text(self.text, encoding="utf-8")
+        else:
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
         self.curve.board.scalars(self.curve.prefix, {k: v for k, v in row.items() if k != "step"},
                                  self.curve.offset + step)
 
 
-def check_finite(metrics: dict[str, Any], step: int, ckpt_dir: Path, last_saved: int | None) -> None:
+def check_finite(metrics: dict[str, Any], step: int, ckpt_dir: AnyPath, last_saved: int | None) -> None:
     for key in ("loss", "grad_norm"):
         if not np.isfinite(metrics[key]):
             kept = f"step {last_saved}" if last_saved is not None else "none yet"
@@ -101,8 +115,8 @@ def check_finite(metrics: dict[str, Any], step: int, ckpt_dir: Path, last_saved:
                                 f"last good checkpoint in {ckpt_dir}: {kept}")
 
 
-def _save_artifact(cfg: Config, role: str, out_dir: Path, trainable: Any, model_cfg: ModelConfig,
-                   steps: int) -> Path:
+def _save_artifact(cfg: Config, role: str, out_dir: AnyPath, trainable: Any, model_cfg: ModelConfig,
+                   steps: int) -> AnyPath:
     if cfg.train.mode == "full":
         tok_dir = cfg.model.path if cfg.model.path and Path(cfg.model.path).is_dir() else None
         return save_params(out_dir / "model", trainable, model_cfg, tok_dir)
@@ -192,48 +206,70 @@ def prepare(cfg: Config, examples: list[Example], base_params: Params, model_cfg
     parts = build_step(cfg, model_cfg, mesh, total, init_adapters)
     lora = tc.mode == "lora"
     source = init_adapters if lora else base_params
+    if source is not None and jax.process_count() > 1:  # the loaded adapters are per host
+        source = onto(source, parts.shardings.trainable)
     return Run(data, total, parts.step_fn, parts.shardings, parts.batch_shardings,
-               jax.device_put(base_params, parts.base_shardings) if lora else None,
+               onto(base_params, parts.base_shardings) if lora else None,
                lambda: parts.fresh_fn(source), parts.abstract)
 
 
-def run_steps(run: Run, state: TrainState, pos: DataPosition, out: Path, manager: Any,
+def run_steps(run: Run, state: TrainState, pos: DataPosition, out: AnyPath, manager: Any,
               cfg: Config, role: str, restored: bool, curve: TrainingCurve) -> TrainState:
     """Steps from state.step to run.total: log, check, save every `save_every` and at the end."""
-    tc, ckpt_dir, start = cfg.train, Path(manager.directory), int(state.step)
+    tc, ckpt_dir, start = cfg.train, manager.directory, int(state.step)
     last_saved = start if restored else None
     log = MetricsLog(out, tc.log_every, jax.process_index() == 0, curve)
     bar = tqdm(total=run.total, initial=start, desc=f"train {role}", disable=jax.process_index() != 0)
+    done = (state, pos)  # the last finished step and its data position, always stored together
     try:
         host_batch = run.data.batch(pos)
         for step in range(start + 1, run.total + 1):
             t0 = time.perf_counter()
             batch = to_device(host_batch, run.batch_shardings, run.data.layout)
-            state, metrics = run.step_fn(state, run.base, batch)
+            new_state, metrics = run.step_fn(done[0], run.base, batch)
             faults.checkpoint("train_step")
-            epoch, pos = pos.epoch, run.data.next(pos)
+            epoch, next_pos = done[1].epoch, run.data.next(done[1])
             if step < run.total:
-                host_batch = run.data.batch(pos)  # built while the device runs the step
+                host_batch = run.data.batch(next_pos)  # built while the device runs the step
             metrics = jax.device_get(metrics)
             profile.tick("train")
             check_finite(metrics, step, ckpt_dir, last_saved)
+            done = (new_state, next_pos)  # one store: a signal lands before it or after it
             log.record(step, metrics, time.perf_counter() - t0, epoch, step == run.total)
             bar.update(1)
             bar.set_postfix(loss=f"{float(metrics['loss']):.4f}")
             if step % tc.save_every == 0 or step == run.total:
-                checkpointing.save(manager, state, pos)
+                checkpointing.save(manager, *done)
                 last_saved = step
+    except (KeyboardInterrupt, RuntimeError) as stop:
+        if isinstance(stop, TrainingError):
+            raise
+        emergency_save(manager, *done, last_saved)
+        raise
     finally:
         manager.wait_until_finished()
         bar.close()
-    return state
+    return done[0]
 
 
-def train(cfg: Config, role: str, data_path: str | Path, out_dir: str | Path,
+def emergency_save(manager: Any, state: TrainState, pos: DataPosition, last_saved: int | None) -> None:
+    """Stopped between steps (SIGTERM, Ctrl-C, a failing device): keep the last finished
+    step unless it is already saved. On several processes every one must take part, so
+    this runs only where the stop reached a single process's run."""
+    step = int(state.step)
+    if step == 0 or step == last_saved or jax.process_count() > 1:
+        return
+    manager.wait_until_finished()
+    checkpointing.save(manager, state, pos)
+    manager.wait_until_finished()
+    print(f"emergency checkpoint: step {step} saved in {manager.directory}", flush=True)
+
+
+def train(cfg: Config, role: str, data_path: str | AnyPath, out_dir: str | AnyPath,
           base_params: Params, model_cfg: ModelConfig,
           tokenizer: transformers.PreTrainedTokenizerBase, mesh: Mesh,
           init_adapters: Any = None, claim: Callable[[], Any] | None = None,
-          curve: TrainingCurve | None = None) -> Path:
+          curve: TrainingCurve | None = None) -> AnyPath:
     """Train `role` on the records in `data_path`; return the artifact's directory.
 
     The artifact is `out_dir/adapter` (LoRA: Orbax weights + our metadata, and the same
@@ -245,7 +281,7 @@ def train(cfg: Config, role: str, data_path: str | Path, out_dir: str | Path,
     places the TensorBoard curves in a shared board (default: `out_dir/tensorboard`,
     tags `train/<role>/...`); its `steps` is set to the run's total steps.
     """
-    out = Path(out_dir)
+    out = as_path(out_dir)
     examples = encode_dataset(read_records(data_path), tokenizer, cfg.train.cutoff_len)
     run = prepare(cfg, examples, base_params, model_cfg, mesh, init_adapters)
     if claim is not None:

@@ -176,3 +176,44 @@ def test_curves_go_to_a_shared_board_on_one_global_step(tiny, config, records, w
     assert not (tmp_path / "g" / "tensorboard").exists()
     run(cfg, tiny, data, tmp_path / "alone", one_device)
     assert [s for s, _ in scalars(tmp_path / "alone" / "tensorboard")["train/generator/loss"]] == [1, 2, 3]
+
+
+def sigterm_at(monkeypatch, call: int):
+    """Deliver a real SIGTERM (a preemption notice) to this process as step `call` starts."""
+    import os
+    import signal
+    real = trainer.make_train_step
+
+    def patched(*args, **kwargs):
+        step, count = real(*args, **kwargs), [0]
+
+        def preempted_at(*a):
+            count[0] += 1
+            if count[0] == call:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return step(*a)
+        return preempted_at
+    monkeypatch.setattr(trainer, "make_train_step", patched)
+
+
+def test_sigterm_saves_an_emergency_step_and_the_restart_resumes_from_it(
+        tiny, config, records, write_jsonl, tmp_path, one_device, monkeypatch, capsys):
+    from selflengthen_jax.pipeline.signals import Preempted, stoppable
+    data, cfg = checkpointed_run(config, records, write_jsonl, tmp_path)
+    straight = run(cfg, tiny, data, tmp_path / "straight", one_device)
+
+    sigterm_at(monkeypatch, 4)  # steps 1-3 done, 2 saved periodically
+    with pytest.raises(Preempted), stoppable():
+        run(cfg, tiny, data, tmp_path / "resumed", one_device)
+    monkeypatch.undo()
+    assert "emergency checkpoint: step 3 saved" in capsys.readouterr().out
+    manager = open_manager(tmp_path / "resumed" / "checkpoints", keep=2)
+    assert manager.all_steps() == [2, 3]
+    manager.close()
+    resumed = run(cfg, tiny, data, tmp_path / "resumed", one_device)
+
+    steps = [m["step"] for m in metrics(tmp_path / "resumed")]
+    assert steps == [1, 2, 3, 4, 5, 6]  # resumed from the emergency step: none ran twice
+    a = orbax_params.load_params(straight, tiny.cfg)
+    b = orbax_params.load_params(resumed, tiny.cfg)
+    jax.tree.map(np.testing.assert_array_equal, a, b)

@@ -1,0 +1,35 @@
+"""The processes of a multi-host run, as the pipeline sees them: who am I, wait for all.
+
+Every process runs the same deterministic loop; they meet at named barriers where one
+process's writes must be visible to all before anyone reads on. With one process every
+function here is free (no collective, nothing to wait for).
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+
+def index() -> int:
+    return jax.process_index()
+
+
+def count() -> int:
+    return jax.process_count()
+
+
+def barrier(name: str) -> None:
+    """Every process reaches `name` before any goes on (same names in the same order)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
+
+
+def gather(value: int) -> list[int]:
+    """`value` of every process, in process order (so all of them decide alike)."""
+    if jax.process_count() == 1:
+        return [int(value)]
+    from jax.experimental import multihost_utils
+    got = multihost_utils.process_allgather(np.array([int(value)], np.int64))
+    return [int(x) for x in np.asarray(got).reshape(-1)]
