@@ -92,19 +92,21 @@ def test_orbax_steps_and_adapters_round_trip_through_the_bucket(gcs_dir):
     assert int(restored.step) == 3
     np.testing.assert_array_equal(restored.trainable["w"], np.arange(4.0))
 
-    adapter = {"q": {"a": jnp.ones((2, 3))}}
+    adapter = {"wq": {"a": jnp.ones((2, 1, 4, 2)), "b": jnp.zeros((2, 1, 2, 4))}}  # [layers, 1, in/r, r/out]
     out = checkpointing.save_adapter(f"{gcs_dir}/adapter", adapter, {"rank": 2, "alpha": 4})
     assert str(out) == f"{gcs_dir}/adapter"
     params, meta = checkpointing.load_adapter(out)
     assert meta == {"rank": 2, "alpha": 4}
-    np.testing.assert_array_equal(params["q"]["a"], np.ones((2, 3)))
+    np.testing.assert_array_equal(params["wq"]["a"], np.ones((2, 1, 4, 2)))
+    assert {p.name for p in out.iterdir()} >= {"adapter_config.json", "adapter_model.safetensors"}  # PEFT's too
 
 
 def test_an_adapter_without_its_config_is_not_finished(gcs_dir):
     from selflengthen_jax.training import checkpointing
-    out = checkpointing.save_adapter(f"{gcs_dir}/ad", {"q": jnp.ones(2)}, {"rank": 1, "alpha": 1})
-    (out / checkpointing.ADAPTER_META).unlink()  # as if killed before the config was written
-    with pytest.raises(FileNotFoundError, match="not an adapter directory"):
+    adapter = {"wq": {"a": jnp.ones((1, 1, 4, 1)), "b": jnp.zeros((1, 1, 1, 4))}}
+    out = checkpointing.save_adapter(f"{gcs_dir}/ad", adapter, {"rank": 1, "alpha": 1})
+    (out / checkpointing.ADAPTER_META).unlink()  # as if killed before our metadata was written
+    with pytest.raises(FileNotFoundError, match="no selflengthen_adapter.json"):
         checkpointing.load_adapter(out)
 
 
