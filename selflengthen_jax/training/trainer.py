@@ -145,8 +145,6 @@ def _trainable_shapes(cfg: Config, model_cfg: ModelConfig, init_adapters: Any) -
     """(shapes of what the trainable state starts from, its logical axes)."""
     if cfg.train.mode == "full":
         return nnx.state(abstract_model(model_cfg), nnx.Param).to_pure_dict(), logical_axes(model_cfg)
-    if cfg.train.lora.dropout > 0:
-        raise TrainingError("train.lora.dropout > 0 is not supported; set it to 0")
     shapes = (jax.eval_shape(lambda: init_adapters) if init_adapters is not None
               else adapter_shapes(model_cfg, cfg.train.lora.rank))
     return shapes, lora_logical_axes(tuple(shapes))
