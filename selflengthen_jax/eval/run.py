@@ -31,7 +31,7 @@ from selflengthen_jax.eval.plot import plot_lengths
 from selflengthen_jax.eval.scores import markdown_table, report_json, score_records
 from selflengthen_jax.pipeline.store import JsonlStore, atomic_write_json, atomic_write_text
 from selflengthen_jax.pipeline.text import LANGUAGES
-from selflengthen_jax.sampling.batch import (
+from selflengthen_jax.pipeline.prompt_file import (
     OUTPUT_FIELDS,
     PromptItem,
     check_prompt_lengths,

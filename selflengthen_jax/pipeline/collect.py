@@ -18,8 +18,8 @@ import re
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from selflengthen_jax.pipeline.prompt_file import numbered_records
 from selflengthen_jax.pipeline.store import atomic_write_text
-from selflengthen_jax.sampling.batch import numbered_records
 
 SOURCES: tuple[str, ...] = ("initial", "extended")
 EXTRA_DIR = "collect"
