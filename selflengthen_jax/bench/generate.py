@@ -46,9 +46,8 @@ from selflengthen_jax.config import EngineSection, MeshSection
 from selflengthen_jax.models.config import ModelConfig
 from selflengthen_jax.models.transformer import Params, init_params, lm_head
 from selflengthen_jax.parallel.mesh import make_mesh
-from selflengthen_jax.parallel.placement import put, replicated, to_host
+from selflengthen_jax.parallel.placement import to_host
 from selflengthen_jax.parallel.rules import strategy_rules
-from selflengthen_jax.sampling import decode_state as ds
 from selflengthen_jax.sampling.engine import Engine
 from selflengthen_jax.sampling.request import Completion, Request, SamplingParams
 from selflengthen_jax.sampling.sampler import RowParams
@@ -484,27 +483,24 @@ def position_curve(engine: Engine, spec: BenchSpec, bandwidth: float) -> dict:
     decoded to get there; attention cost depends on the position, not the cache contents.
     """
     cfg, b, steps = engine.cfg, engine.section.slots, spec.depth_steps
-    probe = requests(["w0"], [steps])
-    fn = engine._fn("decode", engine._k_cap(probe))   # noqa: SLF001 - the kernel generate() uses
-    rep = replicated(engine.mesh)
-    sh = engine._state_shardings()                      # noqa: SLF001
-    state = jax.device_put(ds.empty_state(cfg, b, engine.cache_len, engine.cache_dtype), sh)
+    k_cap = engine.k_cap(requests(["w0"], [steps]))
+    sh = engine.state_shardings()
+    state = engine.empty_state()
     keys = np.stack([np.asarray(jax.random.key_data(jax.random.PRNGKey(i))) for i in range(b)])
     fixed = dict(
         last_token=np.arange(b, dtype=np.int32) % cfg.vocab_size, n_gen=np.ones(b, np.int32),
-        max_new=np.full(b, engine.cache_len, np.int32), done=np.zeros(b, bool),
-        keys=keys.astype(np.uint32), adapter=np.zeros(b, np.int32),
+        max_new=np.full(b, engine.cache_len, np.int32), finish=np.zeros(b, np.int32),
+        keys=keys.astype(np.uint32), adapter=np.zeros(b, np.int32), chat=np.zeros(b, bool),
         sampling=RowParams(np.full(b, REFERENCE["temperature"], np.float32),
                            np.full(b, REFERENCE["top_k"], np.int32),
                            np.full(b, REFERENCE["top_p"], np.float32),
                            np.full(b, REFERENCE["repetition_penalty"], np.float32), np.zeros(b, bool)))
-    n_steps, no_exit = put(np.int32(steps), rep), put(np.bool_(False), rep)
 
     def chunk(depth: int):
         nonlocal state
         fresh = {k: jax.device_put(v, getattr(sh, k)) for k, v in fixed.items()}  # donated below
         state = state._replace(pos=jax.device_put(np.full(b, depth, np.int32), sh.pos), **fresh)
-        state, toks = fn(engine.params, engine.lora, state, engine._eos, n_steps, no_exit)
+        state, toks, _ = engine.decode(state, steps, False, k_cap)
         made = int((to_host(toks) >= 0).sum())
         if made != b * steps:
             raise RuntimeError(f"decode at depth {depth} made {made} tokens, expected {b * steps}")

@@ -1,17 +1,21 @@
-"""The generation engine: continuous batching over fixed decode slots.
+"""The generation engine: one loaded model, its adapters, and the public kernel API.
 
-Callers submit `Request`s and get `Completion`s back in input order (see request.py);
-slots, caches and devices stay in here. When a slot's sequence ends (EOS, a stop string
-or its length limit) the next pending prompt is prefilled into that slot while the
-other slots keep decoding. `mode="static"` refills only when every slot is free: the
-baseline that continuous batching is measured against.
+Callers submit `Request`s to `generate` and get `Completion`s back in input order (see
+request.py); slots, caches and devices stay in here and in the scheduler. The public
+methods are the seam that the scheduler, the benchmarks and the rehearsal all use:
+
+* `empty_state()`: every slot free, made inside jit with the state's shardings;
+* `prefill(state, rows, k_cap)`: JetStream's prefill + insert (new prompts into slots);
+* `decode(state, steps, exit_on_finish, k_cap)`: one chunk of decode steps;
+* `score(...)` / `loglikelihood(...)`: continuation log-probs, batched on device;
+* `kernel(kind, k_cap)`: the jitted function behind each, for AOT lowering.
+
+Which requests run and when (continuous batching) is `scheduler.py`'s business.
 """
 
 from __future__ import annotations
 
 import collections
-import dataclasses
-import time
 from functools import partial
 from typing import Any, Callable, Sequence
 
@@ -19,38 +23,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
-from tqdm import tqdm
 
 from selflengthen_jax.checkpoint.loader import LoadedModel, param_shardings, per_layer_shardings
-from selflengthen_jax.checkpoint.tokenizer import chat_prompt
+from selflengthen_jax.checkpoint.tokenizer import chat_prompt, end_of_turn_ids
 from selflengthen_jax.config import EngineSection
-from selflengthen_jax.models.transformer import CACHE_BLOCK, K_CACHE_AXES, V_CACHE_AXES, forward, per_layer
-from selflengthen_jax.parallel.placement import put, put_tree, replicated, to_host
+from selflengthen_jax.models.transformer import CACHE_BLOCK, K_CACHE_AXES, V_CACHE_AXES, per_layer
+from selflengthen_jax.parallel.placement import put, replicated, to_host
 from selflengthen_jax.parallel.rules import Rules, named
-from selflengthen_jax.sampling import decode_state as ds
-from selflengthen_jax.sampling.request import Completion, FinishReason, Request
+from selflengthen_jax.sampling import kernels
+from selflengthen_jax.sampling.request import Completion, Request
 from selflengthen_jax.sampling.sampler import RowParams
-from selflengthen_jax.sampling.stops import first_stop
-
-CHAT_END_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|endoftext|>", "<|end_of_text|>", "<|eom_id|>")
-STOP_WINDOW = 16  # tokens re-decoded before a chunk's new ones when looking for stops
+from selflengthen_jax.sampling.scheduler import Scheduler, admit, bucket
 
 
-@dataclasses.dataclass
-class _Slot:
-    index: int           # position of the request in the caller's list
-    request: Request
-    prompt_len: int
-    max_new: int
-    tokens: list[int] = dataclasses.field(default_factory=list)
-    checked: int = 0     # tokens already searched for stop strings
-
-
-def _bucket(n: int, cap: int, floor: int = 16) -> int:
-    b = floor
-    while b < n:
-        b *= 2
-    return min(b, cap)
+def _padded_ids(ids: Sequence[int]) -> np.ndarray:
+    return np.asarray(list(ids) or [-1], np.int32)
 
 
 class Engine:
@@ -65,10 +52,13 @@ class Engine:
         self.cache_len = -(-room // CACHE_BLOCK) * CACHE_BLOCK  # whole blocks for cached attention
         self.cache_dtype = jnp.dtype(cache_dtype or model.cfg.compute_dtype)
         self.attention_impl = attention_impl
-        vocab = self.tok.get_vocab()
-        end_ids = {vocab[t] for t in CHAT_END_TOKENS if t in vocab}
-        self.eos_ids = sorted(set(model.eos_ids) | end_ids)
-        self._eos = put(np.asarray(self.eos_ids or [-1], np.int32), replicated(mesh))
+        # What ends a row: the checkpoint's own EOS ids for every request, and the chat
+        # template's end-of-turn token for chat requests (as transformers and vLLM stop).
+        self.eos_ids = sorted(model.eos_ids)
+        self.turn_ids = [t for t in end_of_turn_ids(self.tok) if t not in self.eos_ids]
+        self._turn_text = [self.tok.convert_ids_to_tokens(t) for t in self.turn_ids]
+        rep = replicated(mesh)
+        self.ends = kernels.Ends(put(_padded_ids(self.eos_ids), rep), put(_padded_ids(self.turn_ids), rep))
         self.params, self.param_shardings = self._weights()
         self.adapter_names: dict[str, int] = {"base": 0}
         self.lora: Any = None
@@ -100,47 +90,114 @@ class Engine:
         """Register LoRA adapters by name (e.g. generator, extender): one base in memory.
 
         Adapters are stacked with the zero adapter at index 0 ("base"); a request picks
-        one by name and rows of different adapters share a batch.
+        one by name and rows of different adapters share a batch. They are stored in the
+        compute dtype and passed to the kernels as arguments, so new adapters of the same
+        count and rank (every iteration after the first) reuse the compiled kernels.
         """
         from selflengthen_jax.models.lora import stack_adapters
 
         names = list(adapters)
         self.adapter_names = {"base": 0, **{n: i + 1 for i, n in enumerate(names)}}
-        self.lora = None if not names else jax.device_put(
-            stack_adapters([adapters[n] for n in names]), replicated(self.mesh))
-        self._compiled.clear()
+        if not names:
+            self.lora = None
+            return
+        dtype = jnp.dtype(self.cfg.compute_dtype)
+        stacked = jax.tree.map(lambda x: x.astype(dtype), stack_adapters([adapters[n] for n in names]))
+        self.lora = jax.device_put(stacked, replicated(self.mesh))
 
-    # -- shardings --------------------------------------------------------------------------
-    def _state_shardings(self) -> ds.SlotState:
+    def adapter_index(self, name: str) -> int:
+        return self.adapter_names[name]
+
+    # -- shardings and state ----------------------------------------------------------------
+    def state_shardings(self) -> kernels.SlotState:
+        """The NamedSharding of every leaf of the slot state."""
         b, v = self.section.slots, self.cfg.vocab_size
         n = partial(named, self.mesh, self.rules)
         vec = n(("batch",), (b,))
-        k_shape, v_shape = ds.KVCache.shapes(self.cfg, b, self.cache_len)
-        return ds.SlotState(
-            cache=ds.KVCache(n(K_CACHE_AXES, k_shape), n(V_CACHE_AXES, v_shape)),
-            last_token=vec, pos=vec, n_gen=vec, max_new=vec,
-            done=vec, seen=n(("batch", None), (b, v)), keys=n(("batch", None), (b, 2)), adapter=vec,
+        k_shape, v_shape = kernels.KVCache.shapes(self.cfg, b, self.cache_len)
+        return kernels.SlotState(
+            cache=kernels.KVCache(n(K_CACHE_AXES, k_shape), n(V_CACHE_AXES, v_shape)),
+            last_token=vec, pos=vec, n_gen=vec, max_new=vec, finish=vec,
+            seen=n(("batch", None), (b, v)), keys=n(("batch", None), (b, 2)), adapter=vec, chat=vec,
             sampling=RowParams(vec, vec, vec, vec, vec))
 
     def _lora_sharding(self) -> Any:
         return None if self.lora is None else jax.tree.map(lambda _: replicated(self.mesh), self.lora)
 
-    def _fn(self, kind: str, k_cap: int) -> Callable:
+    def empty_state(self) -> kernels.SlotState:
+        """Every slot free, created on the devices with the state's shardings (never via the host)."""
+        return self.kernel("empty", 0)()
+
+    def kernel(self, kind: str, k_cap: int) -> Callable:
+        """The jitted kernel `kind` ("empty", "prefill", "decode", "release", "score").
+
+        Signatures are those of `kernels.<kind>` with the keyword-only settings bound:
+        prefill(params, lora, state, rows, ends), decode(params, lora, state, ends, steps,
+        exit_on_finish), release(state, mask), score(params, lora, rows), empty().
+        Exposed for AOT lowering (`.lower(...)`); callers otherwise use the methods below.
+        """
         key = (kind, k_cap, self.lora is None)
         if key not in self._compiled:
-            state_sh, rep = self._state_shardings(), replicated(self.mesh)
-            common = dict(cfg=self.cfg, k_cap=k_cap, attention_impl=self.attention_impl)
-            if kind == "decode":
-                fn = partial(ds.decode, chunk=self.section.decode_chunk, **common)
-                self._compiled[key] = jax.jit(
-                    fn, in_shardings=(self.param_shardings, self._lora_sharding(), state_sh, rep, rep, rep),
-                    out_shardings=(state_sh, rep), donate_argnums=(2,))
-            else:
-                fn = partial(ds.prefill, **common)
-                self._compiled[key] = jax.jit(
-                    fn, in_shardings=(self.param_shardings, self._lora_sharding(), state_sh, rep, rep),
-                    out_shardings=(state_sh, rep), donate_argnums=(2,))
+            self._compiled[key] = self._jit(kind, k_cap)
         return self._compiled[key]
+
+    def _jit(self, kind: str, k_cap: int) -> Callable:
+        state_sh, rep, lora_sh = self.state_shardings(), replicated(self.mesh), self._lora_sharding()
+        common = dict(cfg=self.cfg, attention_impl=self.attention_impl)
+        if kind == "empty":
+            return jax.jit(partial(kernels.empty_state, self.cfg, self.section.slots, self.cache_len,
+                                   self.cache_dtype), out_shardings=state_sh)
+        if kind == "release":
+            return jax.jit(kernels.release, in_shardings=(state_sh, rep), out_shardings=state_sh,
+                           donate_argnums=(0,))
+        if kind == "score":
+            return jax.jit(partial(kernels.score, **common), in_shardings=(self.param_shardings, lora_sh, rep),
+                           out_shardings=rep)
+        if kind == "decode":
+            fn = partial(kernels.decode, chunk=self.section.decode_chunk, k_cap=k_cap, **common)
+            return jax.jit(fn, in_shardings=(self.param_shardings, lora_sh, state_sh, rep, rep, rep),
+                           out_shardings=(state_sh, rep, rep), donate_argnums=(2,))
+        if kind == "prefill":
+            return jax.jit(partial(kernels.prefill, k_cap=k_cap, **common),
+                           in_shardings=(self.param_shardings, lora_sh, state_sh, rep, rep),
+                           out_shardings=(state_sh, rep), donate_argnums=(2,))
+        raise ValueError(f"unknown kernel {kind!r}")
+
+    # -- the public kernels -----------------------------------------------------------------
+    def _replicated(self, tree: Any) -> Any:
+        rep = replicated(self.mesh)
+        return jax.tree.map(lambda a: put(np.asarray(a), rep), tree)
+
+    def prefill(self, state: kernels.SlotState, rows: kernels.NewRows,
+                k_cap: int) -> tuple[kernels.SlotState, jax.Array]:
+        """Admit `rows` (host arrays) into their slots; returns the state and first tokens [n]."""
+        return self.kernel("prefill", k_cap)(self.params, self.lora, state, self._replicated(rows), self.ends)
+
+    def decode(self, state: kernels.SlotState, steps: int, exit_on_finish: bool,
+               k_cap: int) -> tuple[kernels.SlotState, jax.Array, jax.Array]:
+        """Up to `steps` decode steps for every slot (asynchronous: nothing is fetched).
+        Returns the state, the tokens [slots, decode_chunk] (-1: none) and finish codes [slots]."""
+        rep = replicated(self.mesh)
+        return self.kernel("decode", k_cap)(self.params, self.lora, state, self.ends,
+                                            put(np.int32(steps), rep), put(np.bool_(exit_on_finish), rep))
+
+    def release(self, state: kernels.SlotState, slots: Sequence[int]) -> kernels.SlotState:
+        """Free the given slots on the device (the host ended them)."""
+        mask = np.zeros((self.section.slots,), bool)
+        mask[list(slots)] = True
+        return self.kernel("release", 0)(state, put(mask, replicated(self.mesh)))
+
+    @staticmethod
+    def to_host(x: jax.Array) -> np.ndarray:
+        return to_host(x)
+
+    def count_decode(self, toks: np.ndarray, wall: float, cpu: float) -> None:
+        """Decode-kernel totals in `stats`: calls, steps run, wall and process CPU seconds
+        (host sync included, prefill and stop checks not), for per-step cost."""
+        self.stats["decode_calls"] += 1
+        self.stats["decode_steps"] += int((toks >= 0).sum(axis=1).max())
+        self.stats["decode_s"] += wall
+        self.stats["decode_cpu_s"] += cpu
 
     # -- prompts ----------------------------------------------------------------------------
     def prompt_ids(self, req: Request) -> list[int]:
@@ -151,7 +208,13 @@ class Engine:
         add = bool(bos) and not req.prompt.startswith(bos)
         return self.tok.encode(req.prompt, add_special_tokens=add)
 
-    def _k_cap(self, requests: Sequence[Request]) -> int:
+    def is_chat(self, req: Request) -> bool:
+        """Whether the end-of-turn token ends this request: chat messages, or a raw prompt
+        that already holds a templated turn (e.g. an assistant turn continued)."""
+        return req.messages is not None or any(t in req.prompt for t in self._turn_text)
+
+    def k_cap(self, requests: Sequence[Request]) -> int:
+        """Candidates the sampler keeps per row: the largest top_k asked (1 if all greedy)."""
         sampled = [r.params for r in requests if not (r.params.greedy or r.params.temperature <= 0)]
         if not sampled:
             return 1
@@ -159,203 +222,74 @@ class Engine:
             return self.cfg.vocab_size
         return min(max(p.top_k for p in sampled), self.cfg.vocab_size)
 
-    # -- the loop ---------------------------------------------------------------------------
+    # -- generation -------------------------------------------------------------------------
     def generate(self, requests: Sequence[Request], progress: bool = False,
                  on_complete: Callable[[int, Completion], None] | None = None) -> list[Completion]:
         """Run all requests; results come back in input order.
 
         `on_complete(index, completion)` is called as each finishes (callers append to
-        their store there, so a crash loses only unfinished requests).
+        their store there, so a crash loses only unfinished requests). A prompt longer
+        than `max_prefill_len` finishes at once as `prompt_too_long`, alone.
         """
         for r in requests:
             if r.adapter not in self.adapter_names:
                 raise ValueError(f"request {r.id!r} asks for adapter {r.adapter!r}; "
                                  f"registered: {', '.join(self.adapter_names)}")
-        prompts = [self.prompt_ids(r) for r in requests]
-        for r, ids in zip(requests, prompts):
-            if not 0 < len(ids) <= self.section.max_prefill_len:
-                raise ValueError(f"request {r.id!r}: prompt has {len(ids)} tokens; "
-                                 f"engine.max_prefill_len is {self.section.max_prefill_len}")
-        k_cap = self._k_cap(requests)
-        results: list[Completion | None] = [None] * len(requests)
-        pending = collections.deque(range(len(requests)))
-        slots: list[_Slot | None] = [None] * self.section.slots
-        state = put_tree(ds.empty_state(self.cfg, self.section.slots, self.cache_len, self.cache_dtype),
-                         self._state_shardings()) if requests else None
-        bar = tqdm(total=len(requests), disable=not progress, unit="req", dynamic_ncols=True)
-        start, made = time.perf_counter(), 0
-
-        def finish(i: int, slot: _Slot, reason: FinishReason, ids: list[int]) -> None:
-            text = self.tok.decode(ids, skip_special_tokens=True)
-            if reason == "stop":
-                text = text[:first_stop(text, slot.request.params.stop)]
-            done = Completion(slot.request.id, text, tuple(ids), slot.prompt_len, reason)
-            results[slot.index] = done
-            slots[i] = None
-            bar.update(1)
-            if on_complete:
-                on_complete(slot.index, done)
-
-        while pending or any(slots):
-            free = [i for i, s in enumerate(slots) if s is None]
-            if pending and free and (self.section.mode == "continuous" or len(free) == len(slots)):
-                admitted = self._admit(pending, len(free), prompts)
-                state, first = self._prefill(state, admitted, free, requests, prompts, slots, k_cap)
-                for i, tok in zip(free, first):
-                    if slots[i] is not None:
-                        slots[i].tokens.append(int(tok))
-                        made += 1
-            if not any(slots):
-                continue
-            state = self._release(state, slots, finish)
-            if not any(slots):
-                continue
-            steps, exit_early = self._chunk_plan(slots, bool(pending))
-            wall, cpu = time.perf_counter(), time.process_time()
-            state, toks = self._fn("decode", k_cap)(self.params, self.lora, state, self._eos,
-                                                    steps, exit_early)
-            toks = to_host(toks)
-            self._count_decode(toks, time.perf_counter() - wall, time.process_time() - cpu)
-            for i, slot in enumerate(slots):
-                if slot is not None:
-                    new = [int(t) for t in toks[i] if t >= 0]
-                    slot.tokens.extend(new)
-                    made += len(new)
-            state = self._release(state, slots, finish)
-            bar.set_postfix(tok_s=f"{made / (time.perf_counter() - start):.0f}")
-        bar.close()
-        self.stats["tokens"] += made
-        return results  # type: ignore[return-value]
-
-    def _count_decode(self, toks: np.ndarray, wall: float, cpu: float) -> None:
-        """Decode-kernel totals in `stats`: calls, steps run, wall and process CPU seconds
-        (host sync included, prefill and stop checks not), for per-step cost."""
-        self.stats["decode_calls"] += 1
-        self.stats["decode_steps"] += int((toks >= 0).sum(axis=1).max())
-        self.stats["decode_s"] += wall
-        self.stats["decode_cpu_s"] += cpu
-
-    def _admit(self, pending: collections.deque, free: int, prompts: list[list[int]]) -> list[int]:
-        """Next prompts for free slots, as many as fit `prefill_tokens` at their bucket length."""
-        admitted = [pending.popleft()]
-        while pending and len(admitted) < free:
-            rows = _bucket(len(admitted) + 1, self.section.slots, floor=1)
-            longest = max(len(prompts[j]) for j in [*admitted, pending[0]])
-            if rows * _bucket(longest, self.section.max_prefill_len) > self.section.prefill_tokens:
-                break
-            admitted.append(pending.popleft())
-        return admitted
-
-    def _chunk_plan(self, slots: list[_Slot | None], pending: bool) -> tuple[jax.Array, jax.Array]:
-        """How many steps to run before the host looks again.
-
-        With prompts waiting, stop when the first slot reaches its token budget (known in
-        advance) or ends early (EOS, seen on device), so its slot is refilled at once.
-        """
-        steps = self.section.decode_chunk
-        if pending and self.section.mode == "continuous":
-            steps = min([steps] + [s.max_new - len(s.tokens) for s in slots if s is not None])
-        rep = replicated(self.mesh)
-        exit_early = pending and self.section.mode == "continuous"
-        return put(np.int32(max(steps, 1)), rep), put(np.bool_(exit_early), rep)
-
-    def _prefill(self, state, admitted, free, requests, prompts, slots, k_cap):
-        n = _bucket(len(admitted), self.section.slots, floor=1)
-        p = _bucket(max(len(prompts[j]) for j in admitted), self.section.max_prefill_len)
-        tokens = np.zeros((n, p), np.int32)
-        length = np.ones((n,), np.int32)
-        slot = np.full((n,), -1, np.int32)
-        max_new = np.ones((n,), np.int32)
-        keys = np.zeros((n, 2), np.uint32)
-        adapter = np.zeros((n,), np.int32)
-        samp = {f: np.zeros((n,), t) for f, t in (("temperature", np.float32), ("top_k", np.int32),
-                                                   ("top_p", np.float32), ("repetition_penalty", np.float32),
-                                                   ("greedy", bool))}
-        for row, (j, i) in enumerate(zip(admitted, free)):
-            req, ids = requests[j], prompts[j]
-            budget = min(req.params.max_new_tokens, self.section.max_new_tokens, self.cache_len - len(ids))
-            tokens[row, :len(ids)] = ids
-            length[row], slot[row], max_new[row] = len(ids), i, budget
-            keys[row] = np.asarray(jax.random.key_data(jax.random.PRNGKey(req.params.seed)))
-            adapter[row] = self.adapter_names[req.adapter]
-            for f in samp:
-                samp[f][row] = getattr(req.params, f)
-            slots[i] = _Slot(j, req, len(ids), budget)
-        rep = replicated(self.mesh)
-        rows = ds.NewRows(*(put(a, rep) for a in (tokens, length, slot, max_new, keys, adapter)),
-                          sampling=RowParams(**{f: put(a, rep) for f, a in samp.items()}))
-        state, first = self._fn("prefill", k_cap)(self.params, self.lora, state, rows, self._eos)
-        return state, to_host(first)[:len(admitted)]
-
-    def _release(self, state, slots, finish):
-        """Finish slots that hit EOS, their budget or a stop string; free them on device."""
-        ended = []
-        for i, slot in enumerate(slots):
-            if slot is None:
-                continue
-            reason, ids = self._finished(slot)
-            if reason is not None:
-                finish(i, slot, reason, ids)
-                ended.append(i)
-        if ended:
-            mask = np.zeros((self.section.slots,), bool)
-            mask[ended] = True
-            state = state._replace(done=state.done | put(mask, state.done.sharding))
-        return state
-
-    def _finished(self, slot: _Slot) -> tuple[FinishReason | None, list[int]]:
-        ids = slot.tokens
-        for k, t in enumerate(ids):
-            if t in self.eos_ids:
-                ids = ids[:k]
-                return self._stop_within(slot, ids) or ("eos", ids)
-        hit = self._stop_within(slot, ids)
-        if hit:
-            return hit
-        if len(ids) >= slot.max_new:
-            return "length", ids[:slot.max_new]
-        slot.checked = len(ids)
-        return None, ids
-
-    def _stop_within(self, slot: _Slot, ids: list[int]) -> tuple[FinishReason, list[int]] | None:
-        """The shortest prefix of ids whose text holds a stop string, among the new tokens."""
-        stops = slot.request.params.stop
-        if not stops or len(ids) <= slot.checked:
-            return None
-        lo = max(0, slot.checked - STOP_WINDOW)
-        if first_stop(self.tok.decode(ids[lo:], skip_special_tokens=True), stops) is None:
-            return None
-        for k in range(max(lo, 1), len(ids) + 1):
-            if first_stop(self.tok.decode(ids[lo:k], skip_special_tokens=True), stops) is not None:
-                return "stop", ids[:k]
-        return "stop", ids
+        return Scheduler(self, requests, on_complete, progress).run()
 
     # -- scoring ----------------------------------------------------------------------------
-    def loglikelihood(self, pairs: Sequence[tuple[str, str]], adapter: str = "base") -> list[float]:
-        """Sum of log-probs of each continuation given its (raw, templated) prompt text."""
-        out = []
-        for prompt, cont in pairs:
-            p_ids = self.tok.encode(prompt, add_special_tokens=False)
-            c_ids = self.tok.encode(cont, add_special_tokens=False)
-            ids = (p_ids + c_ids)[-self.section.max_prefill_len:]
-            n = _bucket(len(ids), self.section.max_prefill_len)
-            tokens = np.zeros((1, n), np.int32)
-            tokens[0, :len(ids)] = ids
-            lp = self._logprobs(tokens, len(ids), self.adapter_names[adapter])
-            out.append(float(lp[len(ids) - len(c_ids) - 1: len(ids) - 1][
-                np.arange(len(c_ids)), c_ids].sum()))
+    def score(self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[Sequence[int]]],
+              adapter: str = "base") -> list[list[float]]:
+        """Summed log-probs of each prompt's continuations (token ids), one prompt forward
+        for all of them, in batches of up to `slots` prompts within `prefill_tokens`.
+
+        A prompt that leaves no room for its longest continuation within
+        `max_prefill_len` keeps its last tokens (the end of a prompt holds the question).
+        """
+        out: list[list[float]] = [[] for _ in prompts]
+        longest = max((len(c) for cs in continuations for c in cs), default=1)
+        width = bucket(max(longest, 1), self.section.max_prefill_len, floor=1)
+        room = self.section.max_prefill_len - width
+        if room <= 0:
+            raise ValueError(f"a continuation of {longest} tokens leaves no room for its prompt "
+                             f"within engine.max_prefill_len={self.section.max_prefill_len}")
+        ids = [list(p)[-room:] for p in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: len(ids[i]))
+        pending = collections.deque(order)
+        while pending:
+            s = self.section
+            group = admit(pending, s.slots, [len(x) for x in ids], s.slots, s.max_prefill_len, s.prefill_tokens)
+            n_conts = max(len(continuations[i]) for i in group)
+            rows = self._score_rows(group, ids, continuations, n_conts, width, self.adapter_names[adapter])
+            sums = to_host(self.kernel("score", 0)(self.params, self.lora, self._replicated(rows)))
+            for r, i in enumerate(group):
+                out[i] = [float(x) for x in sums[r, :len(continuations[i])]]
         return out
 
-    def _logprobs(self, tokens: np.ndarray, length: int, adapter: int) -> np.ndarray:
-        key = ("logprobs", tokens.shape, self.lora is None)
-        if key not in self._compiled:
-            def fn(params, lora, tokens, seg, adapter_ids):
-                kw = {} if lora is None else {"lora": lora, "adapter_ids": adapter_ids}
-                logits = forward(params, self.cfg, tokens, segment_ids=seg,
-                                 attention_impl=self.attention_impl, **kw).logits
-                return jax.nn.log_softmax(logits[0], axis=-1)
-            self._compiled[key] = jax.jit(fn)
-        seg = (np.arange(tokens.shape[1])[None] < length).astype(np.int32)
-        rep = replicated(self.mesh)
-        return to_host(self._compiled[key](self.params, self.lora, put(tokens, rep),
-                                           put(seg, rep), put(np.asarray([adapter], np.int32), rep)))
+    def _score_rows(self, group: list[int], ids: list[list[int]], continuations, n_conts: int, width: int,
+                    adapter: int) -> kernels.ScoreRows:
+        n = bucket(len(group), self.section.slots, floor=1)
+        p = bucket(max(len(ids[i]) for i in group), self.section.max_prefill_len)
+        tokens, length = np.zeros((n, p), np.int32), np.ones((n,), np.int32)
+        conts, cont_len = np.zeros((n, n_conts, width), np.int32), np.zeros((n, n_conts), np.int32)
+        for r, i in enumerate(group):
+            tokens[r, :len(ids[i])], length[r] = ids[i], len(ids[i])
+            for j, c in enumerate(continuations[i]):
+                conts[r, j, :len(c)], cont_len[r, j] = c, len(c)
+        return kernels.ScoreRows(tokens, length, conts, cont_len, np.full((n,), adapter, np.int32))
+
+    def loglikelihood(self, pairs: Sequence[tuple[str, str]], adapter: str = "base") -> list[float]:
+        """Sum of log-probs of each continuation given its (raw, templated) prompt text;
+        pairs that share a prompt share its forward pass."""
+        encode = lambda text: self.tok.encode(text, add_special_tokens=False)  # noqa: E731
+        heads: dict[str, int] = {}
+        for prompt, _ in pairs:
+            heads.setdefault(prompt, len(heads))
+        conts: list[list[list[int]]] = [[] for _ in heads]
+        where = []
+        for prompt, cont in pairs:
+            h = heads[prompt]
+            where.append((h, len(conts[h])))
+            conts[h].append(encode(cont))
+        sums = self.score([encode(p) for p in heads], conts, adapter)
+        return [sums[h][j] for h, j in where]
