@@ -32,6 +32,7 @@ class CachedGenerator:
         self.store = JsonlStore(path)
         self.progress = progress
         self.generated_tokens = 0
+        self.prompt_too_long = 0  # requests answered prompt_too_long (fresh or from the store)
 
     def _load(self, record: dict) -> Completion:
         return Completion(record["id"], record["text"], tuple(record["token_ids"]),
@@ -47,7 +48,9 @@ class CachedGenerator:
                                "prompt_tokens": c.prompt_tokens, "finish_reason": c.finish_reason})
             faults.checkpoint("completion")
         fresh = {c.id: c for c in self.engine.generate(todo, progress=self.progress, on_complete=keep)}
-        return [fresh[r.id] if r.id in fresh else self._load(cached[r.id]) for r in requests]
+        out = [fresh[r.id] if r.id in fresh else self._load(cached[r.id]) for r in requests]
+        self.prompt_too_long += sum(c.finish_reason == "prompt_too_long" for c in out)
+        return out
 
     def loglikelihood(self, pairs, adapter: str = "base") -> list[float]:
         return self.engine.loglikelihood(pairs, adapter)

@@ -60,9 +60,11 @@ class Loop:
         path = d / f"{name}.jsonl"
         if is_done(d, name):
             return read_jsonl(path)
-        t0, tokens0 = time.perf_counter(), phase.gen.generated_tokens
+        t0, tokens0, too_long0 = time.perf_counter(), phase.gen.generated_tokens, phase.gen.prompt_too_long
         phase.counts = {}
         records = run(phase)
+        if phase.gen.prompt_too_long > too_long0:  # skipped, not fatal: counted in the marker
+            phase.count("prompt_too_long", phase.gen.prompt_too_long - too_long0)
         write_jsonl(path, records)
         mark_done(d, name, {"records": len(records), "counts": phase.counts,
                             "roles": {"generator": phase.roles.generator, "extender": phase.roles.extender},

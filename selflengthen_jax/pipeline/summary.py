@@ -30,6 +30,8 @@ def iteration_summary(k: int, d: Path) -> dict:
         entry["phases"][name] = {"seconds": (read_marker(d, name) or {}).get("seconds", 0)}
     for name in ("initial", "extended"):
         entry[f"{name}_words"] = _words(read_jsonl(d / f"{name}.jsonl"))
+    # prompts skipped as longer than engine.max_prefill_len, over the iteration's phases
+    entry["prompt_too_long"] = sum(entry["phases"][n]["counts"].get("prompt_too_long", 0) for n in PHASES)
     ins = entry["phases"]["instructions"]
     attempts = ins["counts"].get("attempts", 0)
     entry["instruction_acceptance"] = round(ins["records"] / attempts, 3) if attempts else 0.0
@@ -39,8 +41,8 @@ def iteration_summary(k: int, d: Path) -> dict:
 def summary_table(summaries: list[dict]) -> str:
     """A markdown table, one row per finished iteration."""
     head = ("| iter | instructions | accept | initial | init words mean/med/p90 | extended "
-            "| ext words mean/med/p90 | tokens | seconds |")
-    rows = [head, "|" + "---|" * 9]
+            "| ext words mean/med/p90 | prompts too long | tokens | seconds |")
+    rows = [head, "|" + "---|" * 10]
     for s in summaries:
         ph = s["phases"]
         iw, ew = s["initial_words"], s["extended_words"]
@@ -49,7 +51,8 @@ def summary_table(summaries: list[dict]) -> str:
         rows.append(f"| {s['iteration']} | {ph['instructions']['records']} | "
                     f"{s['instruction_acceptance']:.2f} | {ph['initial']['records']} | "
                     f"{iw['mean']}/{iw['median']}/{iw['p90']} | {ph['extended']['records']} | "
-                    f"{ew['mean']}/{ew['median']}/{ew['p90']} | {tokens} | {seconds:.0f} |")
+                    f"{ew['mean']}/{ew['median']}/{ew['p90']} | {s.get('prompt_too_long', 0)} | "
+                    f"{tokens} | {seconds:.0f} |")
     return "\n".join(rows)
 
 

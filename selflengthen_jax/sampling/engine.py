@@ -55,7 +55,7 @@ class Engine:
         # What ends a row: the checkpoint's own EOS ids for every request, and the chat
         # template's end-of-turn token for chat requests (as transformers and vLLM stop).
         self.eos_ids = sorted(model.eos_ids)
-        self.turn_ids = [t for t in end_of_turn_ids(self.tok) if t not in self.eos_ids]
+        self.turn_ids = end_of_turn_ids(self.tok)
         self._turn_text = [self.tok.convert_ids_to_tokens(t) for t in self.turn_ids]
         rep = replicated(mesh)
         self.ends = kernels.Ends(put(_padded_ids(self.eos_ids), rep), put(_padded_ids(self.turn_ids), rep))
