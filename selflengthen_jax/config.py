@@ -147,6 +147,7 @@ class PlanSection:
 class Config:
     seed: int = 0
     output_dir: str = "runs/default"
+    compilation_cache: str = "auto"  # persistent XLA cache: auto (~/.cache/selflengthen_jax/xla), off, or a path
     language: Literal["zh", "en"] = "zh"
     model: ModelSection = dataclasses.field(default_factory=ModelSection)
     mesh: MeshSection = dataclasses.field(default_factory=MeshSection)
@@ -337,6 +338,8 @@ def validate(cfg: Config) -> None:
         v = _get(cfg, key)
         if not 0.0 <= v <= 1.0:
             raise ConfigError(f"{key}={v} must lie in [0, 1]")
+    if not cfg.compilation_cache.strip():
+        raise ConfigError("compilation_cache is empty: give auto, off or a directory")
     if cfg.mesh.data == 0 or cfg.mesh.data < -1:
         raise ConfigError(f"mesh.data={cfg.mesh.data} must be a positive integer or -1 (all remaining devices)")
     if cfg.train.max_steps == 0 or cfg.train.max_steps < -1:

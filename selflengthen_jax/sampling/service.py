@@ -13,6 +13,7 @@ import os
 import jax
 from jax.sharding import Mesh
 
+from selflengthen_jax import compile_cache
 from selflengthen_jax.checkpoint.hf_import import read_config
 from selflengthen_jax.checkpoint.loader import load_model
 from selflengthen_jax.checkpoint.tokenizer import load_tokenizer
@@ -45,6 +46,7 @@ def build_engine(cfg: Config, model_path: str | None = None,
     mesh = generation_mesh(cfg.mesh)
     rules = strategy_rules(cfg.mesh.strategy, cfg.mesh.rules)
     check_memory(model_cfg, section, mesh, rules)
+    compile_cache.enable(cfg.compilation_cache)
     model = load_model(path, mesh, rules, cfg.model.param_dtype, cfg.model.compute_dtype)
     return Engine(model, section, mesh, rules, attention_impl=cfg.model.attention_impl)
 

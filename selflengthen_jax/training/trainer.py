@@ -24,7 +24,7 @@ from jax.sharding import Mesh
 from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
-from selflengthen_jax import faults
+from selflengthen_jax import compile_cache, faults
 from selflengthen_jax.checkpoint.orbax_params import save_params
 from selflengthen_jax.config import Config
 from selflengthen_jax.models.config import ModelConfig
@@ -142,6 +142,7 @@ class Run:
 def prepare(cfg: Config, examples: list[Example], base_params: Params, model_cfg: ModelConfig,
             mesh: Mesh, init_adapters: Any) -> Run:
     tc = cfg.train
+    compile_cache.enable(cfg.compilation_cache)
     source, axes = _trainable_source(cfg, base_params, model_cfg, init_adapters)
     rules = strategy_rules(cfg.mesh.strategy, cfg.mesh.rules)
     model_cfg = dataclasses.replace(model_cfg, compute_dtype=tc.compute_dtype)
