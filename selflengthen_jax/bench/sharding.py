@@ -337,7 +337,8 @@ def _greedy_rows(cfg: ModelConfig, batch: int, ctx: int, max_new: int, mesh: Mes
     rng = np.random.default_rng([seed, batch, ctx])
     rep = replicated(mesh)
     host = dict(tokens=rng.integers(0, cfg.vocab_size, (batch, ctx), dtype=np.int32),
-                length=np.full((batch,), ctx, np.int32), slot=np.arange(batch, dtype=np.int32),
+                length=np.full((batch,), ctx, np.int32), prompt_adapter=np.zeros((batch,), np.int32),
+                src=np.arange(batch, dtype=np.int32), slot=np.arange(batch, dtype=np.int32),
                 max_new=np.full((batch,), max_new, np.int32),
                 keys=np.zeros((batch, 2), np.uint32), adapter=np.zeros((batch,), np.int32),
                 chat=np.zeros((batch,), bool))

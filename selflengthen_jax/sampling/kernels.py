@@ -69,10 +69,17 @@ def empty_state(cfg: ModelConfig, slots: int, cache_len: int, dtype: Any) -> Slo
 
 
 class NewRows(NamedTuple):
-    """Prompts to admit: padded to a bucket length; `slot` = -1 marks a filler row."""
+    """Prompts to admit, each run once however many rows share it (the answers of one
+    instruction, the extensions of one text), and the rows that take them.
 
-    tokens: jnp.ndarray        # [n, P] int32
-    length: jnp.ndarray        # [n] int32
+    Prompts are padded to a bucket length; a row's `src` names its prompt, and
+    `slot` = -1 marks a filler row.
+    """
+
+    tokens: jnp.ndarray        # [u, P] int32: the distinct prompts
+    length: jnp.ndarray        # [u] int32
+    prompt_adapter: jnp.ndarray  # [u] int32: keys/values depend on the adapter too
+    src: jnp.ndarray           # [n] int32: each row's prompt
     slot: jnp.ndarray          # [n] int32
     max_new: jnp.ndarray       # [n] int32
     keys: jnp.ndarray          # [n, 2] uint32
@@ -100,28 +107,31 @@ def _finish_code(ended: jnp.ndarray, n_gen: jnp.ndarray, max_new: jnp.ndarray) -
 
 def prefill(params: Any, lora: Any, state: SlotState, rows: NewRows, ends: Ends, *,
             cfg: ModelConfig, k_cap: int, attention_impl: str = "xla") -> tuple[SlotState, jnp.ndarray]:
-    """Run the prompts, write their keys/values into their slots, draw each first token."""
-    n, p = rows.tokens.shape
+    """Run each distinct prompt once, write its keys/values into the slots of every row
+    that shares it, and draw each row's first token (with the row's own key)."""
+    u, p = rows.tokens.shape
+    n = rows.src.shape[0]
     seg = (jnp.arange(p)[None, :] < rows.length[:, None]).astype(jnp.int32)
     out = forward(params, cfg, rows.tokens, segment_ids=seg, return_kv=True, return_hidden=True,
-                  attention_impl=attention_impl, **_lora_kwargs(lora, rows.adapter))
-    last = out.hidden[jnp.arange(n), rows.length - 1]
+                  attention_impl=attention_impl, **_lora_kwargs(lora, rows.prompt_adapter))
+    last = out.hidden[jnp.arange(u), rows.length - 1]
     logits = jnp.einsum("bd,dv->bv", last, lm_head(params, cfg).astype(last.dtype),
-                        preferred_element_type=jnp.float32)
-    seen = jnp.zeros((n, cfg.vocab_size), bool).at[jnp.arange(n)[:, None], rows.tokens].set(seg > 0)
+                        preferred_element_type=jnp.float32)[rows.src]
+    length, tokens, seg = rows.length[rows.src], rows.tokens[rows.src], seg[rows.src]
+    seen = jnp.zeros((n, cfg.vocab_size), bool).at[jnp.arange(n)[:, None], tokens].set(seg > 0)
     step_keys = jax.vmap(jax.random.fold_in)(rows.keys, jnp.zeros((n,), jnp.uint32))
     first = sample(logits, seen, rows.sampling, step_keys, k_cap)
     seen = seen.at[jnp.arange(n), first].set(True)
 
     slot = jnp.where(rows.slot >= 0, rows.slot, state.pos.shape[0])  # filler rows are dropped
     k, v = state.cache
-    cache = KVCache(k.at[:, slot, :, :, :p].set(out.kv.k.astype(k.dtype), mode="drop"),   # [.., d, T]
-                    v.at[:, slot, :, :p].set(out.kv.v.astype(v.dtype), mode="drop"))      # [.., T, d]
+    cache = KVCache(k.at[:, slot, :, :, :p].set(out.kv.k[:, rows.src].astype(k.dtype), mode="drop"),  # [.., d, T]
+                    v.at[:, slot, :, :p].set(out.kv.v[:, rows.src].astype(v.dtype), mode="drop"))     # [.., T, d]
     put = lambda old, new: old.at[slot].set(new, mode="drop")  # noqa: E731
     ones = jnp.ones((n,), jnp.int32)
     finish = _finish_code(ends_row(first, rows.chat, ends), ones, rows.max_new)
     state = SlotState(
-        cache=cache, last_token=put(state.last_token, first), pos=put(state.pos, rows.length),
+        cache=cache, last_token=put(state.last_token, first), pos=put(state.pos, length),
         n_gen=put(state.n_gen, ones), max_new=put(state.max_new, rows.max_new),
         finish=put(state.finish, finish), seen=put(state.seen, seen), keys=put(state.keys, rows.keys),
         adapter=put(state.adapter, rows.adapter), chat=put(state.chat, rows.chat),

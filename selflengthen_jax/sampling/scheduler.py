@@ -4,6 +4,8 @@ The scheduler drives an engine through its public kernels only (`empty_state`,
 `prefill`, `decode`, `release`) and owns everything that is bookkeeping: the queue,
 the slot table, the token budget of each prefill, and the stop-string scan.
 
+* Requests with the same prompt and adapter admitted together (the answers of one
+  instruction, the extensions of one text) share one prefill; each samples with its own key.
 * A prompt longer than `engine.max_prefill_len` comes back at once with finish reason
   `prompt_too_long` (no tokens); the other requests run as usual.
 * EOS, end of turn and length budgets are found on device (finish codes); the host only
@@ -58,14 +60,23 @@ def bucket(n: int, cap: int, floor: int = 16) -> int:
 
 
 def admit(pending: collections.deque, free: int, lengths: Sequence[int], slots: int,
-          max_prefill_len: int, prefill_tokens: int) -> list[int]:
-    """Next prompts for `free` slots, as many as fit `prefill_tokens` at their bucket length."""
+          max_prefill_len: int, prefill_tokens: int, keys: Sequence[object] | None = None) -> list[int]:
+    """Next prompts for `free` slots, as many as fit `prefill_tokens` at their bucket length.
+
+    With `keys`, requests of equal key share one prefill, so a prompt already admitted
+    costs nothing more.
+    """
+    key = (lambda j: j) if keys is None else keys.__getitem__
     admitted = [pending.popleft()]
+    distinct = {key(admitted[0])}
     while pending and len(admitted) < free:
-        rows = bucket(len(admitted) + 1, slots, floor=1)
-        longest = max(lengths[j] for j in [*admitted, pending[0]])
-        if rows * bucket(longest, max_prefill_len) > prefill_tokens:
-            break
+        nxt = pending[0]
+        if key(nxt) not in distinct:
+            rows = bucket(len(distinct) + 1, slots, floor=1)
+            longest = max(lengths[j] for j in [*admitted, nxt])
+            if rows * bucket(longest, max_prefill_len) > prefill_tokens:
+                break
+            distinct.add(key(nxt))
         admitted.append(pending.popleft())
     return admitted
 
@@ -204,28 +215,38 @@ class Scheduler:
 
     def _prefill(self, state: kernels.SlotState, pending: collections.deque, free: list[int],
                  prompts: list[list[int]], k_cap: int) -> kernels.SlotState:
-        s = self.section
+        s, engine = self.section, self.engine
+        shared = [(tuple(p), r.adapter) for p, r in zip(prompts, self.requests)]
         admitted = admit(pending, len(free), [len(p) for p in prompts], s.slots, s.max_prefill_len,
-                         s.prefill_tokens)
-        engine = self.engine
-        n = bucket(len(admitted), s.slots, floor=1)
+                         s.prefill_tokens, keys=shared)
+        distinct: dict[tuple, int] = {}
+        for j in admitted:
+            distinct.setdefault(shared[j], j)
+        u, n = bucket(len(distinct), s.slots, floor=1), bucket(len(admitted), s.slots, floor=1)
         p = bucket(max(len(prompts[j]) for j in admitted), s.max_prefill_len)
-        tokens = np.zeros((n, p), np.int32)
-        length, slot, max_new = np.ones((n,), np.int32), np.full((n,), -1, np.int32), np.ones((n,), np.int32)
+        tokens, length, prompt_adapter = np.zeros((u, p), np.int32), np.ones((u,), np.int32), np.zeros((u,), np.int32)
+        for k, j in enumerate(distinct.values()):
+            tokens[k, :len(prompts[j])], length[k] = prompts[j], len(prompts[j])
+            prompt_adapter[k] = engine.adapter_index(self.requests[j].adapter)
+        which = {key: k for k, key in enumerate(distinct)}
+        src, slot, max_new = np.zeros((n,), np.int32), np.full((n,), -1, np.int32), np.ones((n,), np.int32)
         keys, adapter, chat = np.zeros((n, 2), np.uint32), np.zeros((n,), np.int32), np.zeros((n,), bool)
         samp = {f: np.zeros((n,), t) for f, t in _SAMPLING}
         for row, (j, i) in enumerate(zip(admitted, free)):
             req, ids = self.requests[j], prompts[j]
             budget = min(req.params.max_new_tokens, s.max_new_tokens, engine.cache_len - len(ids))
-            tokens[row, :len(ids)] = ids
-            length[row], slot[row], max_new[row] = len(ids), i, budget
+            src[row], slot[row], max_new[row] = which[shared[j]], i, budget
             keys[row] = np.asarray(jax.random.key_data(jax.random.PRNGKey(req.params.seed)))
             adapter[row] = engine.adapter_index(req.adapter)
             chat[row] = engine.is_chat(req)
             for f in samp:
                 samp[f][row] = getattr(req.params, f)
             self.slots[i] = Slot(j, req, len(ids), budget)
-        rows = kernels.NewRows(tokens, length, slot, max_new, keys, adapter, chat, RowParams(**samp))
+        engine.stats["prefill_tokens"] += sum(len(prompts[j]) for j in distinct.values())
+        engine.stats["prefill_tokens_shared"] += sum(len(prompts[j]) for j in admitted) - \
+            sum(len(prompts[j]) for j in distinct.values())
+        rows = kernels.NewRows(tokens, length, prompt_adapter, src, slot, max_new, keys, adapter, chat,
+                               RowParams(**samp))
         state, first = engine.prefill(state, rows, k_cap)
         for i, tok in zip(free, engine.to_host(first)[:len(admitted)]):
             self.slots[i].tokens.append(int(tok))

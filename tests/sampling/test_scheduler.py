@@ -98,3 +98,17 @@ def test_score_matches_transformers_log_probs(engine, path):
         want.append(sum(lp[len(p) - 1 + k, t] for k, t in enumerate(c)))
     np.testing.assert_allclose(ours, want, rtol=1e-4, atol=1e-4)
     assert ours[3] == 0.0
+
+
+def test_identical_prompts_share_one_prefill_and_sample_as_if_alone(engine):
+    prompts = ["Write about rivers", "Write about rivers", "The sea", "Write about rivers"]
+    sampled = dataclasses.replace(GREEDY, greedy=False, temperature=1.0, top_k=0, max_new_tokens=10)
+    reqs = [Request(id=f"r{i}", prompt=p, params=dataclasses.replace(sampled, seed=i))
+            for i, p in enumerate(prompts)]
+    shared0 = engine.stats["prefill_tokens_shared"]
+    together = engine.generate(reqs)
+    rivers = len(engine.tok.encode("Write about rivers"))
+    assert engine.stats["prefill_tokens_shared"] - shared0 == 2 * rivers
+    alone = [engine.generate([r])[0] for r in reqs]
+    assert [c.token_ids for c in together] == [c.token_ids for c in alone]
+    assert together[0].token_ids != together[1].token_ids  # own seeds, own samples
