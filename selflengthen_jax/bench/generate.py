@@ -96,13 +96,15 @@ class BenchSpec:
     depth_steps: int = 16          # decode steps timed at each depth
     floor_steps: int = 32          # steps inside one jitted floor loop
     bandwidth_mib: int = 256       # array copied to measure memory bandwidth
+    judge_candidates: int = 200    # yes/no likelihood judge: candidates scored
+    shared_texts: int = 24         # extension-phase mix: texts, each asked twice
     seed: int = 0
 
 
 FULL = BenchSpec()
 QUICK = BenchSpec(new_tokens=32, repeats=1, ragged_requests=16, ragged_repeats=1, ragged_min=4, ragged_max=64,
                   ragged_median=12.0, depths=(512, 2048), depth_steps=4, floor_steps=8,
-                  bandwidth_mib=64)
+                  bandwidth_mib=64, judge_candidates=40, shared_texts=8)
 
 
 # -- the checkpoint --------------------------------------------------------------------------
@@ -475,6 +477,33 @@ def workload_b(engine: Engine, spec: BenchSpec, texts: Sequence[str]) -> dict:
             "ratio_continuous_vs_static": t_s / t_c}
 
 
+def judge_scoring(engine: Engine, spec: BenchSpec, texts: Sequence[str]) -> dict:
+    """The yes/no judge as `phases.judge` runs it: every candidate's prompt scored against
+    two one-token answers. Timed after a full warm-up pass (every batch shape compiled)."""
+    pairs = [(t, a) for t in texts for a in (" w1", " w2")]
+    engine.loglikelihood(pairs)
+    times = [_timed(lambda: engine.loglikelihood(pairs))[0] for _ in range(2)]
+    return {"candidates": len(texts), "pairs": len(pairs), "seconds": times,
+            "median_s": statistics.median(times), "ms_per_candidate": 1e3 * statistics.median(times) / len(texts)}
+
+
+def shared_prefill(engine: Engine, spec: BenchSpec, texts: Sequence[str]) -> dict:
+    """The extension phase's mix in round 1: each text asked twice with the same prompt
+    (two extensions per response), ragged lengths, continuous batching. Reports the
+    prompt tokens the engine prefilled and those it shared instead."""
+    lengths = ragged_lengths(spec)
+    reqs = [Request(id=f"x{i}-{k}", prompt=t, params=SamplingParams(
+        max_new_tokens=lengths[(2 * i + k) % len(lengths)], stop=(), seed=2 * i + k, **REFERENCE))
+        for i, t in enumerate(texts) for k in range(2)]
+    before = dict(engine.stats)
+    with batching(engine, "continuous"):
+        dt, _ = _timed(lambda: engine.generate(reqs))
+    done = engine.stats["prefill_tokens"] - before.get("prefill_tokens", 0)
+    shared = engine.stats["prefill_tokens_shared"] - before.get("prefill_tokens_shared", 0)
+    return {"requests": len(reqs), "prompt_tokens": done + shared, "prefilled_tokens": done,
+            "shared_tokens": shared, "saved_fraction": shared / max(done + shared, 1), "seconds": dt}
+
+
 def position_curve(engine: Engine, spec: BenchSpec, bandwidth: float) -> dict:
     """Decode ms/step with every slot at context depth d, for each d in spec.depths.
 
@@ -546,6 +575,11 @@ def run(spec: BenchSpec = FULL, out_dir: str | Path | None = None,
         log("workload B")
         b = workload_b(engine, spec, texts[:spec.ragged_requests])
         compile_ab = {"after_warm_up": compiled, "after_workloads": engine.compile_count}
+        log("judge scoring and shared prefill")
+        judge = judge_scoring(engine, spec, prompts(spec.judge_candidates, spec.prompt_len,
+                                                    spec.model.vocab, spec.seed + 7))
+        shared = shared_prefill(engine, spec, prompts(spec.shared_texts, spec.prompt_len,
+                                                      spec.model.vocab, spec.seed + 8))
         del engine
         log("bandwidth and position curve")
         bandwidth = copy_bandwidth(spec.bandwidth_mib)
@@ -557,6 +591,7 @@ def run(spec: BenchSpec = FULL, out_dir: str | Path | None = None,
         "spec": dataclasses.asdict(spec), "env": env,
         "model": {"params": cfg.num_params(), "weight_bytes": 4 * cfg.num_params()},
         "workload_a": a, "floor": floor, "workload_b": b, "positions": positions,
+        "judge": judge, "shared_prefill": shared,
         "compile_count": compile_ab, "seconds": time.perf_counter() - started,
         "summary": {"ratio_vs_hf": a["ratio_vs_hf"],
                     "ratio_continuous_vs_static": b["ratio_continuous_vs_static"],
@@ -633,6 +668,12 @@ def markdown(result: dict) -> str:
         lines.append(f"| {r['depth']} | {r['ms_per_step']:.2f} | {r['ms_per_token']:.2f} | "
                      f"{r['kv_bytes_per_step'] / 1e6:.1f} | {r['kv_bound_ms']:.2f} | "
                      f"{r['weights_bound_ms']:.2f} | {r['kv_share_of_step']:.2f} |")
+    j, sp = result["judge"], result["shared_prefill"]
+    lines += ["", f"### Judge: {j['candidates']} candidates x 2 answers: {j['median_s']:.2f} s "
+                  f"({j['ms_per_candidate']:.1f} ms per candidate)",
+              "", f"### Shared prefill: {sp['requests']} requests (each prompt twice): "
+                  f"{sp['shared_tokens']} of {sp['prompt_tokens']} prompt tokens shared "
+                  f"({100 * sp['saved_fraction']:.0f}% of prefill saved)"]
     c = result["compile_count"]
     lines += ["", f"compile count: position sweep {p['compile_count_before']} -> {p['compile_count_after']}; "
                   f"workloads A+B {c['after_warm_up']} -> {c['after_workloads']}"]

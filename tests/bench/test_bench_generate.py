@@ -25,6 +25,9 @@ def test_bench_generate_tiny(tmp_path):
     assert [r["depth"] for r in p["rows"]] == [256, 512]
     assert not p["recompiled"]
     assert all(r["kv_bound_ms"] > 0 for r in p["rows"])
+    assert result["judge"]["pairs"] == 2 * TINY.judge_candidates and result["judge"]["median_s"] > 0
+    shared = result["shared_prefill"]
+    assert 0 < shared["shared_tokens"] <= shared["prompt_tokens"] // 2
 
     text = bench.markdown(result) + "\n" + bench.summary_line(result)
     last = text.strip().splitlines()[-1]
