@@ -63,6 +63,7 @@ class EngineSection:
     max_new_tokens: int = 16384     # cache room for output, tokens
     decode_chunk: int = 64          # decode steps per device call
     prefill_tokens: int = 32768     # prompt tokens per prefill call (bounds its activations)
+    prefill_chunk: int = 1024       # longer prompts are prefilled this many tokens at a time, between decode chunks
     mode: Literal["continuous", "static"] = "continuous"
     weight_layout: Literal["auto", "stacked", "per_layer"] = "auto"  # auto: per_layer on CPU
 
@@ -163,7 +164,7 @@ class Config:
 
 
 POSITIVE = {"engine.slots", "engine.max_prefill_len", "engine.max_new_tokens",
-            "engine.decode_chunk", "engine.prefill_tokens", "train.epochs", "train.batch_size", "train.grad_accum",
+            "engine.decode_chunk", "engine.prefill_tokens", "engine.prefill_chunk", "train.epochs", "train.batch_size", "train.grad_accum",
             "train.cutoff_len", "train.save_every", "train.keep", "train.log_every", "train.lora.rank",
             "pipeline.max_iter", "pipeline.instruct_count", "pipeline.instruct_tries",
             "pipeline.responses_per_instruction", "pipeline.response_tries",

@@ -6,6 +6,7 @@ methods are the seam that the scheduler, the benchmarks and the rehearsal all us
 
 * `empty_state()`: every slot free, made inside jit with the state's shardings;
 * `prefill(state, rows, k_cap)`: JetStream's prefill + insert (new prompts into slots);
+* `prefill_piece(state, piece, k_cap)`: one piece of long prompts (chunked prefill);
 * `decode(state, steps, exit_on_finish, k_cap)`: one chunk of decode steps;
 * `score(...)` / `loglikelihood(...)`: continuation log-probs, batched on device;
 * `kernel(kind, k_cap)`: the jitted function behind each, for AOT lowering.
@@ -129,10 +130,11 @@ class Engine:
         return self.kernel("empty", 0)()
 
     def kernel(self, kind: str, k_cap: int) -> Callable:
-        """The jitted kernel `kind` ("empty", "prefill", "decode", "release", "score").
+        """The jitted kernel `kind` ("empty", "prefill", "piece", "decode", "release", "score").
 
         Signatures are those of `kernels.<kind>` with the keyword-only settings bound:
-        prefill(params, lora, state, rows, ends), decode(params, lora, state, ends, steps,
+        prefill(params, lora, state, rows, ends), piece = prefill_piece(params, lora, state,
+        piece, ends), decode(params, lora, state, ends, steps,
         exit_on_finish), release(state, mask), score(params, lora, rows), empty().
         Exposed for AOT lowering (`.lower(...)`); callers otherwise use the methods below.
         """
@@ -157,6 +159,10 @@ class Engine:
             fn = partial(kernels.decode, chunk=self.section.decode_chunk, k_cap=k_cap, **common)
             return jax.jit(fn, in_shardings=(self.param_shardings, lora_sh, state_sh, rep, rep, rep),
                            out_shardings=(state_sh, rep, rep), donate_argnums=(2,))
+        if kind == "piece":
+            return jax.jit(partial(kernels.prefill_piece, k_cap=k_cap, **common),
+                           in_shardings=(self.param_shardings, lora_sh, state_sh, rep, rep),
+                           out_shardings=(state_sh, rep), donate_argnums=(2,))
         if kind == "prefill":
             return jax.jit(partial(kernels.prefill, k_cap=k_cap, **common),
                            in_shardings=(self.param_shardings, lora_sh, state_sh, rep, rep),
@@ -172,6 +178,12 @@ class Engine:
                 k_cap: int) -> tuple[kernels.SlotState, jax.Array]:
         """Admit `rows` (host arrays) into their slots; returns the state and first tokens [n]."""
         return self.kernel("prefill", k_cap)(self.params, self.lora, state, self._replicated(rows), self.ends)
+
+    def prefill_piece(self, state: kernels.SlotState, piece: kernels.Piece,
+                      k_cap: int) -> tuple[kernels.SlotState, jax.Array]:
+        """Prefill one piece of long prompts into their slots (chunked prefill); rows on
+        their final piece get their first token [n]."""
+        return self.kernel("piece", k_cap)(self.params, self.lora, state, self._replicated(piece), self.ends)
 
     def decode(self, state: kernels.SlotState, steps: int, exit_on_finish: bool,
                k_cap: int) -> tuple[kernels.SlotState, jax.Array, jax.Array]:

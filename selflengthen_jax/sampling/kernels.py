@@ -139,6 +139,66 @@ def prefill(params: Any, lora: Any, state: SlotState, rows: NewRows, ends: Ends,
     return state, first
 
 
+class Piece(NamedTuple):
+    """One piece of long prompts, prefilled into their slots between decode chunks.
+
+    Row r holds tokens [start, start + count) of its prompt; on its `final` piece the
+    row's first token is drawn and it starts decoding. Until then its slot is RELEASED
+    with `pos` at the next piece's start, so a decode chunk's write for the idle row
+    lands where that piece writes next. `slot` = -1 marks a filler row.
+    """
+
+    tokens: jnp.ndarray        # [n, C] int32
+    start: jnp.ndarray         # [n] int32
+    count: jnp.ndarray         # [n] int32
+    final: jnp.ndarray         # [n] bool
+    slot: jnp.ndarray          # [n] int32
+    max_new: jnp.ndarray       # [n] int32
+    keys: jnp.ndarray          # [n, 2] uint32
+    adapter: jnp.ndarray       # [n] int32
+    chat: jnp.ndarray          # [n] bool
+    sampling: RowParams        # each [n]
+
+
+def prefill_piece(params: Any, lora: Any, state: SlotState, piece: Piece, ends: Ends, *,
+                  cfg: ModelConfig, k_cap: int, attention_impl: str = "xla") -> tuple[SlotState, jnp.ndarray]:
+    """Run one piece of each row's prompt over its slot's cache (the earlier pieces);
+    rows on their final piece draw their first token. Returns the state and those tokens."""
+    n, c = piece.tokens.shape
+    b = state.pos.shape[0]
+    slot = jnp.where(piece.slot >= 0, piece.slot, b)             # filler rows are dropped
+    take = jnp.minimum(slot, b - 1)
+    k, v = state.cache
+    rows_cache = KVCache(k[:, take], v[:, take])
+    valid = jnp.arange(c)[None, :] < piece.count[:, None]
+    positions = piece.start[:, None] + jnp.arange(c)[None, :]
+    out = forward(params, cfg, piece.tokens, positions=positions, cache=rows_cache, write_index=piece.start,
+                  return_hidden=True, attention_impl=attention_impl, **_lora_kwargs(lora, piece.adapter))
+    last = out.hidden[jnp.arange(n), piece.count - 1]
+    logits = jnp.einsum("bd,dv->bv", last, lm_head(params, cfg).astype(last.dtype),
+                        preferred_element_type=jnp.float32)
+    fresh = piece.start == 0
+    seen = jnp.where(fresh[:, None], False, state.seen[take])
+    seen = seen.at[jnp.arange(n)[:, None], piece.tokens].max(valid)
+    step_keys = jax.vmap(jax.random.fold_in)(piece.keys, jnp.zeros((n,), jnp.uint32))
+    first = sample(logits, seen, piece.sampling, step_keys, k_cap)
+    seen = seen.at[jnp.arange(n), first].max(piece.final)
+
+    put = lambda old, new: old.at[slot].set(new, mode="drop")  # noqa: E731
+    ones = jnp.ones((n,), jnp.int32)
+    end = piece.start + piece.count
+    finish = jnp.where(piece.final, _finish_code(ends_row(first, piece.chat, ends), ones, piece.max_new),
+                       RELEASED)
+    state = SlotState(
+        cache=KVCache(k.at[:, slot].set(out.cache.k, mode="drop"), v.at[:, slot].set(out.cache.v, mode="drop")),
+        last_token=put(state.last_token, first), pos=put(state.pos, end),
+        n_gen=put(state.n_gen, ones), max_new=put(state.max_new, piece.max_new),
+        finish=put(state.finish, finish), seen=put(state.seen, seen), keys=put(state.keys, piece.keys),
+        adapter=put(state.adapter, piece.adapter), chat=put(state.chat, piece.chat),
+        sampling=jax.tree.map(put, state.sampling, piece.sampling))
+    return state, first
+
+
 def decode(params: Any, lora: Any, state: SlotState, ends: Ends, steps: jnp.ndarray,
            exit_on_finish: jnp.ndarray, *, cfg: ModelConfig, chunk: int, k_cap: int,
            attention_impl: str = "xla") -> tuple[SlotState, jnp.ndarray, jnp.ndarray]:

@@ -49,6 +49,12 @@ class Slot:
     max_new: int
     tokens: list[int] = dataclasses.field(default_factory=list)
     checked: int = 0     # tokens already searched for stop strings
+    prompt: list[int] | None = None  # a long prompt still being prefilled, piece by piece
+    prefilled: int = 0   # of which this many tokens are in the cache
+
+    @property
+    def decoding(self) -> bool:
+        return self.prompt is None
 
 
 def bucket(n: int, cap: int, floor: int = 16) -> int:
@@ -148,7 +154,10 @@ class Scheduler:
             if pending and free and (self.section.mode == "continuous" or len(free) == len(self.slots)):
                 state = self._prefill(state, pending, free, prompts, k_cap)
                 self._settle(engine.to_host(state.finish))
-            if not any(self.slots):
+            if any(s is not None and not s.decoding for s in self.slots):
+                state = self._piece(state, k_cap)
+                self._settle(engine.to_host(state.finish))
+            if not any(s is not None and s.decoding for s in self.slots):
                 continue
             steps, exit_early = self._chunk_plan(bool(pending))
             wall, cpu = time.perf_counter(), time.process_time()
@@ -158,7 +167,7 @@ class Scheduler:
             engine.count_decode(toks, time.perf_counter() - wall, time.process_time() - cpu)
             lagging = []
             for i, slot in enumerate(self.slots):
-                if slot is not None:
+                if slot is not None and slot.decoding:
                     new = [int(t) for t in toks[i] if t >= 0]
                     slot.tokens.extend(new)
                     self.made += len(new)
@@ -176,7 +185,7 @@ class Scheduler:
         """Finish the slots the device ended (EOS, length), checking their last tokens for
         a stop string first: a stop found there wins, as it came earlier in the text."""
         for i, slot in enumerate(self.slots):
-            code = kernels.RUNNING if slot is None else int(finish[i])
+            code = kernels.RUNNING if slot is None or not slot.decoding else int(finish[i])
             if code == kernels.RUNNING:
                 continue
             ids = slot.tokens[:-1] if code == kernels.EOS else slot.tokens[:slot.max_new]
@@ -210,15 +219,25 @@ class Scheduler:
         steps = self.section.decode_chunk
         early = pending and self.section.mode == "continuous"
         if early:
-            steps = min([steps] + [s.max_new - len(s.tokens) for s in self.slots if s is not None])
+            steps = min([steps] + [s.max_new - len(s.tokens) for s in self.slots if s is not None and s.decoding])
         return max(steps, 1), early
 
     def _prefill(self, state: kernels.SlotState, pending: collections.deque, free: list[int],
                  prompts: list[list[int]], k_cap: int) -> kernels.SlotState:
         s, engine = self.section, self.engine
         shared = [(tuple(p), r.adapter) for p, r in zip(prompts, self.requests)]
-        admitted = admit(pending, len(free), [len(p) for p in prompts], s.slots, s.max_prefill_len,
-                         s.prefill_tokens, keys=shared)
+        admitted = admit(pending, len(free), [min(len(p), s.prefill_chunk) for p in prompts], s.slots,
+                         s.max_prefill_len, s.prefill_tokens, keys=shared)
+        short = []
+        for j, i in zip(admitted, free):  # long prompts wait in their slot for their pieces
+            if len(prompts[j]) > s.prefill_chunk:
+                self.slots[i] = self._slot(j, prompts[j])
+                self.slots[i].prompt = prompts[j]
+            else:
+                short.append((j, i))
+        if not short:
+            return state
+        admitted, free = [j for j, _ in short], [i for _, i in short]
         distinct: dict[tuple, int] = {}
         for j in admitted:
             distinct.setdefault(shared[j], j)
@@ -233,15 +252,9 @@ class Scheduler:
         keys, adapter, chat = np.zeros((n, 2), np.uint32), np.zeros((n,), np.int32), np.zeros((n,), bool)
         samp = {f: np.zeros((n,), t) for f, t in _SAMPLING}
         for row, (j, i) in enumerate(zip(admitted, free)):
-            req, ids = self.requests[j], prompts[j]
-            budget = min(req.params.max_new_tokens, s.max_new_tokens, engine.cache_len - len(ids))
-            src[row], slot[row], max_new[row] = which[shared[j]], i, budget
-            keys[row] = np.asarray(jax.random.key_data(jax.random.PRNGKey(req.params.seed)))
-            adapter[row] = engine.adapter_index(req.adapter)
-            chat[row] = engine.is_chat(req)
-            for f in samp:
-                samp[f][row] = getattr(req.params, f)
-            self.slots[i] = Slot(j, req, len(ids), budget)
+            self.slots[i] = self._slot(j, prompts[j])
+            src[row], slot[row], max_new[row] = which[shared[j]], i, self.slots[i].max_new
+            self._row_settings(row, self.requests[j], keys, adapter, chat, samp)
         engine.stats["prefill_tokens"] += sum(len(prompts[j]) for j in distinct.values())
         engine.stats["prefill_tokens_shared"] += sum(len(prompts[j]) for j in admitted) - \
             sum(len(prompts[j]) for j in distinct.values())
@@ -251,4 +264,55 @@ class Scheduler:
         for i, tok in zip(free, engine.to_host(first)[:len(admitted)]):
             self.slots[i].tokens.append(int(tok))
             self.made += 1
+        return state
+
+    def _slot(self, j: int, ids: list[int]) -> Slot:
+        req = self.requests[j]
+        budget = min(req.params.max_new_tokens, self.section.max_new_tokens, self.engine.cache_len - len(ids))
+        return Slot(j, req, len(ids), budget)
+
+    def _row_settings(self, row: int, req: Request, keys: np.ndarray, adapter: np.ndarray,
+                      chat: np.ndarray, samp: dict[str, np.ndarray]) -> None:
+        keys[row] = np.asarray(jax.random.key_data(jax.random.PRNGKey(req.params.seed)))
+        adapter[row] = self.engine.adapter_index(req.adapter)
+        chat[row] = self.engine.is_chat(req)
+        for f in samp:
+            samp[f][row] = getattr(req.params, f)
+
+    def _piece(self, state: kernels.SlotState, k_cap: int) -> kernels.SlotState:
+        """The next piece of the long prompts being prefilled, `prefill_chunk` tokens in
+        all, oldest first: between two decode chunks the other slots wait for this much."""
+        s, engine = self.section, self.engine
+        budget, rows = s.prefill_chunk, []
+        for i in sorted((i for i, x in enumerate(self.slots) if x is not None and not x.decoding),
+                        key=lambda i: self.slots[i].index):
+            slot = self.slots[i]
+            take = min(len(slot.prompt) - slot.prefilled, budget)
+            if take <= 0:
+                break
+            rows.append((i, take))
+            budget -= take
+        n, c = bucket(len(rows), s.slots, floor=1), bucket(max(t for _, t in rows), s.prefill_chunk)
+        tokens, start, count = np.zeros((n, c), np.int32), np.zeros((n,), np.int32), np.ones((n,), np.int32)
+        final, slot_ids, max_new = np.zeros((n,), bool), np.full((n,), -1, np.int32), np.ones((n,), np.int32)
+        keys, adapter, chat = np.zeros((n, 2), np.uint32), np.zeros((n,), np.int32), np.zeros((n,), bool)
+        samp = {f: np.zeros((n,), t) for f, t in _SAMPLING}
+        for row, (i, take) in enumerate(rows):
+            slot = self.slots[i]
+            a = slot.prefilled
+            tokens[row, :take], start[row], count[row] = slot.prompt[a:a + take], a, take
+            final[row], slot_ids[row], max_new[row] = a + take == len(slot.prompt), i, slot.max_new
+            self._row_settings(row, slot.request, keys, adapter, chat, samp)
+            slot.prefilled += take
+        engine.stats["prefill_tokens"] += sum(t for _, t in rows)
+        engine.stats["prefill_pieces"] += 1
+        piece = kernels.Piece(tokens, start, count, final, slot_ids, max_new, keys, adapter, chat,
+                              RowParams(**samp))
+        state, first = engine.prefill_piece(state, piece, k_cap)
+        first = engine.to_host(first)
+        for row, (i, _) in enumerate(rows):
+            if final[row]:
+                self.slots[i].prompt = None
+                self.slots[i].tokens.append(int(first[row]))
+                self.made += 1
         return state

@@ -112,3 +112,19 @@ def test_identical_prompts_share_one_prefill_and_sample_as_if_alone(engine):
     alone = [engine.generate([r])[0] for r in reqs]
     assert [c.token_ids for c in together] == [c.token_ids for c in alone]
     assert together[0].token_ids != together[1].token_ids  # own seeds, own samples
+
+
+def test_long_prompts_prefilled_in_pieces_between_decode_chunks_give_the_same_tokens(path):
+    prompts = ["Write a long essay about rivers, mountains and the sea. " * 3, "The sea",
+               "A long story begins here. The quick brown fox jumps over the lazy dog. " * 2, "Rivers"]
+    sampled = dataclasses.replace(GREEDY, greedy=False, temperature=1.0, top_k=0, max_new_tokens=12)
+    reqs = [Request(id=f"r{i}", prompt=p, params=dataclasses.replace(sampled, seed=i))
+            for i, p in enumerate(prompts)]
+    whole = build_engine(path, slots=2, max_prefill_len=64, max_new_tokens=16, decode_chunk=4)
+    pieces = build_engine(path, slots=2, max_prefill_len=64, max_new_tokens=16, decode_chunk=4,
+                          prefill_chunk=16)
+    assert max(len(whole.prompt_ids(r)) for r in reqs) > 32   # at least three pieces
+    want, got = whole.generate(reqs), pieces.generate(reqs)
+    assert pieces.stats["prefill_pieces"] >= 3 and whole.stats["prefill_pieces"] == 0
+    assert [c.token_ids for c in got] == [c.token_ids for c in want]
+    assert [c.finish_reason for c in got] == [c.finish_reason for c in want]
