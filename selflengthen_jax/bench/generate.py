@@ -98,13 +98,17 @@ class BenchSpec:
     bandwidth_mib: int = 256       # array copied to measure memory bandwidth
     judge_candidates: int = 200    # yes/no likelihood judge: candidates scored
     shared_texts: int = 24         # extension-phase mix: texts, each asked twice
+    long_prompt_len: int = 2048    # long prompts arriving mid-decode (the stage-2 extension shape)
+    long_prompts: int = 4
+    long_chunk: int = 256          # engine.prefill_chunk with chunking on
     seed: int = 0
 
 
 FULL = BenchSpec()
 QUICK = BenchSpec(new_tokens=32, repeats=1, ragged_requests=16, ragged_repeats=1, ragged_min=4, ragged_max=64,
                   ragged_median=12.0, depths=(512, 2048), depth_steps=4, floor_steps=8,
-                  bandwidth_mib=64, judge_candidates=40, shared_texts=8)
+                  bandwidth_mib=64, judge_candidates=40, shared_texts=8,
+                  long_prompt_len=512, long_prompts=2, long_chunk=128)
 
 
 # -- the checkpoint --------------------------------------------------------------------------
@@ -504,6 +508,43 @@ def shared_prefill(engine: Engine, spec: BenchSpec, texts: Sequence[str]) -> dic
             "shared_tokens": shared, "saved_fraction": shared / max(done + shared, 1), "seconds": dt}
 
 
+def long_prompts_mid_decode(path: Path, spec: BenchSpec, texts: Sequence[str]) -> dict:
+    """Long prompts admitted while the other slots decode: with chunked prefill (pieces of
+    `long_chunk` tokens between decode chunks) and without (each prompt in one prefill).
+
+    One slot-full of short prompts with staggered budgets decodes while `long_prompts`
+    prompts of `long_prompt_len` tokens wait; each takes a slot as one frees. Reported:
+    the short requests' tokens/s over the run and the longest time the decoding slots
+    waited between two decode chunks. Runs alternate the two settings.
+    """
+    long_spec = dataclasses.replace(spec, prompt_len=spec.long_prompt_len)
+    engine = build_engine(path, long_spec, max(spec.new_tokens, 8 * spec.batch))
+    budgets = [spec.new_tokens // 2 + k * spec.new_tokens // spec.batch for k in range(spec.batch)]
+    long_texts = prompts(spec.long_prompts, spec.long_prompt_len, spec.model.vocab, spec.seed + 9)
+    reqs = requests(list(texts[:spec.batch]) + long_texts, budgets + [8] * spec.long_prompts, seed=3000)
+    short_tokens = sum(budgets)
+    settings = {"chunked": spec.long_chunk, "whole": spec.long_prompt_len}
+    runs: dict[str, list[dict]] = {k: [] for k in settings}
+    old = engine.section
+    outs = {}
+    for r in range(3):  # the first round compiles; it is not reported
+        for name in list(settings)[::1 if r % 2 == 0 else -1]:
+            engine.section = dataclasses.replace(old, prefill_chunk=settings[name])
+            engine.stats.clear()
+            dt, outs[name] = _timed(lambda: engine.generate(reqs))
+            if r:
+                runs[name].append({"seconds": dt, "short_tokens_per_s": short_tokens / dt,
+                                   "longest_stall_s": engine.stats["longest_stall_s"],
+                                   "pieces": engine.stats["prefill_pieces"]})
+    engine.section = old
+    summary = {name: {k: statistics.median(x[k] for x in rs) for k in rs[0]} for name, rs in runs.items()}
+    return {"slots": spec.batch, "long_prompt_len": spec.long_prompt_len, "long_prompts": spec.long_prompts,
+            "chunk": spec.long_chunk, "runs": runs, **summary,
+            "identical_tokens": [c.token_ids for c in outs["chunked"]] == [c.token_ids for c in outs["whole"]],
+            "stall_ratio_whole_vs_chunked": summary["whole"]["longest_stall_s"]
+            / max(summary["chunked"]["longest_stall_s"], 1e-9)}
+
+
 def position_curve(engine: Engine, spec: BenchSpec, bandwidth: float) -> dict:
     """Decode ms/step with every slot at context depth d, for each d in spec.depths.
 
@@ -581,6 +622,8 @@ def run(spec: BenchSpec = FULL, out_dir: str | Path | None = None,
         shared = shared_prefill(engine, spec, prompts(spec.shared_texts, spec.prompt_len,
                                                       spec.model.vocab, spec.seed + 8))
         del engine
+        log("long prompts mid-decode")
+        long_mid = long_prompts_mid_decode(path, spec, texts)
         log("bandwidth and position curve")
         bandwidth = copy_bandwidth(spec.bandwidth_mib)
         deep = build_engine(path, spec, max(spec.depths) + spec.depth_steps)
@@ -591,7 +634,7 @@ def run(spec: BenchSpec = FULL, out_dir: str | Path | None = None,
         "spec": dataclasses.asdict(spec), "env": env,
         "model": {"params": cfg.num_params(), "weight_bytes": 4 * cfg.num_params()},
         "workload_a": a, "floor": floor, "workload_b": b, "positions": positions,
-        "judge": judge, "shared_prefill": shared,
+        "judge": judge, "shared_prefill": shared, "long_prompts": long_mid,
         "compile_count": compile_ab, "seconds": time.perf_counter() - started,
         "summary": {"ratio_vs_hf": a["ratio_vs_hf"],
                     "ratio_continuous_vs_static": b["ratio_continuous_vs_static"],
@@ -674,6 +717,13 @@ def markdown(result: dict) -> str:
               "", f"### Shared prefill: {sp['requests']} requests (each prompt twice): "
                   f"{sp['shared_tokens']} of {sp['prompt_tokens']} prompt tokens shared "
                   f"({100 * sp['saved_fraction']:.0f}% of prefill saved)"]
+    lp = result["long_prompts"]
+    lines += ["", f"### Long prompts mid-decode: {lp['long_prompts']} prompts of {lp['long_prompt_len']} tokens "
+                  f"into {lp['slots']} decoding slots (median of {len(lp['runs']['chunked'])})",
+              "", "| prefill | seconds | short requests tokens/s | longest stall s |", "|---|---:|---:|---:|",
+              *(f"| {name} | {lp[name]['seconds']:.2f} | {lp[name]['short_tokens_per_s']:.0f} | "
+                f"{lp[name]['longest_stall_s']:.3f} |" for name in ("chunked", "whole")),
+              "", f"identical tokens: {lp['identical_tokens']}"]
     c = result["compile_count"]
     lines += ["", f"compile count: position sweep {p['compile_count_before']} -> {p['compile_count_after']}; "
                   f"workloads A+B {c['after_warm_up']} -> {c['after_workloads']}"]

@@ -149,6 +149,7 @@ class Scheduler:
         state = engine.empty_state()
         start = time.perf_counter()
         lagging: list[int] = []  # slots whose newest tokens wait for the stop-string scan
+        fetched: float | None = None  # when the last decode chunk's tokens reached the host
         while pending or any(self.slots):
             free = [i for i, s in enumerate(self.slots) if s is None]
             if pending and free and (self.section.mode == "continuous" or len(free) == len(self.slots)):
@@ -161,9 +162,12 @@ class Scheduler:
                 continue
             steps, exit_early = self._chunk_plan(bool(pending))
             wall, cpu = time.perf_counter(), time.process_time()
+            if fetched is not None:  # what the slots decoding since then waited for the host
+                engine.stats["longest_stall_s"] = max(engine.stats["longest_stall_s"], wall - fetched)
             state, toks, finish = engine.decode(state, steps, exit_early, k_cap)  # runs async
             stopped = self._scan_stops(lagging)  # overlaps with the chunk in flight
             toks, finish = engine.to_host(toks), engine.to_host(finish)
+            fetched = time.perf_counter()
             engine.count_decode(toks, time.perf_counter() - wall, time.process_time() - cpu)
             lagging = []
             for i, slot in enumerate(self.slots):
