@@ -271,7 +271,7 @@ class Engine:
         while pending:
             s = self.section
             group = admit(pending, s.slots, [len(x) for x in ids], s.slots, s.max_prefill_len, s.prefill_tokens)
-            n_conts = max(len(continuations[i]) for i in group)
+            n_conts = max(1, *(len(continuations[i]) for i in group))
             rows = self._score_rows(group, ids, continuations, n_conts, width, self.adapter_names[adapter])
             sums = to_host(self.kernel("score", 0)(self.params, self.lora, self._replicated(rows)))
             for r, i in enumerate(group):
