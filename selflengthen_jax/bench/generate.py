@@ -1,6 +1,6 @@
 """Generation throughput: our engine against transformers, a matmul floor, and itself.
 
-Four measurements on one random-initialised Qwen2-shaped model, all in one process so
+Measurements on one random-initialised Qwen2-shaped model, all in one process so
 they share the machine's state (the numbers are only comparable within a run):
 
 * Workload A: a full batch with the reference sampling settings, our engine vs
@@ -11,6 +11,10 @@ they share the machine's state (the numbers are only comparable within a run):
   anything but the unavoidable weight reads and FLOPs.
 * Workload B: many requests with long-tailed lengths, continuous vs static batching on
   the same engine; both must return identical tokens (per-request seeds).
+* The judge: the yes/no likelihood judge's wall time for `judge_candidates` candidates.
+* Shared prefill: the prompt tokens saved on the extension phase's mix (each prompt twice).
+* Long prompts mid-decode: chunked vs whole prefill, the decoding slots' tokens/s and
+  their longest stall.
 * The position curve: decode cost at growing context, against the KV-cache read bound
   from a measured copy bandwidth, and the compile count before and after (the kernel
   must not recompile as the context grows).
