@@ -26,7 +26,7 @@ from selflengthen_jax.config import Config
 from selflengthen_jax.eval import run
 from selflengthen_jax.eval.judge import Ask
 from selflengthen_jax.outputs import check_dir, check_file
-from selflengthen_jax.sampling.batch import PromptItem
+from selflengthen_jax.pipeline.prompt_file import PromptItem
 
 
 def _arguments() -> argparse.ArgumentParser:

@@ -16,7 +16,7 @@ from typing import Sequence
 from launch import cli
 from selflengthen_jax.outputs import check_file
 from selflengthen_jax.pipeline.store import JsonlStore
-from selflengthen_jax.sampling.batch import OUTPUT_FIELDS, check_prompt_lengths, generate_missing, read_prompts
+from selflengthen_jax.pipeline.prompt_file import OUTPUT_FIELDS, check_prompt_lengths, generate_missing, read_prompts
 from selflengthen_jax.sampling.service import build_engine, sampling_params
 
 

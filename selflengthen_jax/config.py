@@ -63,6 +63,7 @@ class EngineSection:
     max_new_tokens: int = 16384     # cache room for output, tokens
     decode_chunk: int = 64          # decode steps per device call
     prefill_tokens: int = 32768     # prompt tokens per prefill call (bounds its activations)
+    prefill_chunk: int = 1024       # longer prompts are prefilled this many tokens at a time, between decode chunks
     mode: Literal["continuous", "static"] = "continuous"
     weight_layout: Literal["auto", "stacked", "per_layer"] = "auto"  # auto: per_layer on CPU
 
@@ -152,6 +153,7 @@ class PlanSection:
 class Config:
     seed: int = 0
     output_dir: str = "runs/default"
+    compilation_cache: str = "auto"  # persistent XLA cache: auto (~/.cache/selflengthen_jax/xla), off, or a path
     language: Literal["zh", "en"] = "zh"
     model: ModelSection = dataclasses.field(default_factory=ModelSection)
     mesh: MeshSection = dataclasses.field(default_factory=MeshSection)
@@ -167,7 +169,7 @@ class Config:
 
 
 POSITIVE = {"engine.slots", "engine.max_prefill_len", "engine.max_new_tokens",
-            "engine.decode_chunk", "engine.prefill_tokens", "train.epochs", "train.batch_size", "train.grad_accum",
+            "engine.decode_chunk", "engine.prefill_tokens", "engine.prefill_chunk", "train.epochs", "train.batch_size", "train.grad_accum",
             "train.cutoff_len", "train.save_every", "train.keep", "train.log_every", "train.lora.rank",
             "pipeline.max_iter", "pipeline.instruct_count", "pipeline.instruct_tries",
             "pipeline.responses_per_instruction", "pipeline.response_tries",
@@ -343,6 +345,8 @@ def validate(cfg: Config) -> None:
         v = _get(cfg, key)
         if not 0.0 <= v <= 1.0:
             raise ConfigError(f"{key}={v} must lie in [0, 1]")
+    if not cfg.compilation_cache.strip():
+        raise ConfigError("compilation_cache is empty: give auto, off or a directory")
     if cfg.mesh.data == 0 or cfg.mesh.data < -1:
         raise ConfigError(f"mesh.data={cfg.mesh.data} must be a positive integer or -1 (all remaining devices)")
     if cfg.train.max_steps == 0 or cfg.train.max_steps < -1:

@@ -1,6 +1,6 @@
 """Generation throughput: our engine against transformers, a matmul floor, and itself.
 
-Four measurements on one random-initialised Qwen2-shaped model, all in one process so
+Measurements on one random-initialised Qwen2-shaped model, all in one process so
 they share the machine's state (the numbers are only comparable within a run):
 
 * Workload A: a full batch with the reference sampling settings, our engine vs
@@ -11,6 +11,10 @@ they share the machine's state (the numbers are only comparable within a run):
   anything but the unavoidable weight reads and FLOPs.
 * Workload B: many requests with long-tailed lengths, continuous vs static batching on
   the same engine; both must return identical tokens (per-request seeds).
+* The judge: the yes/no likelihood judge's wall time for `judge_candidates` candidates.
+* Shared prefill: the prompt tokens saved on the extension phase's mix (each prompt twice).
+* Long prompts mid-decode: chunked vs whole prefill, the decoding slots' tokens/s and
+  their longest stall.
 * The position curve: decode cost at growing context, against the KV-cache read bound
   from a measured copy bandwidth, and the compile count before and after (the kernel
   must not recompile as the context grows).
@@ -46,9 +50,9 @@ from selflengthen_jax.config import EngineSection, MeshSection
 from selflengthen_jax.models.config import ModelConfig
 from selflengthen_jax.models.transformer import Params, init_params, lm_head
 from selflengthen_jax.parallel.mesh import make_mesh
-from selflengthen_jax.parallel.placement import put, replicated, to_host
+from selflengthen_jax.parallel.placement import to_host
 from selflengthen_jax.parallel.rules import strategy_rules
-from selflengthen_jax.sampling.engine import Engine, empty_state_fn, slot_state_shardings
+from selflengthen_jax.sampling.engine import Engine
 from selflengthen_jax.sampling.request import Completion, Request, SamplingParams
 from selflengthen_jax.sampling.sampler import RowParams
 
@@ -96,13 +100,19 @@ class BenchSpec:
     depth_steps: int = 16          # decode steps timed at each depth
     floor_steps: int = 32          # steps inside one jitted floor loop
     bandwidth_mib: int = 256       # array copied to measure memory bandwidth
+    judge_candidates: int = 200    # yes/no likelihood judge: candidates scored
+    shared_texts: int = 24         # extension-phase mix: texts, each asked twice
+    long_prompt_len: int = 2048    # long prompts arriving mid-decode (the stage-2 extension shape)
+    long_prompts: int = 4
+    long_chunk: int = 256          # engine.prefill_chunk with chunking on
     seed: int = 0
 
 
 FULL = BenchSpec()
 QUICK = BenchSpec(new_tokens=32, repeats=1, ragged_requests=16, ragged_repeats=1, ragged_min=4, ragged_max=64,
                   ragged_median=12.0, depths=(512, 2048), depth_steps=4, floor_steps=8,
-                  bandwidth_mib=64)
+                  bandwidth_mib=64, judge_candidates=40, shared_texts=8,
+                  long_prompt_len=512, long_prompts=2, long_chunk=128)
 
 
 # -- the checkpoint --------------------------------------------------------------------------
@@ -475,6 +485,70 @@ def workload_b(engine: Engine, spec: BenchSpec, texts: Sequence[str]) -> dict:
             "ratio_continuous_vs_static": t_s / t_c}
 
 
+def judge_scoring(engine: Engine, spec: BenchSpec, texts: Sequence[str]) -> dict:
+    """The yes/no judge as `phases.judge` runs it: every candidate's prompt scored against
+    two one-token answers. Timed after a full warm-up pass (every batch shape compiled)."""
+    pairs = [(t, a) for t in texts for a in (" w1", " w2")]
+    engine.loglikelihood(pairs)
+    times = [_timed(lambda: engine.loglikelihood(pairs))[0] for _ in range(2)]
+    return {"candidates": len(texts), "pairs": len(pairs), "seconds": times,
+            "median_s": statistics.median(times), "ms_per_candidate": 1e3 * statistics.median(times) / len(texts)}
+
+
+def shared_prefill(engine: Engine, spec: BenchSpec, texts: Sequence[str]) -> dict:
+    """The extension phase's mix in round 1: each text asked twice with the same prompt
+    (two extensions per response), ragged lengths, continuous batching. Reports the
+    prompt tokens the engine prefilled and those it shared instead."""
+    lengths = ragged_lengths(spec)
+    reqs = [Request(id=f"x{i}-{k}", prompt=t, params=SamplingParams(
+        max_new_tokens=lengths[(2 * i + k) % len(lengths)], stop=(), seed=2 * i + k, **REFERENCE))
+        for i, t in enumerate(texts) for k in range(2)]
+    before = dict(engine.stats)
+    with batching(engine, "continuous"):
+        dt, _ = _timed(lambda: engine.generate(reqs))
+    done = engine.stats["prefill_tokens"] - before.get("prefill_tokens", 0)
+    shared = engine.stats["prefill_tokens_shared"] - before.get("prefill_tokens_shared", 0)
+    return {"requests": len(reqs), "prompt_tokens": done + shared, "prefilled_tokens": done,
+            "shared_tokens": shared, "saved_fraction": shared / max(done + shared, 1), "seconds": dt}
+
+
+def long_prompts_mid_decode(path: Path, spec: BenchSpec, texts: Sequence[str]) -> dict:
+    """Long prompts admitted while the other slots decode: with chunked prefill (pieces of
+    `long_chunk` tokens between decode chunks) and without (each prompt in one prefill).
+
+    One slot-full of short prompts with staggered budgets decodes while `long_prompts`
+    prompts of `long_prompt_len` tokens wait; each takes a slot as one frees. Reported:
+    the short requests' tokens/s over the run and the longest time the decoding slots
+    waited between two decode chunks. Runs alternate the two settings.
+    """
+    long_spec = dataclasses.replace(spec, prompt_len=spec.long_prompt_len)
+    engine = build_engine(path, long_spec, max(spec.new_tokens, 8 * spec.batch))
+    budgets = [spec.new_tokens // 2 + k * spec.new_tokens // spec.batch for k in range(spec.batch)]
+    long_texts = prompts(spec.long_prompts, spec.long_prompt_len, spec.model.vocab, spec.seed + 9)
+    reqs = requests(list(texts[:spec.batch]) + long_texts, budgets + [8] * spec.long_prompts, seed=3000)
+    short_tokens = sum(budgets)
+    settings = {"chunked": spec.long_chunk, "whole": spec.long_prompt_len}
+    runs: dict[str, list[dict]] = {k: [] for k in settings}
+    old = engine.section
+    outs = {}
+    for r in range(3):  # the first round compiles; it is not reported
+        for name in list(settings)[::1 if r % 2 == 0 else -1]:
+            engine.section = dataclasses.replace(old, prefill_chunk=settings[name])
+            engine.stats.clear()
+            dt, outs[name] = _timed(lambda: engine.generate(reqs))
+            if r:
+                runs[name].append({"seconds": dt, "short_tokens_per_s": short_tokens / dt,
+                                   "longest_stall_s": engine.stats["longest_stall_s"],
+                                   "pieces": engine.stats["prefill_pieces"]})
+    engine.section = old
+    summary = {name: {k: statistics.median(x[k] for x in rs) for k in rs[0]} for name, rs in runs.items()}
+    return {"slots": spec.batch, "long_prompt_len": spec.long_prompt_len, "long_prompts": spec.long_prompts,
+            "chunk": spec.long_chunk, "runs": runs, **summary,
+            "identical_tokens": [c.token_ids for c in outs["chunked"]] == [c.token_ids for c in outs["whole"]],
+            "stall_ratio_whole_vs_chunked": summary["whole"]["longest_stall_s"]
+            / max(summary["chunked"]["longest_stall_s"], 1e-9)}
+
+
 def position_curve(engine: Engine, spec: BenchSpec, bandwidth: float) -> dict:
     """Decode ms/step with every slot at context depth d, for each d in spec.depths.
 
@@ -483,27 +557,24 @@ def position_curve(engine: Engine, spec: BenchSpec, bandwidth: float) -> dict:
     decoded to get there; attention cost depends on the position, not the cache contents.
     """
     cfg, b, steps = engine.cfg, engine.section.slots, spec.depth_steps
-    probe = requests(["w0"], [steps])
-    fn = engine._fn("decode", engine._k_cap(probe))   # noqa: SLF001 - the kernel generate() uses
-    rep = replicated(engine.mesh)
-    sh = slot_state_shardings(cfg, b, engine.cache_len, engine.mesh, engine.rules)
-    state = empty_state_fn(cfg, b, engine.cache_len, engine.cache_dtype, sh)()  # made on the devices
+    k_cap = engine.k_cap(requests(["w0"], [steps]))
+    sh = engine.state_shardings()
+    state = engine.empty_state()
     keys = np.stack([np.asarray(jax.random.key_data(jax.random.PRNGKey(i))) for i in range(b)])
     fixed = dict(
         last_token=np.arange(b, dtype=np.int32) % cfg.vocab_size, n_gen=np.ones(b, np.int32),
-        max_new=np.full(b, engine.cache_len, np.int32), done=np.zeros(b, bool),
-        keys=keys.astype(np.uint32), adapter=np.zeros(b, np.int32),
+        max_new=np.full(b, engine.cache_len, np.int32), finish=np.zeros(b, np.int32),
+        keys=keys.astype(np.uint32), adapter=np.zeros(b, np.int32), chat=np.zeros(b, bool),
         sampling=RowParams(np.full(b, REFERENCE["temperature"], np.float32),
                            np.full(b, REFERENCE["top_k"], np.int32),
                            np.full(b, REFERENCE["top_p"], np.float32),
                            np.full(b, REFERENCE["repetition_penalty"], np.float32), np.zeros(b, bool)))
-    n_steps, no_exit = put(np.int32(steps), rep), put(np.bool_(False), rep)
 
     def chunk(depth: int):
         nonlocal state
         fresh = {k: jax.device_put(v, getattr(sh, k)) for k, v in fixed.items()}  # donated below
         state = state._replace(pos=jax.device_put(np.full(b, depth, np.int32), sh.pos), **fresh)
-        state, toks = fn(engine.params, engine.lora, state, engine._eos, n_steps, no_exit)
+        state, toks, _ = engine.decode(state, steps, False, k_cap)
         made = int((to_host(toks) >= 0).sum())
         if made != b * steps:
             raise RuntimeError(f"decode at depth {depth} made {made} tokens, expected {b * steps}")
@@ -549,7 +620,14 @@ def run(spec: BenchSpec = FULL, out_dir: str | Path | None = None,
         log("workload B")
         b = workload_b(engine, spec, texts[:spec.ragged_requests])
         compile_ab = {"after_warm_up": compiled, "after_workloads": engine.compile_count}
+        log("judge scoring and shared prefill")
+        judge = judge_scoring(engine, spec, prompts(spec.judge_candidates, spec.prompt_len,
+                                                    spec.model.vocab, spec.seed + 7))
+        shared = shared_prefill(engine, spec, prompts(spec.shared_texts, spec.prompt_len,
+                                                      spec.model.vocab, spec.seed + 8))
         del engine
+        log("long prompts mid-decode")
+        long_mid = long_prompts_mid_decode(path, spec, texts)
         log("bandwidth and position curve")
         bandwidth = copy_bandwidth(spec.bandwidth_mib)
         deep = build_engine(path, spec, max(spec.depths) + spec.depth_steps)
@@ -560,6 +638,7 @@ def run(spec: BenchSpec = FULL, out_dir: str | Path | None = None,
         "spec": dataclasses.asdict(spec), "env": env,
         "model": {"params": cfg.num_params(), "weight_bytes": 4 * cfg.num_params()},
         "workload_a": a, "floor": floor, "workload_b": b, "positions": positions,
+        "judge": judge, "shared_prefill": shared, "long_prompts": long_mid,
         "compile_count": compile_ab, "seconds": time.perf_counter() - started,
         "summary": {"ratio_vs_hf": a["ratio_vs_hf"],
                     "ratio_continuous_vs_static": b["ratio_continuous_vs_static"],
@@ -636,6 +715,19 @@ def markdown(result: dict) -> str:
         lines.append(f"| {r['depth']} | {r['ms_per_step']:.2f} | {r['ms_per_token']:.2f} | "
                      f"{r['kv_bytes_per_step'] / 1e6:.1f} | {r['kv_bound_ms']:.2f} | "
                      f"{r['weights_bound_ms']:.2f} | {r['kv_share_of_step']:.2f} |")
+    j, sp = result["judge"], result["shared_prefill"]
+    lines += ["", f"### Judge: {j['candidates']} candidates x 2 answers: {j['median_s']:.2f} s "
+                  f"({j['ms_per_candidate']:.1f} ms per candidate)",
+              "", f"### Shared prefill: {sp['requests']} requests (each prompt twice): "
+                  f"{sp['shared_tokens']} of {sp['prompt_tokens']} prompt tokens shared "
+                  f"({100 * sp['saved_fraction']:.0f}% of prefill saved)"]
+    lp = result["long_prompts"]
+    lines += ["", f"### Long prompts mid-decode: {lp['long_prompts']} prompts of {lp['long_prompt_len']} tokens "
+                  f"into {lp['slots']} decoding slots (median of {len(lp['runs']['chunked'])})",
+              "", "| prefill | seconds | short requests tokens/s | longest stall s |", "|---|---:|---:|---:|",
+              *(f"| {name} | {lp[name]['seconds']:.2f} | {lp[name]['short_tokens_per_s']:.0f} | "
+                f"{lp[name]['longest_stall_s']:.3f} |" for name in ("chunked", "whole")),
+              "", f"identical tokens: {lp['identical_tokens']}"]
     c = result["compile_count"]
     lines += ["", f"compile count: position sweep {p['compile_count_before']} -> {p['compile_count_after']}; "
                   f"workloads A+B {c['after_warm_up']} -> {c['after_workloads']}"]

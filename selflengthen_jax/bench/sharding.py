@@ -1,7 +1,7 @@
 """Benchmark sharding strategies on the devices at hand: speed, memory and agreement.
 
 For each strategy (a mesh layout plus logical-axis rules) the harness
-  * generation: drives the engine's own prefill and decode executables (`Engine._fn`:
+  * generation: drives the engine's own prefill and decode executables (`Engine.kernel`:
     the same jit, shardings and buffer donation as production) with token ids, at each
     batch size and context length: time to first token, prefill and decode tokens/s;
   * training: runs the trainer's jitted step (`make_train_step`), LoRA and full, on one
@@ -26,7 +26,6 @@ import math
 import statistics
 import sys
 import time
-from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -50,7 +49,7 @@ from selflengthen_jax.parallel.placement import put, put_tree, replicated, to_ho
 from selflengthen_jax.plan.planner import (TRAIN_MODES, builtin_layout, generation_breakdown,
                                                training_breakdown)
 from selflengthen_jax.parallel.rules import STRATEGIES, Rules, strategy_rules, tree_shardings
-from selflengthen_jax.sampling import decode_state as ds
+from selflengthen_jax.sampling import kernels as ds
 from selflengthen_jax.sampling.engine import Engine
 from selflengthen_jax.sampling.sampler import RowParams
 from selflengthen_jax.training.data import Batch
@@ -338,9 +337,11 @@ def _greedy_rows(cfg: ModelConfig, batch: int, ctx: int, max_new: int, mesh: Mes
     rng = np.random.default_rng([seed, batch, ctx])
     rep = replicated(mesh)
     host = dict(tokens=rng.integers(0, cfg.vocab_size, (batch, ctx), dtype=np.int32),
-                length=np.full((batch,), ctx, np.int32), slot=np.arange(batch, dtype=np.int32),
+                length=np.full((batch,), ctx, np.int32), prompt_adapter=np.zeros((batch,), np.int32),
+                src=np.arange(batch, dtype=np.int32), slot=np.arange(batch, dtype=np.int32),
                 max_new=np.full((batch,), max_new, np.int32),
-                keys=np.zeros((batch, 2), np.uint32), adapter=np.zeros((batch,), np.int32))
+                keys=np.zeros((batch, 2), np.uint32), adapter=np.zeros((batch,), np.int32),
+                chat=np.zeros((batch,), bool))
     sampling = RowParams(np.zeros((batch,), np.float32), np.zeros((batch,), np.int32),
                          np.ones((batch,), np.float32), np.ones((batch,), np.float32),
                          np.ones((batch,), bool))
@@ -358,24 +359,22 @@ def bench_generation(ctx: Context, model: LoadedModel, batch: int, length: int
     section = EngineSection(slots=batch, max_prefill_len=length, max_new_tokens=steps,
                             decode_chunk=steps, mode="static")
     engine = Engine(model, section, ctx.mesh, ctx.rules, attention_impl=ctx.cfg.model.attention_impl)
-    empty = jax.jit(partial(ds.empty_state, model.cfg, batch, engine.cache_len, engine.cache_dtype),
-                    out_shardings=engine._state_shardings())
     rows = _greedy_rows(model.cfg, batch, length, steps + 1, ctx.mesh, ctx.cfg.seed)
     rep = replicated(ctx.mesh)
-    params, eos = engine.params, engine._eos
+    params, ends = engine.params, engine.ends
     chunk = (put(np.int32(steps), rep), put(np.bool_(False), rep))  # all steps, no early exit
-    state = empty()
+    state = engine.empty_state()
     opts = ctx.bench.compile_options
-    prefill, t_prefill = _compile(opts, engine._fn("prefill", 1), params, None, state, rows, eos)
-    decode, t_decode = _compile(opts, engine._fn("decode", 1), params, None, state, eos, *chunk)
+    prefill, t_prefill = _compile(opts, engine.kernel("prefill", 1), params, None, state, rows, ends)
+    decode, t_decode = _compile(opts, engine.kernel("decode", 1), params, None, state, ends, *chunk)
 
     def run() -> tuple[float, float, np.ndarray]:
-        s = jax.block_until_ready(empty())
+        s = jax.block_until_ready(engine.empty_state())
         t0 = time.perf_counter()
-        s, first = prefill(params, None, s, rows, eos)
+        s, first = prefill(params, None, s, rows, ends)
         first = to_host(first)
         t1 = time.perf_counter()
-        s, toks = decode(params, None, s, eos, *chunk)
+        s, toks, _ = decode(params, None, s, ends, *chunk)
         toks = to_host(toks)
         return t1 - t0, time.perf_counter() - t1, np.concatenate([first[:, None], toks], axis=1)
 

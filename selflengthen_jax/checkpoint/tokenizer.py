@@ -30,16 +30,50 @@ def load_tokenizer(model_dir: str | Path) -> transformers.PreTrainedTokenizerBas
     return tok
 
 
+def _declared_eos(path: Path) -> list[int] | None:
+    """`eos_token_id` of a JSON config file (an int or a list), None when it declares none."""
+    if not path.is_file():
+        return None
+    eos = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id")
+    if eos is None:
+        return None
+    return [eos] if isinstance(eos, int) else [int(t) for t in eos]
+
+
 def eos_token_ids(model_dir: str | Path, tok: transformers.PreTrainedTokenizerBase) -> list[int]:
-    """End-of-sequence ids: generation_config.json's (may be a list), else the tokenizer's."""
-    ids: list[int] = []
-    gen = local_files(model_dir) / "generation_config.json"
-    if gen.is_file():
-        eos = json.loads(gen.read_text(encoding="utf-8")).get("eos_token_id")
-        ids = [eos] if isinstance(eos, int) else list(eos or [])
-    if tok.eos_token_id is not None and tok.eos_token_id not in ids:
-        ids.append(tok.eos_token_id)
-    return ids
+    """The checkpoint's own end-of-sequence ids, as transformers' `generate` reads them:
+    generation_config.json's `eos_token_id` (an int or a list), else config.json's; the
+    tokenizer's EOS only when neither file declares one. A special token that is only a
+    pad token (e.g. Qwen's <|endoftext|> on some checkpoints) does not end generation."""
+    d = local_files(model_dir)  # a bucket checkpoint's small files, cached locally
+    for name in ("generation_config.json", "config.json"):
+        ids = _declared_eos(d / name)
+        if ids is not None:
+            return ids
+    return [] if tok.eos_token_id is None else [tok.eos_token_id]
+
+
+_TURN_MARK = "\u2063turn-end-probe\u2063"
+
+
+def end_of_turn_ids(tok: transformers.PreTrainedTokenizerBase) -> list[int]:
+    """The special token the chat template closes an assistant turn with (Qwen's
+    <|im_end|>, Llama 3's <|eot_id|>), found by rendering a one-turn conversation; []
+    without a template or when the template closes turns with plain text."""
+    from jinja2 import TemplateError
+
+    if not getattr(tok, "chat_template", None):
+        return []
+    try:
+        text = tok.apply_chat_template([{"role": "user", "content": "hi"},
+                                        {"role": "assistant", "content": _TURN_MARK}], tokenize=False)
+    except (TemplateError, ValueError, TypeError):  # a template may refuse this conversation
+        return []
+    if _TURN_MARK not in text:
+        return []
+    special = set(tok.all_special_ids) | {i for i, t in tok.added_tokens_decoder.items() if t.special}
+    tail = tok.encode(text.split(_TURN_MARK, 1)[1], add_special_tokens=False)
+    return next(([t] for t in tail if t in special), [])
 
 
 def special_token_ids(model_dir: str | Path | None) -> dict[str, Any]:

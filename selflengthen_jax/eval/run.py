@@ -32,7 +32,7 @@ from selflengthen_jax.eval.scores import (LONGBENCH_WRITE_TYPE, is_longbench_wri
                                           markdown_table, report_json, score_records)
 from selflengthen_jax.pipeline.store import JsonlStore, atomic_write_json, atomic_write_text
 from selflengthen_jax.pipeline.text import LANGUAGES, language_of
-from selflengthen_jax.sampling.batch import (
+from selflengthen_jax.pipeline.prompt_file import (
     OUTPUT_FIELDS,
     PromptItem,
     check_prompt_lengths,

@@ -182,24 +182,32 @@ def per_layer_tree(cfg: ModelConfig) -> tuple[Params, Params]:
     return per_layer(logical_axes(cfg), cfg), jax.eval_shape(lambda p: per_layer(p, cfg), shapes)
 
 
-def _lora_delta(x: jnp.ndarray, adapter: dict | None, ids: jnp.ndarray | None,
+def _lora_delta(x: jnp.ndarray, adapter: dict | None, onehot: jnp.ndarray | None,
                 scale: float, out_shape: tuple[int, ...],
                 dropout: tuple[float, jax.Array] | None = None) -> jnp.ndarray | float:
-    """x @ A[id] @ B[id] per batch row; adapters are stacked [n_adapters, in, r] / [n, r, out].
+    """x @ A[id] @ B[id] per batch row, adapters stacked [n_adapters, in, r] / [n, r, out].
+
+    No per-row gather of the adapters: every row runs through all n adapters at once (one
+    [in, n*r] and one [n*r, out] matmul, in x's dtype) and a row mask keeps each row's
+    own one. n is a handful (base, generator, extender) and r is small, so this costs a
+    few percent of the base matmul where gathering [batch, in, r] copies per row per step
+    would move the adapters through memory once per row.
 
     `dropout` (rate, key) drops the adapter's input as PEFT's lora_dropout does (inverted
     dropout: kept values scaled by 1 / (1 - rate)); the base projection sees all of x.
     """
     if adapter is None:
         return 0.0
-    a, b = adapter["a"][ids], adapter["b"][ids]          # [batch, in, r], [batch, r, out]
+    a, b = adapter["a"].astype(x.dtype), adapter["b"].astype(x.dtype)   # [n, in, r], [n, r, out]
     xf = x.reshape(*x.shape[:2], -1)
     if dropout is not None:
         rate, key = dropout
         keep = jax.random.bernoulli(key, 1.0 - rate, xf.shape)
         xf = jnp.where(keep, xf / (1.0 - rate), 0.0).astype(x.dtype)
-    y = jnp.einsum("bsi,bir->bsr", xf, a.astype(x.dtype))
-    y = jnp.einsum("bsr,bro->bso", y, b.astype(x.dtype))
+    if a.shape[0] == 1:  # one adapter (training): no mask
+        y = jnp.einsum("bsr,ro->bso", jnp.einsum("bsi,ir->bsr", xf, a[0]), b[0])
+    else:
+        y = jnp.einsum("bsnr,nro->bso", jnp.einsum("bsi,nir->bsnr", xf, a) * onehot[:, None, :, None], b)
     return (scale * y).reshape(*x.shape[:2], *out_shape)
 
 
@@ -237,8 +245,11 @@ def forward(params: Params, cfg: ModelConfig, tokens: jnp.ndarray, *,
     else:
         q_index = write_index[:, None] + jnp.arange(s)[None, :]
         block = math.gcd(cache.v.shape[3], CACHE_BLOCK)
-    if lora is not None and adapter_ids is None:
-        adapter_ids = jnp.zeros((b,), jnp.int32)
+    onehot = None
+    if lora is not None:
+        n_adapters = next(iter(lora.values()))["a"].shape[1]
+        ids = jnp.zeros((b,), jnp.int32) if adapter_ids is None else adapter_ids
+        onehot = jax.nn.one_hot(ids, n_adapters, dtype=cdt)   # [b, n]: the row mask
     inv_freq = jnp.asarray(inverse_frequencies(cfg))
     H, K, Dh, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size
 
@@ -249,7 +260,7 @@ def forward(params: Params, cfg: ModelConfig, tokens: jnp.ndarray, *,
         w = lambda name: p[name].astype(cdt)  # noqa: E731
         drop = lambda name: None if dropout_key is None or not lora_dropout else (  # noqa: E731
             lora_dropout, jax.random.fold_in(jax.random.fold_in(dropout_key, li), PROJECTIONS.index(name)))
-        delta = lambda name, inp, shape: _lora_delta(inp, ad.get(name), adapter_ids,  # noqa: E731
+        delta = lambda name, inp, shape: _lora_delta(inp, ad.get(name), onehot,  # noqa: E731
                                                      lora_scale, shape, drop(name))
         h = rms_norm(x, p["attn_norm"].astype(cdt), cfg.rms_norm_eps)
         q = jnp.einsum("bsd,dhk->bshk", h, w("wq")) + delta("wq", h, (H, Dh))

@@ -66,6 +66,7 @@ class CachedGenerator:
         self.progress = progress
         self.generated_tokens = 0
         self.generated_requests = 0
+        self.prompt_too_long = 0  # requests answered prompt_too_long (fresh or from the store)
         self.index, self.count = hosts.index(), hosts.count()
         self.split = split and self.count > 1
         own = shard_path(self.path, self.index) if self.split else self.path
@@ -120,7 +121,9 @@ class CachedGenerator:
         missing = [r.id for r in requests if r.id not in fresh and r.id not in cached]
         if missing:
             raise RuntimeError(f"{self.path}: no completion for {missing[:3]} in any shard")
-        return [fresh[r.id] if r.id in fresh else self._load(cached[r.id]) for r in requests]
+        out = [fresh[r.id] if r.id in fresh else self._load(cached[r.id]) for r in requests]
+        self.prompt_too_long += sum(c.finish_reason == "prompt_too_long" for c in out)
+        return out
 
     def loglikelihood(self, pairs, adapter: str = "base") -> list[float]:
         return self.engine.loglikelihood(pairs, adapter)

@@ -21,8 +21,8 @@ from typing import Iterable, Sequence
 
 from selflengthen_jax.paths import AnyPath
 from selflengthen_jax.paths import path as as_path
+from selflengthen_jax.pipeline.prompt_file import numbered_records
 from selflengthen_jax.pipeline.store import atomic_write_text
-from selflengthen_jax.sampling.batch import numbered_records
 
 SOURCES: tuple[str, ...] = ("initial", "extended")
 EXTRA_DIR = "collect"

@@ -72,9 +72,11 @@ class Loop:
             records = read_jsonl(path)
         else:
             t0, tokens0 = time.perf_counter(), phase.gen.generated_tokens
-            requests0 = phase.gen.generated_requests
+            requests0, too_long0 = phase.gen.generated_requests, phase.gen.prompt_too_long
             phase.counts = {}
             records = run(phase)
+            if phase.gen.prompt_too_long > too_long0:  # skipped, not fatal: counted in the marker
+                phase.count("prompt_too_long", phase.gen.prompt_too_long - too_long0)
             tokens = sum(hosts.gather(phase.gen.generated_tokens - tokens0))
             if self.writer:  # every shard is complete: the last generate call ended in a barrier
                 write_jsonl(path, records)

@@ -33,6 +33,8 @@ def iteration_summary(k: int, d: AnyPath) -> dict:
         entry["phases"][name] = {"seconds": (read_marker(d, name) or {}).get("seconds", 0)}
     for name in ("initial", "extended"):
         entry[f"{name}_words"] = _words(read_jsonl(d / f"{name}.jsonl"))
+    # prompts skipped as longer than engine.max_prefill_len, over the iteration's phases
+    entry["prompt_too_long"] = sum(entry["phases"][n]["counts"].get("prompt_too_long", 0) for n in PHASES)
     ins = entry["phases"]["instructions"]
     attempts = ins["counts"].get("attempts", 0)
     entry["instruction_acceptance"] = round(ins["records"] / attempts, 3) if attempts else 0.0
@@ -51,8 +53,8 @@ def finish_cut(entry: dict) -> dict[str, dict[str, int]]:
 def summary_table(summaries: list[dict]) -> str:
     """A markdown table, one row per finished iteration."""
     head = ("| iter | instructions | accept | initial | init words mean/med/p90 | extended "
-            "| ext words mean/med/p90 | finish cut (records/unfinished) | tokens | seconds |")
-    rows = [head, "|" + "---|" * 10]
+            "| ext words mean/med/p90 | finish cut (records/unfinished) | prompts too long | tokens | seconds |")
+    rows = [head, "|" + "---|" * 11]
     for s in summaries:
         ph = s["phases"]
         iw, ew = s["initial_words"], s["extended_words"]
@@ -64,8 +66,8 @@ def summary_table(summaries: list[dict]) -> str:
         rows.append(f"| {s['iteration']} | {ph['instructions']['records']} | "
                     f"{s['instruction_acceptance']:.2f} | {ph['initial']['records']} | "
                     f"{iw['mean']}/{iw['median']}/{iw['p90']} | {ph['extended']['records']} | "
-                    f"{ew['mean']}/{ew['median']}/{ew['p90']} | {cuts}/{unfinished} | {tokens} | "
-                    f"{seconds:.0f} |")
+                    f"{ew['mean']}/{ew['median']}/{ew['p90']} | {cuts}/{unfinished} | "
+                    f"{s.get('prompt_too_long', 0)} | {tokens} | {seconds:.0f} |")
     return "\n".join(rows)
 
 

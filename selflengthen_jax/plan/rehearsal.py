@@ -31,7 +31,7 @@ from selflengthen_jax.checkpoint.loader import param_shardings, per_layer_shardi
 from selflengthen_jax.config import Config, ConfigError, load_config
 from selflengthen_jax.models.attention import SAVE_SCORES_UP_TO, query_blocks
 from selflengthen_jax.models.config import ModelConfig
-from selflengthen_jax.models.lora import adapter_shapes, projection_dims, stack_adapters
+from selflengthen_jax.models.lora import adapter_shapes, projection_dims
 from selflengthen_jax.models.transformer import CACHE_BLOCK, abstract_model, per_layer_tree
 from selflengthen_jax.parallel.mesh import check_meshes, generation_mesh, make_mesh
 from selflengthen_jax.parallel.peaks import GiB
@@ -39,7 +39,7 @@ from selflengthen_jax.parallel.rules import strategy_rules
 from selflengthen_jax.plan import hlo
 from selflengthen_jax.plan.planner import fmt_bytes, generation_breakdown, training_breakdown
 from selflengthen_jax.plan.slices import Slice, describe
-from selflengthen_jax.sampling import decode_state as ds
+from selflengthen_jax.sampling import kernels
 from selflengthen_jax.sampling import engine as eng
 from selflengthen_jax.sampling.sampler import RowParams
 from selflengthen_jax.training.data import Batch
@@ -132,43 +132,44 @@ def generation_executables(cfg: Config, mcfg: ModelConfig, devices: Sequence[Any
     w_sh = jax.tree.map(lambda x: x.sharding, weights)
     one = adapter_shapes(mcfg, cfg.train.lora.rank)
     scales = [cfg.train.lora.alpha / cfg.train.lora.rank] * ROLES
-    stack = eng.stack_fn(scales, mesh)
-    stacked = jax.eval_shape(lambda ads: stack_adapters(list(zip(ads, scales))), [one] * ROLES)
+    dtype = mcfg.compute_dtype
+    stack = eng.stack_fn(scales, dtype, mesh)
+    stacked = jax.eval_shape(stack, [one] * ROLES)
     lora = _abstract(stacked, jax.tree.map(lambda _: rep, stacked))
     lora_sh = jax.tree.map(lambda x: x.sharding, lora)
     cache_len = eng.cache_length(section)
-    dtype = mcfg.compute_dtype
     state_sh = eng.slot_state_shardings(mcfg, section.slots, cache_len, mesh, rules)
-    state = _abstract(jax.eval_shape(partial(ds.empty_state, mcfg, section.slots, cache_len, dtype)), state_sh)
+    state = _abstract(jax.eval_shape(partial(kernels.empty_state, mcfg, section.slots, cache_len, dtype)),
+                      state_sh)
     k_cap = _k_cap(cfg, mcfg)
     impl = cfg.model.attention_impl
     n, p = eng.prefill_rows(section), section.max_prefill_len
     vec = lambda dt: _spec((n,), dt, rep)  # noqa: E731
-    rows = ds.NewRows(_spec((n, p), jnp.int32, rep), vec(jnp.int32), vec(jnp.int32), vec(jnp.int32),
-                      _spec((n, 2), jnp.uint32, rep), vec(jnp.int32),
-                      RowParams(vec(jnp.float32), vec(jnp.int32), vec(jnp.float32), vec(jnp.float32),
-                                vec(jnp.bool_)))
-    eos = _spec((len(eng.CHAT_END_TOKENS),), jnp.int32, rep)
+    rows = kernels.NewRows(_spec((n, p), jnp.int32, rep), vec(jnp.int32), vec(jnp.int32), vec(jnp.int32),
+                           vec(jnp.int32), vec(jnp.int32), _spec((n, 2), jnp.uint32, rep), vec(jnp.int32),
+                           vec(jnp.bool_), RowParams(vec(jnp.float32), vec(jnp.int32), vec(jnp.float32),
+                                                     vec(jnp.float32), vec(jnp.bool_)))
+    ends = kernels.Ends(_spec((4,), jnp.int32, rep), _spec((1,), jnp.int32, rep))  # a few EOS ids, one turn end
     planned = generation_breakdown(mcfg, section, mesh, rules, platform)
-    prefill = eng.kernel("prefill", mcfg, section, k_cap, impl, w_sh, lora_sh, state_sh, rep)
-    decode = eng.kernel("decode", mcfg, section, k_cap, impl, w_sh, lora_sh, state_sh, rep)
-    score_tokens = _spec((1, p), jnp.int32, rep)
-    one_sh = jax.tree.map(lambda _: rep, one)
+    make = lambda kind: eng.kernel(kind, mcfg, section, k_cap, impl, w_sh, lora_sh, state_sh, mesh,  # noqa: E731
+                                   dtype)
+    judged = 2  # the judge scores "yes" and "no" after one prompt forward
+    score_rows = kernels.ScoreRows(_spec((n, p), jnp.int32, rep), vec(jnp.int32),
+                                   _spec((n, judged, 16), jnp.int32, rep), _spec((n, judged), jnp.int32, rep),
+                                   vec(jnp.int32))
     strategy = cfg.mesh.strategy
+    one_sh = jax.tree.map(lambda _: rep, one)
     return [
-        Executable("decode state", mesh, strategy,
-                   eng.empty_state_fn(mcfg, section.slots, cache_len, dtype, state_sh), (),
-                   planned=planned.kv_cache),
+        Executable("decode state", mesh, strategy, make("empty"), (), planned=planned.kv_cache),
         Executable("adapter stack", mesh, strategy, stack, ([_abstract(one, one_sh)] * ROLES,)),
-        Executable(f"prefill {n}x{p}", mesh, strategy, prefill, (weights, lora, state, rows, eos),
+        Executable(f"prefill {n}x{p}", mesh, strategy, make("prefill"), (weights, lora, state, rows, ends),
                    planned=planned.total),
-        Executable(f"decode chunk {section.decode_chunk}", mesh, strategy, decode,
-                   (weights, lora, state, eos, _spec((), jnp.int32, rep), _spec((), jnp.bool_, rep)),
+        Executable(f"decode chunk {section.decode_chunk}", mesh, strategy, make("decode"),
+                   (weights, lora, state, ends, _spec((), jnp.int32, rep), _spec((), jnp.bool_, rep)),
                    planned=planned.total,
                    unknown_trips=(section.decode_chunk, cache_len // CACHE_BLOCK),  # full cache read
                    per_step=section.decode_chunk),
-        Executable(f"judge score 1x{p}", mesh, strategy, eng.logprobs_fn(mcfg, impl),
-                   (weights, lora, score_tokens, score_tokens, _spec((1,), jnp.int32, rep))),
+        Executable(f"judge score {n}x{p}", mesh, strategy, make("score"), (weights, lora, score_rows)),
     ]
 
 

@@ -1,17 +1,22 @@
-"""The generation engine: continuous batching over fixed decode slots.
+"""The generation engine: one loaded model, its adapters, and the public kernel API.
 
-Callers submit `Request`s and get `Completion`s back in input order (see request.py);
-slots, caches and devices stay in here. When a slot's sequence ends (EOS, a stop string
-or its length limit) the next pending prompt is prefilled into that slot while the
-other slots keep decoding. `mode="static"` refills only when every slot is free: the
-baseline that continuous batching is measured against.
+Callers submit `Request`s to `generate` and get `Completion`s back in input order (see
+request.py); slots, caches and devices stay in here and in the scheduler. The public
+methods are the seam that the scheduler, the benchmarks and the rehearsal all use:
+
+* `empty_state()`: every slot free, made inside jit with the state's shardings;
+* `prefill(state, rows, k_cap)`: JetStream's prefill + insert (new prompts into slots);
+* `prefill_piece(state, piece, k_cap)`: one piece of long prompts (chunked prefill);
+* `decode(state, steps, exit_on_finish, k_cap)`: one chunk of decode steps;
+* `score(...)` / `loglikelihood(...)`: continuation log-probs, batched on device;
+* `kernel(kind, k_cap)`: the jitted function behind each, for AOT lowering.
+
+Which requests run and when (continuous batching) is `scheduler.py`'s business.
 """
 
 from __future__ import annotations
 
 import collections
-import dataclasses
-import time
 from functools import partial
 from typing import Any, Callable, Sequence
 
@@ -19,34 +24,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
-from tqdm import tqdm
 
 from selflengthen_jax.checkpoint.loader import LoadedModel, param_shardings, per_layer_shardings
-from selflengthen_jax.checkpoint.tokenizer import chat_prompt
+from selflengthen_jax.checkpoint.tokenizer import chat_prompt, end_of_turn_ids
 from selflengthen_jax.config import EngineSection
-from selflengthen_jax.metrics import profile
 from selflengthen_jax.models.lora import stack_adapters
-from selflengthen_jax.models.transformer import CACHE_BLOCK, K_CACHE_AXES, V_CACHE_AXES, forward, per_layer
+from selflengthen_jax.models.transformer import CACHE_BLOCK, K_CACHE_AXES, V_CACHE_AXES, per_layer
 from selflengthen_jax.parallel.placement import put, replicated, to_host
 from selflengthen_jax.parallel.rules import Rules, named
-from selflengthen_jax.sampling import decode_state as ds
-from selflengthen_jax.sampling.request import Completion, FinishReason, Request
+from selflengthen_jax.sampling import kernels
+from selflengthen_jax.sampling.request import Completion, Request
 from selflengthen_jax.sampling.sampler import RowParams
-from selflengthen_jax.sampling.stops import first_stop
-
-CHAT_END_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|endoftext|>", "<|end_of_text|>", "<|eom_id|>")
-STOP_WINDOW = 16  # tokens re-decoded before a chunk's new ones when looking for stops
+from selflengthen_jax.sampling.scheduler import Scheduler, admit, bucket
 
 
-@dataclasses.dataclass
-class _Slot:
-    index: int           # position of the request in the caller's list
-    request: Request
-    prompt_len: int
-    max_new: int
-    tokens: list[int] = dataclasses.field(default_factory=list)
-    checked: int = 0     # tokens already searched for stop strings
+def _padded_ids(ids: Sequence[int]) -> np.ndarray:
+    return np.asarray(list(ids) or [-1], np.int32)
 
+
+# The engine's shapes, shardings and kernels as plain functions of the config, so the
+# memory planner and the TPU rehearsal build exactly what a real engine runs, with no
+# weights loaded. The `Engine` methods below delegate to them.
 
 def cache_length(section: EngineSection) -> int:
     """The KV cache length: prompt plus output room, in whole blocks for cached attention."""
@@ -54,68 +52,66 @@ def cache_length(section: EngineSection) -> int:
     return -(-room // CACHE_BLOCK) * CACHE_BLOCK
 
 
-def slot_state_shardings(cfg: Any, slots: int, cache_len: int, mesh: Mesh, rules: Rules) -> ds.SlotState:
-    """Where each part of the slots' decode state lives on the generation mesh."""
-    n = partial(named, mesh, rules)
-    vec = n(("batch",), (slots,))
-    k_shape, v_shape = ds.KVCache.shapes(cfg, slots, cache_len)
-    return ds.SlotState(
-        cache=ds.KVCache(n(K_CACHE_AXES, k_shape), n(V_CACHE_AXES, v_shape)),
-        last_token=vec, pos=vec, n_gen=vec, max_new=vec,
-        done=vec, seen=n(("batch", None), (slots, cfg.vocab_size)), keys=n(("batch", None), (slots, 2)),
-        adapter=vec, sampling=RowParams(vec, vec, vec, vec, vec))
-
-
-def empty_state_fn(cfg: Any, slots: int, cache_len: int, dtype: Any,
-                   shardings: ds.SlotState) -> Callable[[], ds.SlotState]:
-    """jit(empty_state) with the state's out_shardings: each device makes only its own
-    shards of the KV cache, so no full-size cache ever exists on one device or the host."""
-    return jax.jit(partial(ds.empty_state, cfg, slots, cache_len, dtype), out_shardings=shardings)
-
-
-def kernel(kind: str, cfg: Any, section: EngineSection, k_cap: int, attention_impl: str,
-           param_shardings: Any, lora_shardings: Any, state_shardings: ds.SlotState,
-           rep: Any) -> Callable:
-    """The jitted prefill or decode kernel with explicit shardings; the state is donated."""
-    common = dict(cfg=cfg, k_cap=k_cap, attention_impl=attention_impl)
-    if kind == "decode":
-        fn = partial(ds.decode, chunk=section.decode_chunk, **common)
-        return jax.jit(fn, in_shardings=(param_shardings, lora_shardings, state_shardings, rep, rep, rep),
-                       out_shardings=(state_shardings, rep), donate_argnums=(2,))
-    fn = partial(ds.prefill, **common)
-    return jax.jit(fn, in_shardings=(param_shardings, lora_shardings, state_shardings, rep, rep),
-                   out_shardings=(state_shardings, rep), donate_argnums=(2,))
-
-
-def logprobs_fn(cfg: Any, attention_impl: str) -> Callable:
-    """jit of one sequence's next-token log-probs (the likelihood judge's scoring call)."""
-    def fn(params, lora, tokens, seg, adapter_ids):
-        kw = {} if lora is None else {"lora": lora, "adapter_ids": adapter_ids}
-        logits = forward(params, cfg, tokens, segment_ids=seg, attention_impl=attention_impl, **kw).logits
-        return jax.nn.log_softmax(logits[0], axis=-1)
-    return jax.jit(fn)
-
-
-def stack_fn(scales: Sequence[float], mesh: Mesh) -> Callable:
-    """jit of `stack_adapters` for adapters with these scales, replicated on the mesh:
-    the stack is built on the devices, never on the host."""
-    return jax.jit(lambda ads: stack_adapters(list(zip(ads, scales))), out_shardings=replicated(mesh))
-
-
 def prefill_rows(section: EngineSection) -> int:
-    """Rows of the largest prefill `_admit` builds: the largest power-of-two bucket of
-    slots whose prompts at full length fit `engine.prefill_tokens` (one row at least)."""
-    rows, p = 1, _bucket(section.max_prefill_len, section.max_prefill_len)
-    while rows < section.slots and _bucket(rows + 1, section.slots, floor=1) * p <= section.prefill_tokens:
-        rows = _bucket(rows + 1, section.slots, floor=1)
+    """Rows of the largest prefill the scheduler builds: the largest power-of-two bucket
+    of slots whose prompts at full length fit `engine.prefill_tokens` (one row at least)."""
+    rows, p = 1, bucket(section.max_prefill_len, section.max_prefill_len)
+    while rows < section.slots and bucket(rows + 1, section.slots, floor=1) * p <= section.prefill_tokens:
+        rows = bucket(rows + 1, section.slots, floor=1)
     return rows
 
 
-def _bucket(n: int, cap: int, floor: int = 16) -> int:
-    b = floor
-    while b < n:
-        b *= 2
-    return min(b, cap)
+def slot_state_shardings(cfg: Any, slots: int, cache_len: int, mesh: Mesh, rules: Rules) -> kernels.SlotState:
+    """The NamedSharding of every leaf of the slots' decode state on the generation mesh."""
+    n = partial(named, mesh, rules)
+    vec = n(("batch",), (slots,))
+    k_shape, v_shape = kernels.KVCache.shapes(cfg, slots, cache_len)
+    return kernels.SlotState(
+        cache=kernels.KVCache(n(K_CACHE_AXES, k_shape), n(V_CACHE_AXES, v_shape)),
+        last_token=vec, pos=vec, n_gen=vec, max_new=vec, finish=vec,
+        seen=n(("batch", None), (slots, cfg.vocab_size)), keys=n(("batch", None), (slots, 2)), adapter=vec,
+        chat=vec, sampling=RowParams(vec, vec, vec, vec, vec))
+
+
+def stack_fn(scales: Sequence[float], dtype: Any, mesh: Mesh) -> Callable:
+    """jit of `stack_adapters` for adapters with these scales, in `dtype`, replicated on
+    the mesh: the stack is built on the devices, never on the host."""
+    def stack(ads: Sequence[Any]) -> Any:
+        return jax.tree.map(lambda x: x.astype(dtype), stack_adapters(list(zip(ads, scales))))
+    return jax.jit(stack, out_shardings=replicated(mesh))
+
+
+def kernel(kind: str, cfg: Any, section: EngineSection, k_cap: int, attention_impl: str,
+           param_sh: Any, lora_sh: Any, state_sh: kernels.SlotState, mesh: Mesh,
+           cache_dtype: Any) -> Callable:
+    """The jitted kernel `kind` ("empty", "prefill", "piece", "decode", "release",
+    "score") with explicit shardings; kernels that take the state donate it.
+
+    Signatures are those of `kernels.<kind>` with the keyword-only settings bound:
+    prefill(params, lora, state, rows, ends), piece = prefill_piece(params, lora, state,
+    piece, ends), decode(params, lora, state, ends, steps, exit_on_finish),
+    release(state, mask), score(params, lora, rows), empty().
+    """
+    rep = replicated(mesh)
+    common = dict(cfg=cfg, attention_impl=attention_impl)
+    if kind == "empty":
+        return jax.jit(partial(kernels.empty_state, cfg, section.slots, cache_length(section), cache_dtype),
+                       out_shardings=state_sh)
+    if kind == "release":
+        return jax.jit(kernels.release, in_shardings=(state_sh, rep), out_shardings=state_sh,
+                       donate_argnums=(0,))
+    if kind == "score":
+        return jax.jit(partial(kernels.score, **common), in_shardings=(param_sh, lora_sh, rep),
+                       out_shardings=rep)
+    if kind == "decode":
+        fn = partial(kernels.decode, chunk=section.decode_chunk, k_cap=k_cap, **common)
+        return jax.jit(fn, in_shardings=(param_sh, lora_sh, state_sh, rep, rep, rep),
+                       out_shardings=(state_sh, rep, rep), donate_argnums=(2,))
+    if kind in ("piece", "prefill"):
+        fn = kernels.prefill_piece if kind == "piece" else kernels.prefill
+        return jax.jit(partial(fn, k_cap=k_cap, **common), in_shardings=(param_sh, lora_sh, state_sh, rep, rep),
+                       out_shardings=(state_sh, rep), donate_argnums=(2,))
+    raise ValueError(f"unknown kernel {kind!r}")
 
 
 class Engine:
@@ -129,15 +125,17 @@ class Engine:
         self.cache_len = cache_length(section)
         self.cache_dtype = jnp.dtype(cache_dtype or model.cfg.compute_dtype)
         self.attention_impl = attention_impl
-        vocab = self.tok.get_vocab()
-        end_ids = {vocab[t] for t in CHAT_END_TOKENS if t in vocab}
-        self.eos_ids = sorted(set(model.eos_ids) | end_ids)
-        self._eos = put(np.asarray(self.eos_ids or [-1], np.int32), replicated(mesh))
+        # What ends a row: the checkpoint's own EOS ids for every request, and the chat
+        # template's end-of-turn token for chat requests (as transformers and vLLM stop).
+        self.eos_ids = sorted(model.eos_ids)
+        self.turn_ids = end_of_turn_ids(self.tok)
+        self._turn_text = [self.tok.convert_ids_to_tokens(t) for t in self.turn_ids]
+        rep = replicated(mesh)
+        self.ends = kernels.Ends(put(_padded_ids(self.eos_ids), rep), put(_padded_ids(self.turn_ids), rep))
         self.params, self.param_shardings = self._weights()
         self.adapter_names: dict[str, int] = {"base": 0}
         self.lora: Any = None
         self._compiled: dict[tuple, Callable] = {}
-        self._empty: Callable[[], ds.SlotState] | None = None
         self.stats = collections.Counter()
 
     @property
@@ -165,34 +163,84 @@ class Engine:
         """Register LoRA adapters by name (e.g. generator, extender): one base in memory.
 
         Adapters are stacked with the zero adapter at index 0 ("base"); a request picks
-        one by name and rows of different adapters share a batch.
+        one by name and rows of different adapters share a batch. They are stored in the
+        compute dtype and passed to the kernels as arguments, so new adapters of the same
+        count and rank (every iteration after the first) reuse the compiled kernels.
         """
         names = list(adapters)
         self.adapter_names = {"base": 0, **{n: i + 1 for i, n in enumerate(names)}}
-        stack = stack_fn([float(adapters[n][1]) for n in names], self.mesh)
-        self.lora = None if not names else stack([adapters[n][0] for n in names])
-        self._compiled.clear()
+        if not names:
+            self.lora = None
+            return
+        stack = stack_fn([float(adapters[n][1]) for n in names], jnp.dtype(self.cfg.compute_dtype), self.mesh)
+        self.lora = stack([adapters[n][0] for n in names])
 
-    # -- shardings --------------------------------------------------------------------------
-    def _state_shardings(self) -> ds.SlotState:
+    def adapter_index(self, name: str) -> int:
+        return self.adapter_names[name]
+
+    # -- shardings and state ----------------------------------------------------------------
+    def state_shardings(self) -> kernels.SlotState:
+        """The NamedSharding of every leaf of the slot state."""
         return slot_state_shardings(self.cfg, self.section.slots, self.cache_len, self.mesh, self.rules)
-
-    def _empty_state(self) -> ds.SlotState:
-        if self._empty is None:  # one compile per engine
-            self._empty = empty_state_fn(self.cfg, self.section.slots, self.cache_len, self.cache_dtype,
-                                         self._state_shardings())
-        return self._empty()
 
     def _lora_sharding(self) -> Any:
         return None if self.lora is None else jax.tree.map(lambda _: replicated(self.mesh), self.lora)
 
-    def _fn(self, kind: str, k_cap: int) -> Callable:
+    def empty_state(self) -> kernels.SlotState:
+        """Every slot free, created on the devices with the state's shardings (never via the host)."""
+        return self.kernel("empty", 0)()
+
+    def kernel(self, kind: str, k_cap: int) -> Callable:
+        """The jitted kernel `kind` (see the module-level `kernel`), compiled once per
+        engine and k_cap; exposed for AOT lowering, callers otherwise use the methods below."""
         key = (kind, k_cap, self.lora is None)
         if key not in self._compiled:
             self._compiled[key] = kernel(kind, self.cfg, self.section, k_cap, self.attention_impl,
-                                         self.param_shardings, self._lora_sharding(),
-                                         self._state_shardings(), replicated(self.mesh))
+                                         self.param_shardings, self._lora_sharding(), self.state_shardings(),
+                                         self.mesh, self.cache_dtype)
         return self._compiled[key]
+
+    # -- the public kernels -----------------------------------------------------------------
+    def _replicated(self, tree: Any) -> Any:
+        rep = replicated(self.mesh)
+        return jax.tree.map(lambda a: put(np.asarray(a), rep), tree)
+
+    def prefill(self, state: kernels.SlotState, rows: kernels.NewRows,
+                k_cap: int) -> tuple[kernels.SlotState, jax.Array]:
+        """Admit `rows` (host arrays) into their slots; returns the state and first tokens [n]."""
+        return self.kernel("prefill", k_cap)(self.params, self.lora, state, self._replicated(rows), self.ends)
+
+    def prefill_piece(self, state: kernels.SlotState, piece: kernels.Piece,
+                      k_cap: int) -> tuple[kernels.SlotState, jax.Array]:
+        """Prefill one piece of long prompts into their slots (chunked prefill); rows on
+        their final piece get their first token [n]."""
+        return self.kernel("piece", k_cap)(self.params, self.lora, state, self._replicated(piece), self.ends)
+
+    def decode(self, state: kernels.SlotState, steps: int, exit_on_finish: bool,
+               k_cap: int) -> tuple[kernels.SlotState, jax.Array, jax.Array]:
+        """Up to `steps` decode steps for every slot (asynchronous: nothing is fetched).
+        Returns the state, the tokens [slots, decode_chunk] (-1: none) and finish codes [slots]."""
+        rep = replicated(self.mesh)
+        return self.kernel("decode", k_cap)(self.params, self.lora, state, self.ends,
+                                            put(np.int32(steps), rep), put(np.bool_(exit_on_finish), rep))
+
+    def release(self, state: kernels.SlotState, slots: Sequence[int]) -> kernels.SlotState:
+        """Free the given slots on the device (the host ended them)."""
+        mask = np.zeros((self.section.slots,), bool)
+        mask[list(slots)] = True
+        return self.kernel("release", 0)(state, put(mask, replicated(self.mesh)))
+
+    @staticmethod
+    def to_host(x: jax.Array) -> np.ndarray:
+        return to_host(x)
+
+    def count_decode(self, toks: np.ndarray, wall: float, cpu: float) -> None:
+        """Decode-kernel totals in `stats`: calls, steps run, wall and process CPU seconds
+        (host sync included, prefill and stop checks not), for per-step cost."""
+        self.stats["decode_calls"] += 1
+        self.stats["decode_steps"] += int((toks >= 0).sum(axis=1).max())
+        self.stats["decode_s"] += wall
+        self.stats["decode_cpu_s"] += cpu
 
     # -- prompts ----------------------------------------------------------------------------
     def prompt_ids(self, req: Request) -> list[int]:
@@ -203,7 +251,13 @@ class Engine:
         add = bool(bos) and not req.prompt.startswith(bos)
         return self.tok.encode(req.prompt, add_special_tokens=add)
 
-    def _k_cap(self, requests: Sequence[Request]) -> int:
+    def is_chat(self, req: Request) -> bool:
+        """Whether the end-of-turn token ends this request: chat messages, or a raw prompt
+        that already holds a templated turn (e.g. an assistant turn continued)."""
+        return req.messages is not None or any(t in req.prompt for t in self._turn_text)
+
+    def k_cap(self, requests: Sequence[Request]) -> int:
+        """Candidates the sampler keeps per row: the largest top_k asked (1 if all greedy)."""
         sampled = [r.params for r in requests if not (r.params.greedy or r.params.temperature <= 0)]
         if not sampled:
             return 1
@@ -211,198 +265,74 @@ class Engine:
             return self.cfg.vocab_size
         return min(max(p.top_k for p in sampled), self.cfg.vocab_size)
 
-    # -- the loop ---------------------------------------------------------------------------
+    # -- generation -------------------------------------------------------------------------
     def generate(self, requests: Sequence[Request], progress: bool = False,
                  on_complete: Callable[[int, Completion], None] | None = None) -> list[Completion]:
         """Run all requests; results come back in input order.
 
         `on_complete(index, completion)` is called as each finishes (callers append to
-        their store there, so a crash loses only unfinished requests).
+        their store there, so a crash loses only unfinished requests). A prompt longer
+        than `max_prefill_len` finishes at once as `prompt_too_long`, alone.
         """
         for r in requests:
             if r.adapter not in self.adapter_names:
                 raise ValueError(f"request {r.id!r} asks for adapter {r.adapter!r}; "
                                  f"registered: {', '.join(self.adapter_names)}")
-        prompts = [self.prompt_ids(r) for r in requests]
-        for r, ids in zip(requests, prompts):
-            if not 0 < len(ids) <= self.section.max_prefill_len:
-                raise ValueError(f"request {r.id!r}: prompt has {len(ids)} tokens; "
-                                 f"engine.max_prefill_len is {self.section.max_prefill_len}")
-        k_cap = self._k_cap(requests)
-        results: list[Completion | None] = [None] * len(requests)
-        pending = collections.deque(range(len(requests)))
-        slots: list[_Slot | None] = [None] * self.section.slots
-        state = self._empty_state() if requests else None
-        bar = tqdm(total=len(requests), disable=not progress, unit="req", dynamic_ncols=True)
-        start, made = time.perf_counter(), 0
-
-        def finish(i: int, slot: _Slot, reason: FinishReason, ids: list[int]) -> None:
-            text = self.tok.decode(ids, skip_special_tokens=True)
-            if reason == "stop":
-                text = text[:first_stop(text, slot.request.params.stop)]
-            done = Completion(slot.request.id, text, tuple(ids), slot.prompt_len, reason)
-            results[slot.index] = done
-            slots[i] = None
-            bar.update(1)
-            if on_complete:
-                on_complete(slot.index, done)
-
-        while pending or any(slots):
-            free = [i for i, s in enumerate(slots) if s is None]
-            if pending and free and (self.section.mode == "continuous" or len(free) == len(slots)):
-                admitted = self._admit(pending, len(free), prompts)
-                state, first = self._prefill(state, admitted, free, requests, prompts, slots, k_cap)
-                for i, tok in zip(free, first):
-                    if slots[i] is not None:
-                        slots[i].tokens.append(int(tok))
-                        made += 1
-            if not any(slots):
-                continue
-            state = self._release(state, slots, finish)
-            if not any(slots):
-                continue
-            steps, exit_early = self._chunk_plan(slots, bool(pending))
-            wall, cpu = time.perf_counter(), time.process_time()
-            state, toks = self._fn("decode", k_cap)(self.params, self.lora, state, self._eos,
-                                                    steps, exit_early)
-            toks = to_host(toks)
-            profile.tick("decode")
-            self._count_decode(toks, time.perf_counter() - wall, time.process_time() - cpu)
-            for i, slot in enumerate(slots):
-                if slot is not None:
-                    new = [int(t) for t in toks[i] if t >= 0]
-                    slot.tokens.extend(new)
-                    made += len(new)
-            state = self._release(state, slots, finish)
-            bar.set_postfix(tok_s=f"{made / (time.perf_counter() - start):.0f}")
-        bar.close()
-        self.stats["tokens"] += made
-        return results  # type: ignore[return-value]
-
-    def _count_decode(self, toks: np.ndarray, wall: float, cpu: float) -> None:
-        """Decode-kernel totals in `stats`: calls, steps run, wall and process CPU seconds
-        (host sync included, prefill and stop checks not), for per-step cost."""
-        self.stats["decode_calls"] += 1
-        self.stats["decode_steps"] += int((toks >= 0).sum(axis=1).max())
-        self.stats["decode_s"] += wall
-        self.stats["decode_cpu_s"] += cpu
-
-    def _admit(self, pending: collections.deque, free: int, prompts: list[list[int]]) -> list[int]:
-        """Next prompts for free slots, as many as fit `prefill_tokens` at their bucket length."""
-        admitted = [pending.popleft()]
-        while pending and len(admitted) < free:
-            rows = _bucket(len(admitted) + 1, self.section.slots, floor=1)
-            longest = max(len(prompts[j]) for j in [*admitted, pending[0]])
-            if rows * _bucket(longest, self.section.max_prefill_len) > self.section.prefill_tokens:
-                break
-            admitted.append(pending.popleft())
-        return admitted
-
-    def _chunk_plan(self, slots: list[_Slot | None], pending: bool) -> tuple[jax.Array, jax.Array]:
-        """How many steps to run before the host looks again.
-
-        With prompts waiting, stop when the first slot reaches its token budget (known in
-        advance) or ends early (EOS, seen on device), so its slot is refilled at once.
-        """
-        steps = self.section.decode_chunk
-        if pending and self.section.mode == "continuous":
-            steps = min([steps] + [s.max_new - len(s.tokens) for s in slots if s is not None])
-        rep = replicated(self.mesh)
-        exit_early = pending and self.section.mode == "continuous"
-        return put(np.int32(max(steps, 1)), rep), put(np.bool_(exit_early), rep)
-
-    def _prefill(self, state, admitted, free, requests, prompts, slots, k_cap):
-        n = _bucket(len(admitted), self.section.slots, floor=1)
-        p = _bucket(max(len(prompts[j]) for j in admitted), self.section.max_prefill_len)
-        tokens = np.zeros((n, p), np.int32)
-        length = np.ones((n,), np.int32)
-        slot = np.full((n,), -1, np.int32)
-        max_new = np.ones((n,), np.int32)
-        keys = np.zeros((n, 2), np.uint32)
-        adapter = np.zeros((n,), np.int32)
-        samp = {f: np.zeros((n,), t) for f, t in (("temperature", np.float32), ("top_k", np.int32),
-                                                   ("top_p", np.float32), ("repetition_penalty", np.float32),
-                                                   ("greedy", bool))}
-        for row, (j, i) in enumerate(zip(admitted, free)):
-            req, ids = requests[j], prompts[j]
-            budget = min(req.params.max_new_tokens, self.section.max_new_tokens, self.cache_len - len(ids))
-            tokens[row, :len(ids)] = ids
-            length[row], slot[row], max_new[row] = len(ids), i, budget
-            keys[row] = np.asarray(jax.random.key_data(jax.random.PRNGKey(req.params.seed)))
-            adapter[row] = self.adapter_names[req.adapter]
-            for f in samp:
-                samp[f][row] = getattr(req.params, f)
-            slots[i] = _Slot(j, req, len(ids), budget)
-        rep = replicated(self.mesh)
-        rows = ds.NewRows(*(put(a, rep) for a in (tokens, length, slot, max_new, keys, adapter)),
-                          sampling=RowParams(**{f: put(a, rep) for f, a in samp.items()}))
-        state, first = self._fn("prefill", k_cap)(self.params, self.lora, state, rows, self._eos)
-        return state, to_host(first)[:len(admitted)]
-
-    def _release(self, state, slots, finish):
-        """Finish slots that hit EOS, their budget or a stop string; free them on device."""
-        ended = []
-        for i, slot in enumerate(slots):
-            if slot is None:
-                continue
-            reason, ids = self._finished(slot)
-            if reason is not None:
-                finish(i, slot, reason, ids)
-                ended.append(i)
-        if ended:
-            mask = np.zeros((self.section.slots,), bool)
-            mask[ended] = True
-            state = state._replace(done=state.done | put(mask, state.done.sharding))
-        return state
-
-    def _finished(self, slot: _Slot) -> tuple[FinishReason | None, list[int]]:
-        ids = slot.tokens
-        for k, t in enumerate(ids):
-            if t in self.eos_ids:
-                ids = ids[:k]
-                return self._stop_within(slot, ids) or ("eos", ids)
-        hit = self._stop_within(slot, ids)
-        if hit:
-            return hit
-        if len(ids) >= slot.max_new:
-            return "length", ids[:slot.max_new]
-        slot.checked = len(ids)
-        return None, ids
-
-    def _stop_within(self, slot: _Slot, ids: list[int]) -> tuple[FinishReason, list[int]] | None:
-        """The shortest prefix of ids whose text holds a stop string, among the new tokens."""
-        stops = slot.request.params.stop
-        if not stops or len(ids) <= slot.checked:
-            return None
-        lo = max(0, slot.checked - STOP_WINDOW)
-        if first_stop(self.tok.decode(ids[lo:], skip_special_tokens=True), stops) is None:
-            return None
-        for k in range(max(lo, 1), len(ids) + 1):
-            if first_stop(self.tok.decode(ids[lo:k], skip_special_tokens=True), stops) is not None:
-                return "stop", ids[:k]
-        return "stop", ids
+        return Scheduler(self, requests, on_complete, progress).run()
 
     # -- scoring ----------------------------------------------------------------------------
-    def loglikelihood(self, pairs: Sequence[tuple[str, str]], adapter: str = "base") -> list[float]:
-        """Sum of log-probs of each continuation given its (raw, templated) prompt text."""
-        out = []
-        for prompt, cont in pairs:
-            p_ids = self.tok.encode(prompt, add_special_tokens=False)
-            c_ids = self.tok.encode(cont, add_special_tokens=False)
-            ids = (p_ids + c_ids)[-self.section.max_prefill_len:]
-            n = _bucket(len(ids), self.section.max_prefill_len)
-            tokens = np.zeros((1, n), np.int32)
-            tokens[0, :len(ids)] = ids
-            lp = self._logprobs(tokens, len(ids), self.adapter_names[adapter])
-            out.append(float(lp[len(ids) - len(c_ids) - 1: len(ids) - 1][
-                np.arange(len(c_ids)), c_ids].sum()))
+    def score(self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[Sequence[int]]],
+              adapter: str = "base") -> list[list[float]]:
+        """Summed log-probs of each prompt's continuations (token ids), one prompt forward
+        for all of them, in batches of up to `slots` prompts within `prefill_tokens`.
+
+        A prompt that leaves no room for its longest continuation within
+        `max_prefill_len` keeps its last tokens (the end of a prompt holds the question).
+        """
+        out: list[list[float]] = [[] for _ in prompts]
+        longest = max((len(c) for cs in continuations for c in cs), default=1)
+        width = bucket(max(longest, 1), self.section.max_prefill_len, floor=1)
+        room = self.section.max_prefill_len - width
+        if room <= 0:
+            raise ValueError(f"a continuation of {longest} tokens leaves no room for its prompt "
+                             f"within engine.max_prefill_len={self.section.max_prefill_len}")
+        ids = [list(p)[-room:] for p in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: len(ids[i]))
+        pending = collections.deque(order)
+        while pending:
+            s = self.section
+            group = admit(pending, s.slots, [len(x) for x in ids], s.slots, s.max_prefill_len, s.prefill_tokens)
+            n_conts = max(1, *(len(continuations[i]) for i in group))
+            rows = self._score_rows(group, ids, continuations, n_conts, width, self.adapter_names[adapter])
+            sums = to_host(self.kernel("score", 0)(self.params, self.lora, self._replicated(rows)))
+            for r, i in enumerate(group):
+                out[i] = [float(x) for x in sums[r, :len(continuations[i])]]
         return out
 
-    def _logprobs(self, tokens: np.ndarray, length: int, adapter: int) -> np.ndarray:
-        key = ("logprobs", tokens.shape, self.lora is None)
-        if key not in self._compiled:
-            self._compiled[key] = logprobs_fn(self.cfg, self.attention_impl)
-        seg = (np.arange(tokens.shape[1])[None] < length).astype(np.int32)
-        rep = replicated(self.mesh)
-        return to_host(self._compiled[key](self.params, self.lora, put(tokens, rep),
-                                           put(seg, rep), put(np.asarray([adapter], np.int32), rep)))
+    def _score_rows(self, group: list[int], ids: list[list[int]], continuations, n_conts: int, width: int,
+                    adapter: int) -> kernels.ScoreRows:
+        n = bucket(len(group), self.section.slots, floor=1)
+        p = bucket(max(len(ids[i]) for i in group), self.section.max_prefill_len)
+        tokens, length = np.zeros((n, p), np.int32), np.ones((n,), np.int32)
+        conts, cont_len = np.zeros((n, n_conts, width), np.int32), np.zeros((n, n_conts), np.int32)
+        for r, i in enumerate(group):
+            tokens[r, :len(ids[i])], length[r] = ids[i], len(ids[i])
+            for j, c in enumerate(continuations[i]):
+                conts[r, j, :len(c)], cont_len[r, j] = c, len(c)
+        return kernels.ScoreRows(tokens, length, conts, cont_len, np.full((n,), adapter, np.int32))
+
+    def loglikelihood(self, pairs: Sequence[tuple[str, str]], adapter: str = "base") -> list[float]:
+        """Sum of log-probs of each continuation given its (raw, templated) prompt text;
+        pairs that share a prompt share its forward pass."""
+        encode = lambda text: self.tok.encode(text, add_special_tokens=False)  # noqa: E731
+        heads: dict[str, int] = {}
+        for prompt, _ in pairs:
+            heads.setdefault(prompt, len(heads))
+        conts: list[list[list[int]]] = [[] for _ in heads]
+        where = []
+        for prompt, cont in pairs:
+            h = heads[prompt]
+            where.append((h, len(conts[h])))
+            conts[h].append(encode(cont))
+        sums = self.score([encode(p) for p in heads], conts, adapter)
+        return [sums[h][j] for h, j in where]

@@ -13,7 +13,9 @@ from typing import Literal, Sequence
 # from the tokenizer).
 DEFAULT_STOP: tuple[str, ...] = ("\n\n---", "\n---", "---", "\n\n\n")
 
-FinishReason = Literal["eos", "stop", "length"]
+# prompt_too_long: the prompt exceeds engine.max_prefill_len; that request alone comes
+# back at once, with no tokens, and the rest of its batch runs.
+FinishReason = Literal["eos", "stop", "length", "prompt_too_long"]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh
 
+from selflengthen_jax import compile_cache
 from selflengthen_jax.checkpoint.hf_import import read_config
 from selflengthen_jax.checkpoint.hub import resolve_model
 from selflengthen_jax.checkpoint.loader import load_model, param_shardings
@@ -50,6 +51,7 @@ def build_engine(cfg: Config, model_path: str | None = None,
     mesh = generation_mesh(cfg.mesh)
     rules = strategy_rules(cfg.mesh.strategy, cfg.mesh.rules)
     check_memory(model_cfg, section, mesh, rules)
+    compile_cache.enable(cfg.compilation_cache)
     model = load_model(path, mesh, rules, cfg.model.param_dtype, cfg.model.compute_dtype)
     return Engine(model, section, mesh, rules, attention_impl=cfg.model.attention_impl)
 

@@ -27,7 +27,7 @@ from flax import nnx
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from selflengthen_jax import faults
+from selflengthen_jax import compile_cache, faults
 from selflengthen_jax.checkpoint.loader import param_shardings
 from selflengthen_jax.checkpoint.orbax_params import save_params
 from selflengthen_jax.config import Config
@@ -198,6 +198,7 @@ class Run:
 def prepare(cfg: Config, examples: list[Example], base_params: Params, model_cfg: ModelConfig,
             mesh: Mesh, init_adapters: Any) -> Run:
     tc = cfg.train
+    compile_cache.enable(cfg.compilation_cache)
     parts = build_step(cfg, model_cfg, mesh, 1, init_adapters)  # the layout, to size the data
     data = SFTData(examples, parts.layout, cfg.seed, tc.cutoff_len, tc.packing)
     total = tc.max_steps if tc.max_steps > 0 else data.num_steps(tc.epochs)

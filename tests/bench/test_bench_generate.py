@@ -9,7 +9,8 @@ from selflengthen_jax.bench import generate as bench
 TINY = bench.BenchSpec(
     model=bench.ModelShape(vocab=256, hidden=32, intermediate=64, layers=2, heads=4, kv_heads=2),
     batch=2, prompt_len=8, new_tokens=6, repeats=1, decode_chunk=4, ragged_requests=5, ragged_min=2,
-    ragged_max=12, ragged_median=4.0, depths=(256, 512), depth_steps=2, floor_steps=2, bandwidth_mib=1)
+    ragged_max=12, ragged_median=4.0, depths=(256, 512), depth_steps=2, floor_steps=2, bandwidth_mib=1,
+    judge_candidates=20, shared_texts=6, long_prompt_len=64, long_prompts=2, long_chunk=16)
 
 
 def test_bench_generate_tiny(tmp_path):
@@ -25,6 +26,11 @@ def test_bench_generate_tiny(tmp_path):
     assert [r["depth"] for r in p["rows"]] == [256, 512]
     assert not p["recompiled"]
     assert all(r["kv_bound_ms"] > 0 for r in p["rows"])
+    assert result["judge"]["pairs"] == 2 * TINY.judge_candidates and result["judge"]["median_s"] > 0
+    shared = result["shared_prefill"]
+    assert 0 < shared["shared_tokens"] <= shared["prompt_tokens"] // 2
+    long = result["long_prompts"]
+    assert long["identical_tokens"] and long["chunked"]["pieces"] > long["whole"]["pieces"] == 0
 
     text = bench.markdown(result) + "\n" + bench.summary_line(result)
     last = text.strip().splitlines()[-1]

@@ -3,7 +3,7 @@
 import pytest
 
 from cli_fixtures import write_jsonl
-from selflengthen_jax.sampling.batch import output_record, read_prompts, record_seed
+from selflengthen_jax.pipeline.prompt_file import output_record, read_prompts, record_seed
 from selflengthen_jax.sampling.request import Completion, SamplingParams
 
 
