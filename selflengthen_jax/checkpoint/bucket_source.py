@@ -64,25 +64,33 @@ def _copy_small_files(model_dir: str) -> Path:
 
 class BucketSafetensors:
     """A `TensorSource` over one .safetensors object in a bucket: the header costs two
-    ranged reads, and a read of some leading rows fetches only those rows' bytes."""
+    ranged reads, and a read of some leading rows fetches only those rows' bytes.
+
+    The byte ranges are read through tensorstore's GCS kvstore (the same client Orbax's
+    checkpoints use, with its retries and connection pool); gcsfs gives the object's size."""
 
     def __init__(self, path: str | os.PathLike):
+        import tensorstore as ts
+
         self.path = os.fspath(path)
-        self._fs = gcs_filesystem()
         self.bytes_read = 0
         try:
-            size = int(self._fs.info(self.path)["size"])
+            size = int(gcs_filesystem().info(self.path)["size"])
         except FileNotFoundError:
             raise SafetensorsError(f"{self.path}: no such object") from None
+        name, _, self._key = self.path[len("gs://"):].partition("/")
+        self._store = ts.KvStore.open({"driver": "gcs", "bucket": name}).result()
         self._data_start, self._entries = parse_header(self.read_bytes, size, self.path)
 
     def read_bytes(self, start: int, end: int) -> bytes:
         """Bytes [start, end) of the object: one ranged GET."""
         if end <= start:
             return b""
-        data = self._fs.cat_file(self.path, start=start, end=end)
-        self.bytes_read += len(data)
-        return data
+        got = self._store.read(self._key, byte_range=slice(start, end)).result()
+        if got.state != "value":
+            raise SafetensorsError(f"{self.path}: the object went away while it was read")
+        self.bytes_read += len(got.value)
+        return bytes(got.value)
 
     def keys(self) -> list[str]:
         return list(self._entries)
