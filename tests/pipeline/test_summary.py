@@ -14,4 +14,4 @@ def test_prompt_too_long_counts_are_summed_over_phases_and_shown(tmp_path):
     assert entry["prompt_too_long"] == 6
     assert entry["phases"]["extended"]["counts"]["prompt_too_long"] == 5
     head, _, row = summary_table([entry]).splitlines()
-    assert head.split("|")[8].strip() == "prompts too long" and row.split("|")[8].strip() == "6"
+    assert head.split("|")[9].strip() == "prompts too long" and row.split("|")[9].strip() == "6"

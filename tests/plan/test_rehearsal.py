@@ -16,7 +16,7 @@ from selflengthen_jax.plan import rehearsal, slices  # noqa: E402
 TINY = ["model.path=", "model.preset=tiny", "mesh.data=-1", "mesh.fsdp=1", "mesh.strategy=dp",
         "engine.slots=4", "engine.max_prefill_len=256", "engine.max_new_tokens=256",
         "engine.decode_chunk=16", "train.cutoff_len=2048", "train.remat=full", "sampling.top_k=20"]
-EXECUTABLES = ["decode state", "adapter stack", "prefill 4x256", "decode chunk 16", "judge score 1x256",
+EXECUTABLES = ["decode state", "adapter stack", "prefill 4x256", "decode chunk 16", "judge score 4x256",
                "lora state init", "train step lora 1x4x2048", "export gather"]
 
 
