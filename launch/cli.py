@@ -27,7 +27,7 @@ from selflengthen_jax.checkpoint.hub import resolve_model
 from selflengthen_jax.config import Config, load_config
 from selflengthen_jax.metrics import profile
 from selflengthen_jax.parallel.rules import check_rules
-from selflengthen_jax.pipeline import signals
+from selflengthen_jax import signals
 
 
 def parser(module: str, doc: str, config: bool = True) -> argparse.ArgumentParser:

@@ -27,7 +27,7 @@ from flax import nnx
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from selflengthen_jax import compile_cache, faults
+from selflengthen_jax import compile_cache, faults, signals
 from selflengthen_jax.checkpoint.loader import param_shardings
 from selflengthen_jax.checkpoint.orbax_params import save_params
 from selflengthen_jax.config import Config
@@ -240,7 +240,7 @@ def run_steps(run: Run, state: TrainState, pos: DataPosition, out: AnyPath, mana
             if step % tc.save_every == 0 or step == run.total:
                 checkpointing.save(manager, *done)
                 last_saved = step
-    except (KeyboardInterrupt, RuntimeError) as stop:
+    except (KeyboardInterrupt, signals.Preempted, RuntimeError) as stop:
         if isinstance(stop, TrainingError):
             raise
         emergency_save(manager, *done, last_saved)

@@ -198,7 +198,7 @@ def sigterm_at(monkeypatch, call: int):
 
 def test_sigterm_saves_an_emergency_step_and_the_restart_resumes_from_it(
         tiny, config, records, write_jsonl, tmp_path, one_device, monkeypatch, capsys):
-    from selflengthen_jax.pipeline.signals import Preempted, stoppable
+    from selflengthen_jax.signals import Preempted, stoppable
     data, cfg = checkpointed_run(config, records, write_jsonl, tmp_path)
     straight = run(cfg, tiny, data, tmp_path / "straight", one_device)
 

@@ -17,8 +17,13 @@ from typing import Iterator
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-class Preempted(RuntimeError):
-    """SIGTERM or SIGINT arrived; the run stopped cleanly and can be resumed."""
+class Preempted(BaseException):
+    """SIGTERM or SIGINT arrived; the run stopped cleanly and can be resumed.
+
+    A BaseException, as KeyboardInterrupt is: the handler raises it wherever the main
+    thread happens to be, and libraries guard optional work with `except Exception`
+    (jax's persistent compilation cache turns any error while reading or writing an
+    entry into a warning), which would swallow the stop and let the run go on."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(f"stopped by signal {signal.Signals(signum).name}")
