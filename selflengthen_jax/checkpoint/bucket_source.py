@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from selflengthen_jax.checkpoint.safetensors_io import (DTYPES, SafetensorsError, SafetensorsFile, TensorSource,
-                                                        parse_header)
+from selflengthen_jax.checkpoint.safetensors_io import (DTYPES, ParsedHeader, SafetensorsError, SafetensorsFile,
+                                                        TensorSource, parse_header)
 from selflengthen_jax.paths import gcs_filesystem, is_remote
 from selflengthen_jax.paths import path as as_path
 
@@ -62,7 +62,7 @@ def _copy_small_files(model_dir: str) -> Path:
     return local
 
 
-class BucketSafetensors:
+class BucketSafetensors(ParsedHeader):
     """A `TensorSource` over one .safetensors object in a bucket: the header costs two
     ranged reads, and a read of some leading rows fetches only those rows' bytes.
 
@@ -91,12 +91,6 @@ class BucketSafetensors:
             raise SafetensorsError(f"{self.path}: the object went away while it was read")
         self.bytes_read += len(got.value)
         return bytes(got.value)
-
-    def keys(self) -> list[str]:
-        return list(self._entries)
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._entries[name]["shape"])
 
     def read(self, name: str, index: tuple[slice, ...] = ()) -> np.ndarray:
         """The part `index` of tensor `name`, fetching only the rows its first slice covers."""

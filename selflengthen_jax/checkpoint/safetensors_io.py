@@ -83,7 +83,20 @@ def parse_header(read: Callable[[int, int], bytes], size: int, where: str) -> tu
     return 8 + n, header
 
 
-class SafetensorsFile:
+class ParsedHeader:
+    """The `keys` and `shape` of a `TensorSource`, from the entries `parse_header` returned
+    (set as `_entries` by the subclass, which adds `read`)."""
+
+    _entries: dict
+
+    def keys(self) -> list[str]:
+        return list(self._entries)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._entries[name]["shape"])
+
+
+class SafetensorsFile(ParsedHeader):
     """Lazy access to the tensors of one local .safetensors file."""
 
     def __init__(self, path: str | os.PathLike):
@@ -93,12 +106,6 @@ class SafetensorsFile:
                 f.seek(start)
                 return f.read(end - start)
             self._data_start, self._entries = parse_header(read, self.path.stat().st_size, str(self.path))
-
-    def keys(self) -> list[str]:
-        return list(self._entries)
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._entries[name]["shape"])
 
     def read(self, name: str, index: tuple[slice, ...] = ()) -> np.ndarray:
         """The part `index` (slices of the leading dims) of tensor `name`: only those bytes are read."""
