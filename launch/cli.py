@@ -24,25 +24,57 @@ from typing import Callable, Iterator, Mapping, NoReturn, Sequence
 import yaml
 
 from selflengthen_jax.checkpoint.hub import resolve_model
-from selflengthen_jax.config import Config, load_config
+from selflengthen_jax.config import Config, ConfigError, load_config, load_section
 from selflengthen_jax.metrics import profile
 from selflengthen_jax.parallel.rules import check_rules
 from selflengthen_jax import signals
 
 
-def parser(module: str, doc: str, config: bool = True) -> argparse.ArgumentParser:
+def parser(module: str, doc: str, keys: object | None = None) -> argparse.ArgumentParser:
     """An argument parser for `python -m <module>` whose help is the script's whole
-    docstring (usage line included). With `config`, it takes --config, --print-config
-    and trailing key=value overrides."""
+    docstring (usage line included), taking --config, --print-config and trailing
+    key=value overrides.
+
+    Without `keys` the config is the run config (`selflengthen_jax.config.Config`). A
+    command whose work is not a run (a benchmark's fixed workload, the demo build) passes
+    its own config section's defaults as `keys`: then --config and the overrides are
+    that section's keys, each listed with its default at the end of --help.
+    """
     p = argparse.ArgumentParser(prog=f"python -m {module}", description=doc,
+                                epilog=None if keys is None else key_list(keys),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    if config:
-        p.add_argument("--config", help="YAML run config (a path, or a name in configs/)")
-        p.add_argument("--print-config", action="store_true",
-                       help="print the effective config (file + overrides) as YAML and exit")
-        p.add_argument("overrides", nargs="*", metavar="key=value",
-                       help="config overrides, e.g. sampling.temperature=0.9")
+    what = "YAML run config (a path, or a name in configs/)" if keys is None else \
+        "YAML file of this command's config keys (listed below)"
+    p.add_argument("--config", help=what)
+    p.add_argument("--print-config", action="store_true",
+                   help="print the effective config (file + overrides) as YAML and exit")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides, e.g. sampling.temperature=0.9" if keys is None else
+                        "config overrides, e.g. " + key_list(keys).splitlines()[1].strip())
     return p
+
+
+def key_list(section: object) -> str:
+    """--help's listing of a config section's keys (dotted), each with its default."""
+    lines = [f"  {key}={json.dumps(value) if isinstance(value, str) else _flow(value)}"
+             for key, value in _dotted(dataclasses.asdict(section))]
+    return "config keys (key=value, or in the --config YAML), with their defaults:\n" + "\n".join(lines)
+
+
+def _dotted(tree: Mapping, prefix: str = "") -> list[tuple[str, object]]:
+    out: list[tuple[str, object]] = []
+    for key, value in tree.items():
+        if isinstance(value, Mapping) and value:
+            out += _dotted(value, f"{prefix}{key}.")
+        else:
+            out.append((f"{prefix}{key}", value))
+    return out
+
+
+def _flow(value: object) -> str:
+    """A value as one line of YAML, as it would be typed in an override."""
+    value = list(value) if isinstance(value, tuple) else value
+    return yaml.safe_dump(value, default_flow_style=True, width=1 << 16).strip().removesuffix("\n...").strip()
 
 
 def renamed(argv: Sequence[str], old_flags: Mapping[str, str],
@@ -79,14 +111,15 @@ def parse(p: argparse.ArgumentParser, argv: Sequence[str] | None, old_flags: Map
 
 
 def config(args: argparse.Namespace, extra: Sequence[str] = (),
-           complete: Callable[[Config], Config] | None = None) -> Config:
+           complete: Callable[[Config], Config] | None = None, also: Sequence[Mapping] = ()) -> Config:
     """The run config: file, then command-line overrides, then `extra` (from flags),
     then `complete` (e.g. the demo model filled in where none is named). A hub id in
     model.path becomes its local snapshot directory (see checkpoint/hub.py).
 
     The mesh rules are checked here (they name axes of the model and mesh, which the
-    config floor does not know). With --print-config the result is printed as YAML and
-    the script exits 0 before doing anything else.
+    config floor does not know). With --print-config the result is printed as YAML
+    (followed by the documents in `also`, e.g. a benchmark's own section) and the
+    script exits 0 before doing anything else.
     """
     cfg = load_config(args.config, [*args.overrides, *extra])
     check_rules(cfg.mesh.rules)
@@ -95,9 +128,45 @@ def config(args: argparse.Namespace, extra: Sequence[str] = (),
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=path))
     cfg = complete(cfg) if complete else cfg
     if getattr(args, "print_config", False):
-        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True), end="")
-        raise SystemExit(0)
+        print_config(cfg.to_dict(), *also)
     return cfg
+
+
+def own_config(args: argparse.Namespace, cls: type, base: object | None = None,
+               extra: Sequence[str] = (), check: Callable[[object], object] | None = None) -> object:
+    """A command's own config section (see `parser(keys=...)`): `base` (default
+    `cls()`), then --config FILE, then the key=value overrides, then `extra` (from
+    flags), then `check` (its value checks, raising ConfigError). With --print-config
+    it is printed as YAML and the script exits 0."""
+    try:
+        section = load_section(cls, args.config, [*args.overrides, *extra], base=base)
+    except ConfigError as error:
+        if not str(error).startswith("unknown config key"):
+            raise
+        raise ConfigError(f"{error} (this command's --config and key=value set its own keys, "
+                          "listed in --help; it reads no run config)") from None
+    if check is not None:
+        check(section)
+    if getattr(args, "print_config", False):
+        print_config(dataclasses.asdict(section))
+    return section
+
+
+def print_config(*documents: Mapping) -> NoReturn:
+    """The effective config as YAML (several documents, `---` between them, when a
+    command reads several files), then exit 0 before any work."""
+    texts = [yaml.safe_dump(_plain(doc), sort_keys=False, allow_unicode=True) for doc in documents]
+    print("---\n".join(texts), end="")
+    raise SystemExit(0)
+
+
+def _plain(value: object) -> object:
+    """Tuples as lists, so the printed YAML loads back as the same config."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def flag_overrides(pairs: Mapping[str, object]) -> list[str]:

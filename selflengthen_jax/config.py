@@ -217,6 +217,11 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{key} must be a list, got {value!r}")
         (item,) = typing.get_args(tp)
         return [_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:  # tuple[X, ...]: a YAML list, kept as a tuple (frozen sections)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        item = typing.get_args(tp)[0]
+        return tuple(_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value))
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a mapping, got {value!r}")
@@ -293,6 +298,40 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: top level must be a mapping of config keys")
     return data
+
+
+def build_section(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """A typed section (any config dataclass) from a mapping, with the same checks as the
+    run config: unknown keys and wrong types fail naming `prefix` + the key."""
+    return _build(cls, data, prefix)
+
+
+def load_section(cls: type, path: str | Path | None = None, overrides: Sequence[str] = (),
+                 base: Any = None, prefix: str = "") -> Any:
+    """A command's own typed config (e.g. a benchmark's workload): the fields of `base`
+    (default: `cls()`), then the YAML file at `path` (its top level is this section),
+    then `key=value` overrides."""
+    defaults = dataclasses.asdict(base if base is not None else cls())
+    data = _merge(load_yaml(path) if path else {}, parse_overrides(overrides))
+    return _build(cls, _merge(defaults, data), prefix)
+
+
+def check_positive(section: Any, prefix: str = "", zero_ok: Sequence[str] = ()) -> None:
+    """Every number in a workload section (list items included) is > 0, or >= 0 for the
+    dotted keys in `zero_ok`: counts and sizes where zero or less means nothing."""
+    for key, value in _leaves(section, prefix):
+        numbers = value if isinstance(value, (list, tuple)) else [value]
+        if not numbers and isinstance(value, (list, tuple)) and key not in zero_ok:
+            raise ConfigError(f"{key} is empty: give at least one value")
+        for number in numbers:
+            if isinstance(number, bool) or not isinstance(number, (int, float)):
+                continue
+            if not math.isfinite(number):
+                raise ConfigError(f"{key}={number} must be a finite number")
+            if number < 0 or (number == 0 and key not in zero_ok):
+                shown = list(value) if isinstance(value, tuple) else value
+                bound = ">= 0" if key in zero_ok else "a positive integer" if isinstance(number, int) else "> 0"
+                raise ConfigError(f"{key}={shown} must be {bound}")
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:

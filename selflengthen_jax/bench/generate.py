@@ -46,7 +46,7 @@ import numpy as np
 
 from selflengthen_jax.checkpoint.hf_export import export_hf
 from selflengthen_jax.checkpoint.loader import load_model
-from selflengthen_jax.config import EngineSection, MeshSection
+from selflengthen_jax.config import ConfigError, EngineSection, MeshSection, check_positive
 from selflengthen_jax.models.config import ModelConfig
 from selflengthen_jax.models.transformer import Params, init_params, lm_head
 from selflengthen_jax.parallel.mesh import make_mesh
@@ -113,6 +113,24 @@ QUICK = BenchSpec(new_tokens=32, repeats=1, ragged_requests=16, ragged_repeats=1
                   ragged_median=12.0, depths=(512, 2048), depth_steps=4, floor_steps=8,
                   bandwidth_mib=64, judge_candidates=40, shared_texts=8,
                   long_prompt_len=512, long_prompts=2, long_chunk=128)
+
+
+def check_model_shape(shape: ModelShape, prefix: str = "model.") -> None:
+    """The shape builds a model: heads divide the width, KV heads divide the heads
+    (sizes are checked positive with the section that holds the shape)."""
+    if shape.hidden % shape.heads:
+        raise ConfigError(f"{prefix}heads={shape.heads} does not divide {prefix}hidden={shape.hidden}")
+    if shape.heads % shape.kv_heads:
+        raise ConfigError(f"{prefix}kv_heads={shape.kv_heads} does not divide {prefix}heads={shape.heads}")
+
+
+def check_spec(spec: BenchSpec) -> BenchSpec:
+    """`spec` itself if every workload size makes sense, else one ConfigError naming the key."""
+    check_positive(spec, zero_ok=("seed", "ragged_sigma"))
+    check_model_shape(spec.model)
+    if spec.ragged_min > spec.ragged_max:
+        raise ConfigError(f"ragged_min={spec.ragged_min} exceeds ragged_max={spec.ragged_max}")
+    return spec
 
 
 # -- the checkpoint --------------------------------------------------------------------------

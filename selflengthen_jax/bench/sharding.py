@@ -16,7 +16,7 @@ For each strategy (a mesh layout plus logical-axis rules) the harness
 
 Every figure is the median of `repeats` timed runs after `warmup` untimed ones, with
 min/max and interquartile range. Strategies are the built-in four, the run config's
-own mesh (`config`), or named layouts from the bench YAML (see docs/bench_sharding.md).
+own mesh (`config`), or named layouts from the bench YAML (see the README, "Benchmark on the devices you have").
 """
 
 from __future__ import annotations
@@ -37,8 +37,7 @@ from jax.sharding import Mesh
 from selflengthen_jax.bench.random_model import random_model
 from selflengthen_jax.checkpoint.hf_import import read_config
 from selflengthen_jax.checkpoint.loader import LoadedModel, load_model
-from selflengthen_jax.config import (Config, ConfigError, EngineSection, MeshSection, _build, _merge,
-                                     load_yaml, parse_overrides)
+from selflengthen_jax.config import Config, ConfigError, EngineSection, MeshSection, build_section, load_section
 from selflengthen_jax.models.config import ModelConfig
 from selflengthen_jax.models.lora import init_lora, lora_logical_axes
 from selflengthen_jax.models.presets import PRESETS, is_preset, model_config_from_name
@@ -81,8 +80,7 @@ class BenchSection:
 
 def load_bench(path: str | None, overrides: Sequence[str] = ()) -> BenchSection:
     """The bench YAML (its top level is this section) plus `key=value` overrides."""
-    data = load_yaml(path) if path else {}
-    bench = _build(BenchSection, _merge(data, parse_overrides(overrides)), "bench.")
+    bench = load_section(BenchSection, path, overrides, prefix="bench.")
     for key in ("decode_steps", "train_seq_len", "repeats"):
         if getattr(bench, key) <= 0:
             raise ConfigError(f"bench.{key}={getattr(bench, key)} must be a positive integer")
@@ -122,7 +120,7 @@ def resolve_layouts(cfg: Config, bench: BenchSection, num_heads: int,
     for name in bench.strategies:
         builtin = name not in bench.layouts and name in STRATEGIES
         if name in bench.layouts:
-            section = _build(MeshSection, bench.layouts[name], f"bench.layouts.{name}.")
+            section = build_section(MeshSection, bench.layouts[name], f"bench.layouts.{name}.")
         elif builtin:
             section = builtin_layout(name, num_devices, num_heads)
         elif name == "config":

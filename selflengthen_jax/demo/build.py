@@ -22,7 +22,7 @@ import jax
 from selflengthen_jax.checkpoint.hf_export import export_hf
 from selflengthen_jax.checkpoint.orbax_params import load_params as load_orbax_params
 from selflengthen_jax.checkpoint.tokenizer import load_tokenizer
-from selflengthen_jax.config import Config, MeshSection, TrainSection, from_dict
+from selflengthen_jax.config import Config, ConfigError, MeshSection, TrainSection, check_positive, from_dict
 from selflengthen_jax.demo import corpus, hf_files
 from selflengthen_jax.demo.shipped import BUILD_INFO, SHIPPED_DIR
 from selflengthen_jax.demo.tokenizer import train_tokenizer
@@ -32,8 +32,40 @@ from selflengthen_jax.parallel.mesh import make_mesh
 from selflengthen_jax.training.trainer import train
 
 VERSION = "2"
-WARMUP = dict(mode="full", learning_rate=3e-3, warmup_ratio=0.03, epochs=60, batch_size=2,
-              cutoff_len=1024, packing=True, remat="none", save_every=100000, keep=1, log_every=10)
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """What a build may change (`launch.build_demo`'s config keys); the defaults build the
+    shipped model. The warm-up is a full fine-tune with packing, no remat, and no
+    checkpoints kept but the last."""
+
+    languages: tuple[str, ...] = ("en",)  # of corpus.LANGUAGES
+    epochs: int = 60
+    learning_rate: float = 3e-3
+    warmup_ratio: float = 0.03
+    batch_size: int = 2
+    cutoff_len: int = 1024
+
+    def warmup(self) -> dict:
+        """The warm-up's train section (as recorded in demo_build.json)."""
+        return dict(mode="full", learning_rate=self.learning_rate, warmup_ratio=self.warmup_ratio,
+                    epochs=self.epochs, batch_size=self.batch_size, cutoff_len=self.cutoff_len,
+                    packing=True, remat="none", save_every=100000, keep=1, log_every=10)
+
+
+def check_recipe(recipe: Recipe) -> Recipe:
+    """`recipe` itself if it can build, else one ConfigError naming the key."""
+    check_positive(recipe, zero_ok=("warmup_ratio",))
+    if len(set(recipe.languages)) < len(recipe.languages):
+        raise ConfigError(f"languages={list(recipe.languages)} names a language twice")
+    for language in recipe.languages:
+        if language not in corpus.LANGUAGES:
+            raise ConfigError(f"languages: the demo corpus has no language {language!r}; "
+                              f"choose from {', '.join(corpus.LANGUAGES)}")
+    if not 0.0 <= recipe.warmup_ratio <= 1.0:
+        raise ConfigError(f"warmup_ratio={recipe.warmup_ratio} must lie in [0, 1]")
+    return recipe
 
 
 def fingerprint(languages: tuple[str, ...], warmup: dict) -> str:
@@ -45,9 +77,7 @@ def fingerprint(languages: tuple[str, ...], warmup: dict) -> str:
     return h.hexdigest()[:12]
 
 
-def build_demo_checkpoint(out_dir: str | Path = SHIPPED_DIR,
-                          languages: tuple[str, ...] = corpus.LANGUAGES,
-                          epochs: int | None = None, log=print) -> Path:
+def build_demo_checkpoint(out_dir: str | Path = SHIPPED_DIR, recipe: Recipe = Recipe(), log=print) -> Path:
     """Build the demo checkpoint into `out_dir` and return it.
 
     Written under a temporary name and renamed when complete (the build record last),
@@ -56,7 +86,8 @@ def build_demo_checkpoint(out_dir: str | Path = SHIPPED_DIR,
     out = Path(out_dir)
     if out.exists() and not (out / BUILD_INFO).is_file():
         raise ValueError(f"{out} exists and is not a demo model built here: choose another directory")
-    recipe = {**WARMUP, **({"epochs": epochs} if epochs else {})}
+    check_recipe(recipe)
+    languages, warmup = recipe.languages, recipe.warmup()
     tmp = out.with_name(out.name + ".building")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -66,7 +97,7 @@ def build_demo_checkpoint(out_dir: str | Path = SHIPPED_DIR,
     data = tmp / "warmup.jsonl"
     data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in corpus.records(languages)),
                     encoding="utf-8")
-    cfg: Config = from_dict({"seed": 0, "train": dataclasses.asdict(TrainSection(**recipe))})
+    cfg: Config = from_dict({"seed": 0, "train": dataclasses.asdict(TrainSection(**warmup))})
     mesh = make_mesh(MeshSection(data=1), jax.devices()[:1])
     artifact = train(cfg, "warmup", data, tmp / "warmup", init_params(model_cfg, seed=0), model_cfg,
                      load_tokenizer(tmp), mesh)
@@ -77,8 +108,8 @@ def build_demo_checkpoint(out_dir: str | Path = SHIPPED_DIR,
         shutil.rmtree(tmp / leftover, ignore_errors=True)
     data.unlink()
     (tmp / BUILD_INFO).write_text(json.dumps(
-        {"fingerprint": fingerprint(languages, recipe), "languages": list(languages),
-         "warmup": recipe, "jax": jax.__version__}, indent=2) + "\n", encoding="utf-8")
+        {"fingerprint": fingerprint(languages, warmup), "languages": list(languages),
+         "warmup": warmup, "jax": jax.__version__}, indent=2) + "\n", encoding="utf-8")
     if out.exists():
         shutil.rmtree(out)  # a previous build (checked above)
     tmp.rename(out)

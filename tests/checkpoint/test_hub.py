@@ -107,3 +107,28 @@ def test_launchers_take_a_hub_id_for_model_path_and_export_from(checkpoint, tmp_
     code, out, err = run_main(export.main, ["--model", "org/tiny", "--output", str(tmp_path / "out")], capsys)
     assert code == 0, err
     assert (tmp_path / "out" / "config.json").is_file()
+
+
+def test_bench_sharding_takes_a_hub_id_for_model_and_model_path(checkpoint, tmp_path, monkeypatch, capsys):
+    """--model (bench.model) and model.path both resolve through the cache, and the
+    measurement's setup reads the snapshot's architecture."""
+    from launch import bench_sharding
+    from selflengthen_jax.bench.sharding import load_bench, prepare
+    import yaml
+
+    snapshot = hub_cache(tmp_path / "cache", "org/tiny", checkpoint)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # the cache or nothing
+    code, out, err = run_main(bench_sharding.main, ["--model", "org/tiny", "--print-config"], capsys)
+    assert code == 0, err
+    _, bench = yaml.safe_load_all(out)
+    assert bench["model"] == str(snapshot)
+    code, out, err = run_main(bench_sharding.main, ["model.path=org/tiny", "--print-config"], capsys)
+    assert code == 0, err
+    assert next(yaml.safe_load_all(out))["model"]["path"] == str(snapshot)
+    cfg = cli.config(argparse.Namespace(config=None, overrides=["model.path=org/tiny"]))
+    setup = prepare(cfg, load_bench(None, ["strategies=[dp]"]))
+    assert setup.checkpoint == str(snapshot) and setup.model_cfg.num_layers == 2
+    code, _, err = run_main(bench_sharding.main, ["--model", "org/absent"], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("error: org/absent is not a local directory") and "HF_HUB_OFFLINE" in err
