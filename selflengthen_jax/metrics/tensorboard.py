@@ -10,7 +10,10 @@ iteration's training began. The tags are listed in the README ("TensorBoard").
 from __future__ import annotations
 
 import dataclasses
+import math
+import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -27,23 +30,51 @@ class Board:
     """A TensorBoard writer on `log_dir`; with `enabled` false (other processes) it
     writes nothing and creates no file.
 
-    A bucket `log_dir` (gs://) has no append: the events are written to a local folder
-    and each flush uploads every event file whole, as one object, so a reader of the
-    bucket always sees complete records."""
+    A bucket `log_dir` (gs://) has no append, so events go to a local event file that is
+    closed, uploaded once as its own object and replaced by the next file (numbered, so
+    names sort in writing order) at the first flush `upload_every` seconds after the
+    last upload, and at `close`. TensorBoard reads every event file of a run directory
+    as one run. Each event is thus uploaded exactly once: a long run costs traffic in
+    proportion to what it logs (rewriting one growing file on every flush would cost
+    its square), a bucket reader only ever sees complete files, and what is logged
+    reaches the bucket at most `upload_every` seconds late."""
 
-    def __init__(self, log_dir: str | AnyPath, enabled: bool = True):
+    def __init__(self, log_dir: str | AnyPath, enabled: bool = True, upload_every: float = 30.0):
         self.log_dir = as_path(log_dir)
-        self.local = Path(tempfile.mkdtemp(prefix="tensorboard-")) if is_remote(log_dir) else self.log_dir
-        self.writer = SummaryWriter(str(self.local)) if enabled else None
+        self.remote = is_remote(log_dir)
+        self.upload_every = upload_every
+        self.local = self.log_dir
+        if self.remote and enabled:
+            self.local = Path(tempfile.mkdtemp(prefix="tensorboard-"))
+        self.files = 0                  # event files started (bucket: the next one's number)
+        self.written = False            # events in the current file since it was started
+        self.uploaded_at = -math.inf    # the first flush uploads at once
+        self.writer = self._open() if enabled else None
+
+    def _open(self) -> SummaryWriter:
+        self.files += 1
+        self.written = False
+        return SummaryWriter(str(self.local), filename_suffix=f".{self.files:06d}" if self.remote else "")
 
     def _flush(self) -> None:
+        self.written = True
         self.writer.flush()
-        if self.local != self.log_dir:
-            for file in self.local.rglob("*"):
-                if file.is_file():
+        if self.remote and time.monotonic() - self.uploaded_at >= self.upload_every:
+            self._upload(reopen=True)
+
+    def _upload(self, reopen: bool) -> None:
+        """Close the current event file and, if it holds events, upload it (then drop the
+        local copy); with `reopen`, start the next file."""
+        self.writer.close()
+        for file in sorted(self.local.rglob("*")):
+            if file.is_file():
+                if self.written:
                     target = self.log_dir / file.relative_to(self.local).as_posix()
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_bytes(file.read_bytes())
+                file.unlink()
+        self.uploaded_at = time.monotonic()
+        self.writer = self._open() if reopen else None
 
     def scalars(self, prefix: str, values: Mapping[str, float], step: int) -> None:
         """`prefix/name` = value for each entry, at `step`."""
@@ -60,9 +91,14 @@ class Board:
         self._flush()
 
     def close(self) -> None:
-        if self.writer is not None:
-            self._flush()
+        if self.writer is None:
+            return
+        if self.remote:
+            self._upload(reopen=False)
+            shutil.rmtree(self.local, ignore_errors=True)
+        else:
             self.writer.close()
+            self.writer = None
 
 
 @dataclasses.dataclass
