@@ -280,8 +280,11 @@ def _post(url: str, headers: dict[str, str], body: bytes, timeout: float) -> str
 
 class AnswerStore:
     """Judge answers kept as they arrive, one JSONL record per request, keyed by a hash
-    of (model, max_tokens, messages): a rerun, or the next retry round, sends only the
-    requests that have no answer yet. Appends are atomic per record (see JsonlStore)."""
+    of (model, max_tokens, messages). The messages are exactly what is sent, so the key
+    changes with the judge prompt (eval.judge_prompt), the item and any repair turn: a
+    rerun, or the next retry round, sends only the requests that have no answer yet,
+    and a rerun with another prompt or judge model asks anew. Appends are atomic per
+    record (see JsonlStore)."""
 
     FIELDS = ("id", "answer")
 

@@ -249,3 +249,23 @@ def test_answers_are_saved_as_they_arrive_and_a_rerun_asks_only_for_the_rest(tmp
         assert len(received) == first + 1  # only the missing one was asked
     assert len(saved.read_text().splitlines()) == 2
     assert all(set(json.loads(line)) == {"id", "answer"} for line in saved.read_text().splitlines())
+
+
+def test_saved_answers_are_keyed_by_the_exact_prompt_and_the_judge_model(tmp_path):
+    """Switching eval.judge_prompt (or the judge model) and rerunning over the same
+    judge_answers.jsonl asks again; rerunning the same prompt and model asks nothing."""
+    saved = tmp_path / "judge_answers.jsonl"
+    with fake_openai_server(lambda body: _chat(json.dumps(GOOD))) as (url, received):
+        def rerun(prompt, model="judge-model"):
+            before = len(received)
+            scores, _ = judge_all(ITEMS, openai_asker(url, model, answers=saved), prompt=prompt)
+            assert scores == [GOOD, GOOD]
+            return [body["messages"][0]["content"] for _, _, body in received[before:]]
+
+        reference = rerun("reference")
+        assert len(reference) == 2 and rerun("reference") == []
+        dimensions = rerun("dimensions")
+        assert len(dimensions) == 2 and not set(dimensions) & set(reference)  # asked anew, other text
+        assert rerun("dimensions") == [] and rerun("reference") == []  # both kept side by side
+        assert len(rerun("reference", model="another-judge")) == 2
+    assert len(saved.read_text().splitlines()) == 6
