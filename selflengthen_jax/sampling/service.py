@@ -105,7 +105,9 @@ def check_memory(model_cfg: ModelConfig, section: EngineSection, mesh: Mesh, rul
 
 def check_model(path: str) -> None:
     """Cheap checks of a checkpoint (config, tokenizer) for scripts that load it only
-    after other work, so a typo in its path fails at start-up, not hours later."""
+    after other work, so a typo in its path fails at start-up, not hours later. A hub
+    id is checked in its local snapshot (as `build_engine` will load it)."""
+    path = resolve_model(path)
     read_config(path)
     load_tokenizer(path)
 

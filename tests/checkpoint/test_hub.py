@@ -132,3 +132,16 @@ def test_bench_sharding_takes_a_hub_id_for_model_and_model_path(checkpoint, tmp_
     code, _, err = run_main(bench_sharding.main, ["--model", "org/absent"], capsys)
     assert code == 2 and err.count("\n") == 1
     assert err.startswith("error: org/absent is not a local directory") and "HF_HUB_OFFLINE" in err
+
+
+def test_evaluate_takes_a_hub_id_for_its_judge_model(checkpoint, tmp_path, monkeypatch):
+    """--judge-model is checked at start-up in the cache's snapshot, like --model."""
+    from selflengthen_jax.config import load_config
+    from selflengthen_jax.eval.run import judge_choice
+
+    hub_cache(tmp_path / "cache", "org/tiny", checkpoint)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    assert judge_choice(load_config(), "org/tiny", None, None).model == "org/tiny"
+    with pytest.raises(CheckpointError, match="org/absent is not a local directory"):
+        judge_choice(load_config(), "org/absent", None, None)
