@@ -44,10 +44,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                    help="iterations to take, e.g. 1,2 (default: all finished + the extra round)")
     args = cli.parse(p, argv, old_flags={"--run": "--input"})
     with cli.user_errors():
-        if not args.input and not args.config and not args.overrides:
+        if not (args.input or args.config or args.overrides or args.print_config):
             raise ValueError("--input is required (or --config, whose output_dir is the run): "
                              "the run directory to collect from")
-        run = args.input or cli.config(args).output_dir
+        run = cli.config(args, cli.flag_overrides({"output_dir": args.input})).output_dir
         check_file(args.output, [run])
         check_rewritable(args.output, (*FIELDS, "source"))
         written, dropped = write_long(run, args.output, args.iters)

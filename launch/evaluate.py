@@ -58,15 +58,15 @@ def _judge(choice: run.JudgeChoice, url_ask: Ask | None, cfg: Config, rows: Sequ
 def main(argv: Sequence[str] | None = None) -> None:
     args = cli.parse(_arguments(), argv, old_flags={"--benchmark": "--input"})
     with cli.user_errors():
-        cfg = cli.config(args)
+        cfg = cli.config(args, cli.flag_overrides({"model.path": args.model}))
         judge = run.judge_choice(cfg, args.judge_model, args.judge_url, args.judge_name)
-        models = [m for m in (args.model or cfg.model.path, args.judge_model) if m]
+        models = [m for m in (cfg.model.path, args.judge_model) if m]
         out_dir = check_dir(args.output, models)
         for name in run.WRITES:
             check_file(out_dir / name, [args.input])
         items = run.read_benchmark(args.input, with_responses=args.responses_only)
         url_ask = run.url_judge(judge, out_dir) if judge and judge.url else None  # reads saved answers
-        generation = None if args.responses_only else run.prepare_generation(cfg, args.model, items, out_dir)
+        generation = None if args.responses_only else run.prepare_generation(cfg, items, out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
     if generation is None:
         rows = [item.record for item in items]

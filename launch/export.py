@@ -93,7 +93,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--dtype", choices=DTYPES, help="weight dtype to write (default: the source's)")
     args = cli.parse(p, argv, old_flags={"--from": "--model", "--to": "--output"})
     with cli.user_errors():
-        model = args.model or cli.config(args).model.path
+        cfg = cli.config(args, cli.flag_overrides({"model.path": args.model}))  # --print-config shows it
+        model = args.model or cfg.model.path  # a hub id named by --model stays one (the PEFT base)
         if not model:
             raise ValueError("--model is required (or model.path in --config): the checkpoint to export")
         src, dst = Path(resolve_model(model)), Path(args.output)  # a hub id: its cached snapshot

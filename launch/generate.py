@@ -30,8 +30,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = cli.parse(p, argv)
     with cli.user_errors():
         flags = [] if args.max_new_tokens is None else [f"sampling.max_new_tokens={args.max_new_tokens}"]
-        cfg = cli.config(args, flags)
-        check_file(args.output, [args.input, *filter(None, [args.model or cfg.model.path])])
+        cfg = cli.config(args, [*flags, *cli.flag_overrides({"model.path": args.model})])
+        check_file(args.output, [args.input, *filter(None, [cfg.model.path])])
         items = read_prompts(args.input)
         store = JsonlStore.open(args.output, fields=OUTPUT_FIELDS)
         todo = [item for item in items if item.id not in store]
@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not todo:
             print(f"all {len(items)} ids already in {args.output}; nothing to generate")
             return
-        engine = build_engine(cfg, args.model, max_new_tokens=params.max_new_tokens)
+        engine = build_engine(cfg, max_new_tokens=params.max_new_tokens)
         check_prompt_lengths(engine, todo)
     with cli.resumable(args.output):
         done = generate_missing(engine, todo, store, params)

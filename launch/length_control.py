@@ -30,15 +30,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--template-only", action="store_true", help="no model: template rewrites only")
     args = cli.parse(p, argv)
     with cli.user_errors():
-        cfg = cli.config(args)
+        cfg = cli.config(args, cli.flag_overrides({"model.path": args.model}))
         run.word_bounds(cfg)
-        check_file(args.output, [args.input, *filter(None, [args.model or cfg.model.path])])
+        check_file(args.output, [args.input, *filter(None, [cfg.model.path])])
         check_rewritable(args.output, run.LENGTH_CONTROL_FIELDS)
         pairs = run.read_pairs(args.input)
         rewrite = None
         if not args.template_only:
             params = run.rewrite_params(cfg)
-            engine = build_engine(cfg, args.model, max_new_tokens=params.max_new_tokens)
+            engine = build_engine(cfg, max_new_tokens=params.max_new_tokens)
             rewrite = run.engine_rewriter(engine, params)
     with cli.resumable(args.output, saved=False):
         records = run.length_control(pairs, cfg, rewrite)

@@ -134,15 +134,14 @@ class Generation:
     engine: Engine | None
 
 
-def prepare_generation(cfg: Config, model_path: str | None, items: Sequence[PromptItem],
-                       out_dir: Path) -> Generation:
+def prepare_generation(cfg: Config, items: Sequence[PromptItem], out_dir: Path) -> Generation:
     """Open out_dir/responses.jsonl, check it fits the benchmark, and load the model only
     if some row is unanswered (all checks happen here, before any compute)."""
     store = JsonlStore.open(out_dir / RESPONSES, fields=OUTPUT_FIELDS)
     check_resumable(items, store)
     params = eval_params(cfg)
     todo = [item for item in items if item.id not in store]
-    engine = build_engine(cfg, model_path, max_new_tokens=params.max_new_tokens) if todo else None
+    engine = build_engine(cfg, max_new_tokens=params.max_new_tokens) if todo else None  # model.path
     if engine is not None:
         check_prompt_lengths(engine, todo)
     return Generation(store, todo, params, engine)

@@ -154,6 +154,35 @@ def test_print_config_prints_the_effective_yaml_and_exits(name, work, capsys):
     assert not any(work.iterdir())  # nothing was written
 
 
+FLAG_KEYS = {  # launcher -> (its flags, the config key they set, the value)
+    "iterate": (["--model", "M", "--output", "O"], "output_dir", "O"),
+    "train": (["--role", "gen", "--input", "x", "--output", "y", "--model", "M"], "model.path", "M"),
+    "generate": (["--input", "x", "--output", "y", "--model", "M"], "model.path", "M"),
+    "length_control": (["--input", "x", "--output", "y", "--model", "M"], "model.path", "M"),
+    "evaluate": (["--input", "x", "--output", "y", "--model", "M"], "model.path", "M"),
+    "export": (["--output", "y", "--model", "M"], "model.path", "M"),
+    "collect": (["--input", "R", "--output", "y"], "output_dir", "R"),
+    "bench_sharding": (["--model", "M"], "model.path", ""),  # --model is bench.model: the run's stays
+}
+
+
+@pytest.mark.parametrize("name", sorted(FLAG_KEYS))
+def test_print_config_shows_what_the_flags_set_and_the_config_is_always_checked(name, work, capsys):
+    """--model/--input/--output given as flags are in the printed config, and with them
+    given a bad override is still refused (no launcher skips loading its config)."""
+    main = importlib.import_module(f"launch.{name}").main
+    flags, key, value = FLAG_KEYS[name]
+    code, out, err = run_main(main, [*flags, "--print-config"], capsys)
+    assert code == 0, err
+    printed = next(yaml.safe_load_all(out))
+    for part in key.split("."):
+        printed = printed[part]
+    assert printed == value
+    code, out, err = run_main(main, [*flags, "engine.slotz=4"], capsys)
+    assert code == 2 and out == "" and err.startswith("error: unknown config key 'engine.slotz'"), err
+    assert not any(work.iterdir())
+
+
 def test_renamed_rewrites_old_spellings_with_one_hint_each(capsys):
     argv = cli.renamed(["--out", "a", "--from=b", "out=c", "x.out=d", "--output", "e"],
                        {"--out": "--output", "--from": "--model"}, {"out": "--output"})
