@@ -1,8 +1,10 @@
 """What every launch script shares: `--config FILE` plus `key=value` overrides (and
-`--print-config`), one naming scheme for a script's own inputs and outputs (`--model`
-checkpoint in, `--input` data in, `--adapter` adapter directory, `--output` what it
-writes; older spellings still work with a one-line hint), one way to report bad input
-(a single `error: ...` line on stderr, exit code 2), and one way to stop (Ctrl-C or
+`--print-config`) for the run config, or for a command that runs no pipeline (a
+benchmark's workload, the demo build's recipe) for its own typed keys; one naming
+scheme for a script's own inputs and outputs (`--model` checkpoint in, `--input` data
+in, `--adapter` adapter directory, `--output` what it writes; older spellings still
+work with a one-line hint); one way to report bad input
+(a single `error: ...` line on stderr, exit code 2); and one way to stop (Ctrl-C or
 SIGTERM: one line, progress kept, exit 130 or 143).
 
 Input problems (config keys, JSONL lines, missing files, checkpoint layout, output
@@ -73,7 +75,6 @@ def _dotted(tree: Mapping, prefix: str = "") -> list[tuple[str, object]]:
 
 def _flow(value: object) -> str:
     """A value as one line of YAML, as it would be typed in an override."""
-    value = list(value) if isinstance(value, tuple) else value
     return yaml.safe_dump(value, default_flow_style=True, width=1 << 16).strip().removesuffix("\n...").strip()
 
 
@@ -155,18 +156,9 @@ def own_config(args: argparse.Namespace, cls: type, base: object | None = None,
 def print_config(*documents: Mapping) -> NoReturn:
     """The effective config as YAML (several documents, `---` between them, when a
     command reads several files), then exit 0 before any work."""
-    texts = [yaml.safe_dump(_plain(doc), sort_keys=False, allow_unicode=True) for doc in documents]
+    texts = [yaml.safe_dump(doc, sort_keys=False, allow_unicode=True) for doc in documents]
     print("---\n".join(texts), end="")
     raise SystemExit(0)
-
-
-def _plain(value: object) -> object:
-    """Tuples as lists, so the printed YAML loads back as the same config."""
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def flag_overrides(pairs: Mapping[str, object]) -> list[str]:
