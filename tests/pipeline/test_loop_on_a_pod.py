@@ -106,6 +106,8 @@ def test_a_bucket_output_dir_ends_with_the_same_records_as_a_local_one(reference
     out = paths.path(gcs_dir)
     for name in ("summary.json", "lengths.png", "long.jsonl", "run_config.json"):
         assert (out / name).is_file(), name
+    events = [p.name for p in (out / "tensorboard").iterdir() if p.name.startswith("events.out.tfevents.")]
+    assert events  # the run's TensorBoard, uploaded as complete event files
     from selflengthen_jax.training.checkpointing import load_adapter
     for short in ("gen", "ext"):
         load_adapter(out / "iter_1" / "checkpoints" / short / "adapter")
