@@ -330,7 +330,8 @@ def check_positive(section: Any, prefix: str = "", zero_ok: Sequence[str] = ()) 
                 raise ConfigError(f"{key}={number} must be a finite number")
             if number < 0 or (number == 0 and key not in zero_ok):
                 shown = list(value) if isinstance(value, tuple) else value
-                bound = ">= 0" if key in zero_ok else "a positive integer" if isinstance(number, int) else "> 0"
+                bound = ">= 0" if key in zero_ok else \
+                    "a positive integer" if isinstance(number, int) else "> 0"
                 raise ConfigError(f"{key}={shown} must be {bound}")
 
 

@@ -16,7 +16,8 @@ For each strategy (a mesh layout plus logical-axis rules) the harness
 
 Every figure is the median of `repeats` timed runs after `warmup` untimed ones, with
 min/max and interquartile range. Strategies are the built-in four, the run config's
-own mesh (`config`), or named layouts from the bench YAML (see the README, "Benchmark on the devices you have").
+own mesh (`config`), or named layouts from the bench YAML (see the README, "Benchmark
+on the devices you have").
 """
 
 from __future__ import annotations
