@@ -10,6 +10,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from selflengthen_jax import signals
+
 
 def index() -> int:
     return jax.process_index()
@@ -20,7 +22,9 @@ def count() -> int:
 
 
 def barrier(name: str) -> None:
-    """Every process reaches `name` before any goes on (same names in the same order)."""
+    """Every process reaches `name` before any goes on (same names in the same order).
+    A stop whose raise was swallowed is raised here first, so no process waits for it."""
+    signals.check()
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices(name)

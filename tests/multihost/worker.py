@@ -18,10 +18,13 @@ pid, port, ckpt, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=pid)
 
 sys.path[:0] = [os.path.dirname(os.path.dirname(__file__)), os.path.dirname(__file__)]
-from engine_fixtures_mh import run_generation, run_training  # noqa: E402
+from engine_fixtures_mh import run_generation, run_preemption, run_training  # noqa: E402
 
 result = {"devices": jax.device_count(), "local": jax.local_device_count(),
-          "tokens": run_generation(ckpt), "train": run_training(ckpt, os.path.join(out, "train"))}
+          "tokens": run_generation(ckpt), "train": run_training(ckpt, os.path.join(out, "train")),
+          "preemption": run_preemption(ckpt, os.path.join(out, "preempt"))}
+with open(os.path.join(out, f"preemption.p{pid}.json"), "w") as f:  # each process's own view
+    json.dump(result.pop("preemption"), f)
 if pid == 0:
     with open(os.path.join(out, "result.json"), "w") as f:
         json.dump(result, f)
