@@ -100,4 +100,4 @@ def _topology(args) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.program(main)

@@ -12,7 +12,6 @@ reproducible. The older spelling --out still works, with a hint.
 
 from __future__ import annotations
 
-import sys
 from typing import Sequence
 
 from launch import cli
@@ -37,4 +36,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.program(main)
