@@ -16,6 +16,7 @@ from selflengthen_jax.parallel.rules import strategy_rules
 from selflengthen_jax.sampling.engine import Engine
 from selflengthen_jax.sampling.request import Request, SamplingParams
 
+PREEMPT_STEPS, PREEMPT_AT = 3, 2  # SIGTERM while step 2 runs; no periodic save before the end
 PROMPTS = ["The quick brown fox", "Write a long essay about rivers.", "写一篇关于春天的长文章。", "A"]
 MESH = MeshSection(data=2, fsdp=4, tensor=1, strategy="fsdp")
 
@@ -57,27 +58,26 @@ def _leaves(adapters) -> list[np.ndarray]:
 
 
 def run_training(ckpt: str, out: str) -> dict:
-    """Two LoRA steps with an Orbax save, then a restore; returns loss and a param checksum."""
+    """Three LoRA steps with an Orbax save after each, then a restore; returns the losses,
+    a param checksum and the adapters (the uninterrupted run `run_preemption` compares with)."""
     from selflengthen_jax.training.checkpointing import load_adapter
     from selflengthen_jax.training.trainer import train
 
     data = _write_data(out)
     mesh = make_mesh(MESH)
     model = load_model(ckpt, mesh, strategy_rules(MESH.strategy))
-    artifact = train(_train_config(2, 1), "gen", data, Path(out) / "gen", model.params, model.cfg,
+    artifact = train(_train_config(PREEMPT_STEPS, 1), "gen", data, Path(out) / "gen", model.params, model.cfg,
                      model.tokenizer, mesh)
     leaves = _leaves(load_adapter(artifact)[0])
     metrics = [json.loads(line) for line in (Path(out) / "gen" / "metrics.jsonl").read_text().splitlines()]
     return {"losses": [m["loss"] for m in metrics if "loss" in m],
-            "checksum": float(sum(np.abs(x).sum() for x in leaves))}
+            "checksum": float(sum(np.abs(x).sum() for x in leaves)), "adapters": leaves}
 
 
-PREEMPT_STEPS, PREEMPT_AT = 3, 2  # SIGTERM while step 2 runs; no periodic save before the end
-
-
-def run_preemption(ckpt: str, out: str) -> dict:
-    """An uninterrupted 3-step run, then the same run stopped by a real SIGTERM delivered
-    while step 2 runs, to both processes or to process 0 alone, each restarted once.
+def run_preemption(ckpt: str, out: str, straight: list[np.ndarray]) -> dict:
+    """The run of `run_training` (its adapters: `straight`) without periodic saves,
+    stopped by a real SIGTERM delivered while step 2 runs, to both processes or to
+    process 0 alone, each restarted once (Orbax's saves do not change the numbers).
     Returns, per case: every process's exit code and stop line (the launcher's
     `resumable`), the steps Orbax holds after the stop, the logged steps after the
     restart, and whether the final adapters equal the uninterrupted run's."""
@@ -97,7 +97,6 @@ def run_preemption(ckpt: str, out: str) -> dict:
     def train(to: Path):
         return trainer.train(cfg, "gen", data, to, model.params, model.cfg, model.tokenizer, mesh)
 
-    straight = _leaves(checkpointing.load_adapter(train(Path(out) / "straight"))[0])
     real, result = trainer.make_train_step, {}
     for case, signalled in (("both", {0, 1}), ("one", {0})):
         to = Path(out) / case
