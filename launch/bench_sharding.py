@@ -118,4 +118,4 @@ def _topology(args, bench_overrides: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.program(main)

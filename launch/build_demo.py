@@ -19,7 +19,6 @@ fingerprint. The older spelling --out still works, with a hint.
 from __future__ import annotations
 
 import json
-import sys
 from typing import Sequence
 
 from launch import cli
@@ -44,4 +43,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.program(main)

@@ -234,7 +234,7 @@ def user_errors() -> Iterator[None]:
         fail(_one_line(error))
     except KeyboardInterrupt:
         print("error: interrupted during start-up; nothing was written", file=sys.stderr)
-        raise SystemExit(130) from None
+        stop_now(130)
     except RuntimeError as error:
         if "RESOURCE_EXHAUSTED" not in str(error):
             raise
@@ -255,4 +255,34 @@ def resumable(where: str | object, saved: bool = True) -> Iterator[None]:
         hint = (f"progress is saved in {where}; rerun the same command to resume" if saved
                 else f"{where} was not written (it is written whole at the end); rerun the same command")
         print(f"{stop}: {hint}", file=sys.stderr)
-        raise SystemExit(stop.exit_code) from None
+        stop_now(stop.exit_code)
+
+
+class Stopped(SystemExit):
+    """The exit of a stop (Ctrl-C, SIGTERM) after its one line: see `program`."""
+
+
+def stop_now(code: int) -> NoReturn:
+    raise Stopped(code) from None
+
+
+def program(main: Callable[[], int | None]) -> NoReturn:
+    """`sys.exit(main())` for a launcher run as `python -m`, except after a stop.
+
+    jaxlib checks for signals while it waits for an XLA compile running on its thread
+    pool, so a stop can leave that compile running; a normal exit then destroys the
+    PjRt client (its devices, then its thread pool) under the compile, which dies with
+    SIGSEGV instead of the exit code. Everything kept is durable by the time a stop gets
+    here (stores flushed, Orbax saves awaited, boards closed in the `finally` blocks it
+    went through), so after flushing the console the process ends at once, without
+    tearing the runtime down."""
+    try:
+        code = main()
+    except Stopped as stop:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed or broken pipe: nothing more to say
+                pass
+        os._exit(stop.code)
+    sys.exit(code)

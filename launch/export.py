@@ -14,14 +14,18 @@ adapter (adapter_config.json + adapter_model.safetensors) for peft or vLLM to lo
 the unchanged --model base. Tokenizer files are copied along. Weights are sharded over
 all devices while converting, so a model larger than one device still converts. An
 existing --output is replaced only if it holds nothing but what this export writes.
+A `gs://` --output is written in a local temporary directory first, then uploaded file
+by file, the index and config last, so a reader that finds them finds every shard.
 The older spellings --from and --to still work, with a hint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -40,6 +44,7 @@ from selflengthen_jax.models.transformer import Params
 from selflengthen_jax.outputs import check_dir, check_replaceable
 from selflengthen_jax.parallel.mesh import make_mesh
 from selflengthen_jax.parallel.rules import strategy_rules
+from selflengthen_jax.paths import AnyPath, is_remote, upload_tree
 from selflengthen_jax.training.checkpointing import load_adapter
 
 DTYPES = ("float32", "bfloat16")
@@ -97,26 +102,45 @@ def main(argv: Sequence[str] | None = None) -> None:
         model = args.model or cfg.model.path  # a hub id named by --model stays one (the PEFT base)
         if not model:
             raise ValueError("--model is required (or model.path in --config): the checkpoint to export")
-        src, dst = Path(resolve_model(model)), Path(args.output)  # a hub id: its cached snapshot
-        check_dir(dst, [src, *filter(None, [args.adapter])], what="--output")
+        src = Path(resolve_model(model))  # a hub id: its cached snapshot
+        dst = check_dir(args.output, [src, *filter(None, [args.adapter])], what="--output")
         check_replaceable(dst, WRITES[args.format])
         if args.format == "peft":
             if not args.adapter:
                 raise ValueError("--format peft exports an adapter: pass --adapter DIR")
             base = model if is_hub_id(model) else str(src.absolute())  # a hub id stays one
-            print(peft_from(base, src, Path(args.adapter), dst))
+            with staged(dst) as local:
+                written = peft_from(base, src, Path(args.adapter), local)
+            print(dst if is_remote(dst) else written)
             return
         mesh = make_mesh(MeshSection(data=1, fsdp=-1))
         cfg, params = load_any(src, args.dtype or source_dtype(src), mesh)
         if args.adapter:
             params = with_adapter(params, cfg, Path(args.adapter), mesh)
-    with cli.resumable(dst, saved=False):
+    with cli.resumable(args.output, saved=False), staged(dst) as local:
         if args.format == "hf":
-            export_hf(params, cfg, dst, tokenizer_dir=src)
+            export_hf(params, cfg, local, tokenizer_dir=src)
         else:
-            orbax_params.save_params(dst, params, cfg, tokenizer_dir=src)
+            orbax_params.save_params(local, params, cfg, tokenizer_dir=src)
     print(dst)
 
 
+@contextlib.contextmanager
+def staged(dst: AnyPath) -> Iterator[Path]:
+    """Where the writers write: `dst` itself on local disk; for a bucket a local
+    temporary directory, uploaded over `dst` when the block ends (only what an earlier
+    export left there is removed first, as `check_replaceable` allowed)."""
+    if not is_remote(dst):
+        yield Path(dst)
+        return
+    with tempfile.TemporaryDirectory(prefix="export-") as tmp:
+        local = Path(tmp) / "out"
+        yield local
+        if jax.process_index() == 0:
+            if dst.exists():
+                dst.rmtree()
+            upload_tree(local, dst, last=("model.safetensors.index.json", "config.json"))
+
+
 if __name__ == "__main__":
-    main()
+    cli.program(main)

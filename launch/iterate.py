@@ -87,4 +87,4 @@ def _rehearse(cfg, slice_name: str, json_path: str | None, only: tuple[str, ...]
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.program(main)

@@ -5,6 +5,9 @@ never a run: it must be of the right kind (file or directory), writable, apart f
 command's inputs, and outside another run's directory. A directory is only ever replaced
 by its own writer's finished `<name>.partial`, and only when everything already in it is
 something that writer makes; a directory holding anything else is refused, not removed.
+A `gs://` output is checked the same way where a bucket can be: its bucket must exist
+and answer (one line naming what is wrong: no endpoint, no credentials, no bucket), and
+it must not be, lie in or hold one of the inputs.
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ import os
 import shutil
 from pathlib import Path
 from typing import Iterable, Sequence
+
+from selflengthen_jax.paths import AnyPath, check_bucket, is_remote
+from selflengthen_jax.paths import path as as_path
 
 RUN_FILE = "run_config.json"  # marks the output_dir of a Self-Lengthen run (launch.iterate)
 PARTIAL = ".partial"
@@ -59,11 +65,27 @@ def _check_not_in_run(path: Path, what: str, own_run: str | Path | None) -> None
                           "loop writes; choose a path outside it")
 
 
-def check_file(path: str | Path, inputs: Iterable[str | Path] = (), what: str = "--output",
-               own_run: str | Path | None = None) -> Path:
+def _check_remote(path: str, inputs: Iterable[str | Path], what: str) -> AnyPath:
+    """A bucket output: a bucket that exists and answers, apart from every input."""
+    check_bucket(path, what)
+    mine = path.rstrip("/")
+    for source in map(os.fspath, inputs):
+        theirs = source.rstrip("/")
+        if mine == theirs or mine.startswith(theirs + "/") or theirs.startswith(mine + "/"):
+            raise OutputError(f"{what} {path} overlaps the input {source}; choose a path apart from it")
+    return as_path(path)
+
+
+def check_file(path: str | AnyPath, inputs: Iterable[str | Path] = (), what: str = "--output",
+               own_run: str | Path | None = None) -> AnyPath:
     """An output file: not a directory, in a writable place, neither one of `inputs`
     nor inside an input directory, not inside a run directory (other than `own_run`).
     Returns the path."""
+    if is_remote(path):
+        remote = _check_remote(os.fspath(path), inputs, what)
+        if remote.is_dir():
+            raise OutputError(f"{what} {path} is a folder in the bucket; give a file path")
+        return remote
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"{what} {path} is a directory; give a file path")
@@ -83,10 +105,15 @@ def check_file(path: str | Path, inputs: Iterable[str | Path] = (), what: str = 
     return path
 
 
-def check_dir(path: str | Path, inputs: Iterable[str | Path] = (), what: str = "--output",
-              own_run: str | Path | None = None) -> Path:
+def check_dir(path: str | AnyPath, inputs: Iterable[str | Path] = (), what: str = "--output",
+              own_run: str | Path | None = None) -> AnyPath:
     """An output directory: not a file, in a writable place, neither inside nor around
     any of `inputs`, not inside a run directory (other than `own_run`). Returns the path."""
+    if is_remote(path):
+        remote = _check_remote(os.fspath(path), inputs, what)
+        if remote.is_file():
+            raise OutputError(f"{what} {path} is an object in the bucket; give a folder path")
+        return remote
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputError(f"{what} {path} is a file; give a directory path")

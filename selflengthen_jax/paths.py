@@ -145,3 +145,15 @@ def check_bucket(p: str | os.PathLike, what: str, timeout: float = 20.0) -> None
                 if os.environ.get("STORAGE_EMULATOR_HOST") else "check the network")
         raise OSError(f"{what} {p}: cannot reach Google Cloud Storage at {_endpoint()} "
                       f"({reason}); {hint}") from None
+
+
+def upload_tree(local: pathlib.Path, remote: AnyPath, last: tuple[str, ...] = ()) -> None:
+    """Copy every file under the local directory `local` to the same names under
+    `remote`, one whole object each, the files named in `last` after all others (a
+    reader that finds those finds everything they refer to)."""
+    files = sorted(p for p in local.rglob("*") if p.is_file())
+    files.sort(key=lambda p: p.name in last)  # stable: the rest keep their order
+    for f in files:
+        target = remote / f.relative_to(local).as_posix()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(f.read_bytes())

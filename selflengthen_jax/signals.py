@@ -5,6 +5,16 @@ Records are appended one line at a time and fsynced, Orbax saves are awaited in 
 trainer's `finally`, and markers are atomic, so the stop loses at most the requests in
 flight; the launcher then prints one line and exits 128 + the signal number (143 for
 SIGTERM, 130 for Ctrl-C), and rerunning the same command resumes.
+
+The raise can land where the interpreter swallows exceptions: in a garbage-collector
+callback (jaxlib registers one), a `__del__` or a weakref callback, which only print it.
+So the signal is also kept as pending until `stoppable()` ends, and `check()`, called
+at regular points (each decode chunk, each training step, each barrier), raises it
+again there.
+
+Inside `deferred()` the handler only records the signal: code that must stop at a point
+all processes agree on (the trainer on several processes, which saves one step
+everywhere) asks `take()` at that point and raises `Preempted` itself.
 """
 
 from __future__ import annotations
@@ -30,8 +40,43 @@ class Preempted(BaseException):
         self.exit_code = 128 + signum
 
 
+_deferring = False
+_pending = 0  # the first signal received and not yet acted on (0: none)
+
+
 def _raise(signum: int, frame: FrameType | None) -> None:
-    raise Preempted(signum)
+    global _pending
+    _pending = _pending or signum
+    if not _deferring:
+        raise Preempted(_pending)
+
+
+def check() -> None:
+    """Raise the pending stop again, in case its first raise was swallowed (see above);
+    free when no signal came, and silent inside `deferred()`."""
+    if _pending and not _deferring:
+        raise Preempted(_pending)
+
+
+def take() -> int:
+    """The pending signal, now acted on (cleared), else 0."""
+    global _pending
+    signum, _pending = _pending, 0
+    return signum
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Inside, SIGTERM and SIGINT are recorded for `take()` instead of raised. A signal
+    still untaken when the block ends normally is raised then, so no stop is lost."""
+    global _deferring
+    outer, _deferring = _deferring, True
+    try:
+        yield
+    finally:
+        _deferring = outer
+    if not outer and (signum := take()):
+        raise Preempted(signum)
 
 
 @contextlib.contextmanager
@@ -43,3 +88,4 @@ def stoppable() -> Iterator[None]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        take()  # the stop has left the block: nothing stale for a later one

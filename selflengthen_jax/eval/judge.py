@@ -301,6 +301,10 @@ class AnswerStore:
     def get(self, messages: Messages) -> str | None:
         return self.answers.get(self.key(messages))
 
+    def flush(self) -> None:
+        with self.lock:
+            self.store.flush()
+
     def put(self, messages: Messages, answer: str) -> None:
         key = self.key(messages)
         with self.lock:
@@ -362,13 +366,17 @@ def openai_asker(
         out: list[str | None] = [store.get(m) if store else None for m in batch]
         todo = [i for i, text in enumerate(out) if text is None]
         failed: list[AskError] = []
-        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            futures = {pool.submit(one, batch[i]): i for i in todo}
-            for future in concurrent.futures.as_completed(futures):
-                try:
-                    out[futures[future]] = future.result()
-                except AskError as err:
-                    failed.append(err)
+        try:
+            with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+                futures = {pool.submit(one, batch[i]): i for i in todo}
+                for future in concurrent.futures.as_completed(futures):
+                    try:
+                        out[futures[future]] = future.result()
+                    except AskError as err:
+                        failed.append(err)
+        finally:
+            if store is not None:
+                store.flush()  # a bucket store's last batch of answers, also when stopped
         if failed:
             kept = " (the others are saved)" if store is not None and len(failed) < len(todo) else ""
             raise AskError(f"{len(failed)} of {len(todo)} requests failed{kept}; last: {failed[-1]}", out)

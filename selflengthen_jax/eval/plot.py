@@ -7,16 +7,19 @@ canvas, so no display is needed and pyplot's global state is never touched.
 
 from __future__ import annotations
 
-from pathlib import Path
+import io
 from typing import Mapping, Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from selflengthen_jax.paths import AnyPath, is_remote
+from selflengthen_jax.paths import path as as_path
+
 _COLOURS = ("tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple")
 
 
-def plot_lengths(scored: Sequence[Mapping], path: str | Path, title: str = "") -> Path:
+def plot_lengths(scored: Sequence[Mapping], path: str | AnyPath, title: str = "") -> AnyPath:
     """Write a PNG scatter of produced length against requested length (band centre).
 
     Each point's band [a, b] is a grey vertical bar at its x; the diagonal is
@@ -42,6 +45,11 @@ def plot_lengths(scored: Sequence[Mapping], path: str | Path, title: str = "") -
         ax.set_title(title)
     ax.legend(loc="upper left")
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, format="png")
+    path = as_path(path)
+    if is_remote(path):  # one object, written whole
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png")
+        path.write_bytes(buffer.getvalue())
+    else:
+        fig.savefig(path, format="png")
     return path

@@ -10,6 +10,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from selflengthen_jax import signals
+
 
 def index() -> int:
     return jax.process_index()
@@ -20,7 +22,9 @@ def count() -> int:
 
 
 def barrier(name: str) -> None:
-    """Every process reaches `name` before any goes on (same names in the same order)."""
+    """Every process reaches `name` before any goes on (same names in the same order).
+    A stop whose raise was swallowed is raised here first, so no process waits for it."""
+    signals.check()
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices(name)
@@ -33,3 +37,15 @@ def gather(value: int) -> list[int]:
     from jax.experimental import multihost_utils
     got = multihost_utils.process_allgather(np.array([int(value)], np.int64))
     return [int(x) for x in np.asarray(got).reshape(-1)]
+
+
+def gather_floats(values: np.ndarray) -> np.ndarray:
+    """Every process's float64 `values` (the same shape on each), stacked in process
+    order: [processes, *shape]. Sent as their bits, so no value is rounded on the way."""
+    values = np.ascontiguousarray(values, np.float64)
+    if jax.process_count() == 1:
+        return values[None]
+    from jax.experimental import multihost_utils
+    got = multihost_utils.process_allgather(values.view(np.int32))
+    return np.ascontiguousarray(np.asarray(got, np.int32)).view(np.float64).reshape(
+        (jax.process_count(), *values.shape))

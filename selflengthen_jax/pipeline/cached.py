@@ -11,9 +11,11 @@ belongs to one process, chosen from its id alone (`owner`); each process generat
 only its own requests into its own shard, `<name>.p<i>.jsonl`, then all meet at a
 barrier and read each other's shards, so every process continues with every
 completion. A restart (with any subset of processes killed, or a different process
-count) reads every shard it finds, so nothing done is generated twice. Without
-`split` (one global engine, every process sees the same completions) process 0 alone
-writes `<name>.jsonl`, the one-process layout.
+count) reads every shard it finds, so nothing done is generated twice. Likelihood
+scores (the likelihood judge) are split the same way, by the prompt's text, and merged
+by one gather, since nothing of them is stored. Without `split` (one global engine,
+every process sees the same completions) process 0 alone writes `<name>.jsonl`, the
+one-process layout.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from __future__ import annotations
 import hashlib
 import re
 from typing import Sequence
+
+import numpy as np
 
 from selflengthen_jax import faults
 from selflengthen_jax.parallel import hosts
@@ -125,5 +129,17 @@ class CachedGenerator:
         self.prompt_too_long += sum(c.finish_reason == "prompt_too_long" for c in out)
         return out
 
-    def loglikelihood(self, pairs, adapter: str = "base") -> list[float]:
-        return self.engine.loglikelihood(pairs, adapter)
+    def loglikelihood(self, pairs: Sequence[tuple[str, str]], adapter: str = "base") -> list[float]:
+        """Scores of (head, continuation) pairs. With `split`, each process scores the
+        pairs whose head it owns (a head's continuations share one forward, so they
+        stay together) and the scores are merged once, by one gather: every process
+        returns every score, each computed by exactly one process."""
+        if not self.split:
+            return self.engine.loglikelihood(pairs, adapter)
+        owners = np.array([owner(head, self.count) for head, _ in pairs])
+        mine = np.flatnonzero(owners == self.index)
+        scores = np.zeros(len(pairs))
+        if len(mine):
+            scores[mine] = self.engine.loglikelihood([pairs[i] for i in mine], adapter)
+        merged = hosts.gather_floats(scores)
+        return [float(merged[o, i]) for i, o in enumerate(owners)]

@@ -145,6 +145,9 @@ def generate_missing(engine: Engine, items: Sequence[PromptItem], store: JsonlSt
     todo = [item for item in items if item.id not in store]
     requests = [item.request(dataclasses.replace(params, seed=record_seed(params.seed, item.id)))
                 for item in todo]
-    engine.generate(requests, progress=progress,
-                    on_complete=lambda i, completion: store.append(output_record(todo[i], completion)))
+    try:
+        engine.generate(requests, progress=progress,
+                        on_complete=lambda i, completion: store.append(output_record(todo[i], completion)))
+    finally:
+        store.flush()  # a bucket store's last batch, also when stopped
     return len(todo)

@@ -28,6 +28,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from selflengthen_jax import signals
 from selflengthen_jax.metrics import profile
 from selflengthen_jax.sampling import kernels
 from selflengthen_jax.sampling.request import Completion, FinishReason, Request
@@ -152,6 +153,7 @@ class Scheduler:
         lagging: list[int] = []  # slots whose newest tokens wait for the stop-string scan
         fetched: float | None = None  # when the last decode chunk's tokens reached the host
         while pending or any(self.slots):
+            signals.check()  # a stop whose raise was swallowed (a gc callback) ends here
             free = [i for i, s in enumerate(self.slots) if s is None]
             if pending and free and (self.section.mode == "continuous" or len(free) == len(self.slots)):
                 state = self._prefill(state, pending, free, prompts, k_cap)

@@ -7,11 +7,15 @@ are never modified or donated. A run resumes from the newest committed checkpoin
 or gradient stops the run before anything from that step is saved. SIGTERM (a
 preemption notice, raised as an exception by the launcher's handler) or Ctrl-C during
 the steps saves the last finished step at once (an emergency checkpoint, as MaxText
-does), so the restart loses no step. Output directories may be local or `gs://`.
+does), so the restart loses no step. On several processes the stop is deferred to the
+end of the step in flight, where the processes agree on it (MaxText's preemption sync
+point): each tells the others whether a signal reached it, so whichever got one, all
+save that same step and stop. Output directories may be local or `gs://`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -36,6 +40,7 @@ from selflengthen_jax.metrics.tensorboard import TB_DIR, Board, TrainingCurve
 from selflengthen_jax.models.config import ModelConfig
 from selflengthen_jax.models.lora import adapter_shapes, init_lora, lora_logical_axes, lora_rank
 from selflengthen_jax.models.transformer import PROJECTIONS, Params, abstract_model, logical_axes
+from selflengthen_jax.parallel import hosts
 from selflengthen_jax.parallel.placement import onto
 from selflengthen_jax.paths import AnyPath, is_remote
 from selflengthen_jax.paths import path as as_path
@@ -220,26 +225,33 @@ def run_steps(run: Run, state: TrainState, pos: DataPosition, out: AnyPath, mana
     log = MetricsLog(out, tc.log_every, jax.process_index() == 0, curve)
     bar = tqdm(total=run.total, initial=start, desc=f"train {role}", disable=jax.process_index() != 0)
     done = (state, pos)  # the last finished step and its data position, always stored together
+    agree = jax.process_count() > 1
     try:
-        host_batch = run.data.batch(pos)
-        for step in range(start + 1, run.total + 1):
-            t0 = time.perf_counter()
-            batch = to_device(host_batch, run.batch_shardings, run.data.layout)
-            new_state, metrics = run.step_fn(done[0], run.base, batch)
-            faults.checkpoint("train_step")
-            epoch, next_pos = done[1].epoch, run.data.next(done[1])
-            if step < run.total:
-                host_batch = run.data.batch(next_pos)  # built while the device runs the step
-            metrics = jax.device_get(metrics)
-            profile.tick("train")
-            check_finite(metrics, step, ckpt_dir, last_saved)
-            done = (new_state, next_pos)  # one store: a signal lands before it or after it
-            log.record(step, metrics, time.perf_counter() - t0, epoch, step == run.total)
-            bar.update(1)
-            bar.set_postfix(loss=f"{float(metrics['loss']):.4f}")
-            if step % tc.save_every == 0 or step == run.total:
-                checkpointing.save(manager, *done)
-                last_saved = step
+        with signals.deferred() if agree else contextlib.nullcontext():
+            host_batch = run.data.batch(pos)
+            for step in range(start + 1, run.total + 1):
+                signals.check()  # a stop whose raise was swallowed (one process: no deferral)
+                t0 = time.perf_counter()
+                batch = to_device(host_batch, run.batch_shardings, run.data.layout)
+                new_state, metrics = run.step_fn(done[0], run.base, batch)
+                faults.checkpoint("train_step")
+                epoch, next_pos = done[1].epoch, run.data.next(done[1])
+                if step < run.total:
+                    host_batch = run.data.batch(next_pos)  # built while the device runs the step
+                metrics = jax.device_get(metrics)
+                profile.tick("train")
+                check_finite(metrics, step, ckpt_dir, last_saved)
+                done = (new_state, next_pos)  # one store: a signal lands before it or after it
+                log.record(step, metrics, time.perf_counter() - t0, epoch, step == run.total)
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(metrics['loss']):.4f}")
+                if step % tc.save_every == 0 or step == run.total:
+                    checkpointing.save(manager, *done)
+                    last_saved = step
+                if agree and (stop := agreed_stop()):
+                    emergency_save(manager, *done, last_saved, agreed=True)
+                    last_saved = step
+                    raise signals.Preempted(stop)
     except (KeyboardInterrupt, signals.Preempted, RuntimeError) as stop:
         if isinstance(stop, TrainingError):
             raise
@@ -251,17 +263,27 @@ def run_steps(run: Run, state: TrainState, pos: DataPosition, out: AnyPath, mana
     return done[0]
 
 
-def emergency_save(manager: Any, state: TrainState, pos: DataPosition, last_saved: int | None) -> None:
+def agreed_stop() -> int:
+    """The preemption sync point, once per step on every process: the signal any process
+    received during the step (the largest number if several; 0 when none), the same
+    answer everywhere, so all of them stop after the same step. One tiny all-gather."""
+    return max(hosts.gather(signals.take()))
+
+
+def emergency_save(manager: Any, state: TrainState, pos: DataPosition, last_saved: int | None,
+                   agreed: bool = False) -> None:
     """Stopped between steps (SIGTERM, Ctrl-C, a failing device): keep the last finished
     step unless it is already saved. On several processes every one must take part, so
-    this runs only where the stop reached a single process's run."""
+    there it runs only at a stop all processes `agreed` on; any other stop (an error on
+    one host) leaves the last periodic save."""
     step = int(state.step)
-    if step == 0 or step == last_saved or jax.process_count() > 1:
+    if step == 0 or step == last_saved or (jax.process_count() > 1 and not agreed):
         return
     manager.wait_until_finished()
     checkpointing.save(manager, state, pos)
     manager.wait_until_finished()
-    print(f"emergency checkpoint: step {step} saved in {manager.directory}", flush=True)
+    if jax.process_index() == 0:
+        print(f"emergency checkpoint: step {step} saved in {manager.directory}", flush=True)
 
 
 def train(cfg: Config, role: str, data_path: str | AnyPath, out_dir: str | AnyPath,

@@ -1,4 +1,5 @@
-"""Two JAX processes x 4 CPU devices (a pod in miniature) match one process x 8 devices."""
+"""Two JAX processes x 4 CPU devices (a pod in miniature) match one process x 8 devices,
+and a preemption notice (SIGTERM) during training stops both after one agreed step."""
 
 import json
 import os
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from chat_fixtures import make_chat_checkpoint
-from engine_fixtures_mh import run_generation, run_training
+from engine_fixtures_mh import PREEMPT_AT, PREEMPT_STEPS, run_generation, run_training
 
 HERE = Path(__file__).resolve().parent
 
@@ -42,6 +43,11 @@ def test_processes_form_one_global_mesh(two_process_run):
     assert (result["devices"], result["local"]) == (8, 4)
 
 
+def test_floats_are_gathered_from_every_process_bit_for_bit(two_process_run):
+    _, result, _ = two_process_run
+    assert result["gathered"] == [[0.1, 1 / 3], [1.1, 1 / 3]]
+
+
 def test_generation_matches_single_process(two_process_run):
     ckpt, result, _ = two_process_run
     assert result["tokens"] == run_generation(str(ckpt))
@@ -50,5 +56,25 @@ def test_generation_matches_single_process(two_process_run):
 def test_training_and_orbax_round_trip_match_single_process(two_process_run, tmp_path):
     ckpt, result, _ = two_process_run
     single = run_training(str(ckpt), str(tmp_path / "single"))
+    single.pop("adapters")
     assert result["train"]["losses"] == pytest.approx(single["losses"], rel=1e-5)
     assert result["train"]["checksum"] == pytest.approx(single["checksum"], rel=1e-5)
+
+
+@pytest.mark.parametrize("case", ["both", "one"])
+def test_sigterm_during_training_saves_one_agreed_step_everywhere_and_the_restart_resumes_from_it(
+        two_process_run, case):
+    """SIGTERM while step 2 runs, on both processes or on process 0 alone: both finish
+    step 2, save it (the emergency checkpoint, no periodic save before the end), stop
+    with 143 and the resume line; the restart runs only step 3 and ends where an
+    uninterrupted run does, bit for bit."""
+    _, _, root = two_process_run
+    views = [json.loads((root / "shared" / f"preemption.p{i}.json").read_text())[case] for i in range(2)]
+    for got in views:
+        assert got["code"] == 143, got
+        assert "stopped by signal SIGTERM" in got["stderr"], got["stderr"]
+        assert "rerun the same command to resume" in got["stderr"]
+        assert got["saved"] == [PREEMPT_AT]
+        assert got["identical"]
+    assert f"emergency checkpoint: step {PREEMPT_AT} saved" in views[0]["stdout"]
+    assert views[0]["logged"] == list(range(1, PREEMPT_STEPS + 1))  # none ran twice, none skipped

@@ -42,3 +42,52 @@ def test_a_single_process_resumes_from_the_shards_of_a_two_process_run(tmp_path)
     got = CachedGenerator(engine, base, progress=False, split=True).generate(reqs)
     assert engine.calls == ["r5"]  # only the one no shard held
     assert [c.text for c in got] == [c.text for c in fresh]
+
+
+class ScoringEngine(FakeEngine):
+    def __init__(self):
+        super().__init__()
+        self.scored = []
+
+    def loglikelihood(self, pairs, adapter="base"):
+        self.scored += pairs
+        return super().loglikelihood(pairs, adapter)
+
+
+def test_likelihood_scores_are_split_by_prompt_and_every_process_gets_them_all(tmp_path, monkeypatch):
+    """Two processes (threads here, meeting at the same barriers and gather the real ones
+    would): each scores only the prompts it owns, all of a prompt's continuations together,
+    and both return exactly the scores one process alone computes."""
+    import threading
+
+    import numpy as np
+
+    from selflengthen_jax.parallel import hosts
+    local, meet, board = threading.local(), threading.Barrier(2), {}
+
+    def gather_floats(values):
+        board[local.index] = values
+        meet.wait()
+        stacked = np.stack([board[0], board[1]])
+        meet.wait()
+        return stacked
+    monkeypatch.setattr(hosts, "index", lambda: local.index)
+    monkeypatch.setattr(hosts, "count", lambda: 2)
+    monkeypatch.setattr(hosts, "barrier", lambda name: meet.wait())
+    monkeypatch.setattr(hosts, "gather_floats", gather_floats)
+    pairs = [(f"instruction {i}{' lantern' if i % 3 == 0 else ''}", a) for i in range(12) for a in ("yes", "no")]
+    engines, results = [ScoringEngine(), ScoringEngine()], {}
+
+    def process(i):
+        local.index = i
+        results[i] = CachedGenerator(engines[i], tmp_path / "cache" / "judge.jsonl", progress=False,
+                                     split=True).loglikelihood(pairs)
+    threads = [threading.Thread(target=process, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert results[0] == results[1] == FakeEngine().loglikelihood(pairs)
+    assert sorted(engines[0].scored + engines[1].scored) == sorted(pairs)  # each pair once
+    for i in range(2):
+        assert engines[i].scored and all(owner(head, 2) == i for head, _ in engines[i].scored)

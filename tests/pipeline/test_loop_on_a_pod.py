@@ -1,5 +1,5 @@
-"""The loop on a pod in miniature: output_dir in a bucket (a GCS emulator), two processes
-sharing the work, both killed and restarted.
+"""The loop on a pod in miniature: two processes sharing the work with output_dir in a
+bucket (a GCS emulator), then both killed and restarted (local output_dir).
 
 Every run is the reduced demo cut to one iteration, so the records depend on generation
 alone and must match the single-process, local reference exactly (training still runs,
@@ -53,7 +53,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def iterate_two(out: Path, logs: Path, kill_at: str | None = None) -> tuple[list[int], list[str]]:
+def iterate_two(out: str | Path, logs: Path, kill_at: str | None = None) -> tuple[list[int], list[str]]:
     """Both processes of one run; when one dies, the other is killed too (a pod loses its
     slice), as a host blocked at a barrier would otherwise wait for the dead one."""
     port, handles, procs = free_port(), [], []
@@ -97,13 +97,27 @@ def reference(tmp_path_factory):
     return records(out)
 
 
-def test_a_bucket_output_dir_ends_with_the_same_records_as_a_local_one(reference, gcs_dir):
+def generated(log: str) -> int:
+    return sum(int(n) for n in re.findall(r"process \d generated (\d+) requests", log))
+
+
+def test_two_processes_in_a_bucket_share_the_work_and_end_with_the_local_records(reference, gcs_dir,
+                                                                                 tmp_path):
+    """The pod's usual layout in one run: output_dir in a bucket, two processes each
+    generating its own share into its own shard objects, process 0 merging."""
     t0 = time.perf_counter()
-    done = iterate_one(gcs_dir)
-    WALL["1 process x 8 devices, gs://"] = time.perf_counter() - t0
-    assert done.returncode == 0, done.stderr[-3000:]
+    codes, logs = iterate_two(gcs_dir, tmp_path)
+    WALL["2 processes x 4 devices, gs://"] = time.perf_counter() - t0
+    assert codes == [0, 0], "\n".join(log[-2000:] for log in logs)
     assert records(gcs_dir) == reference
+    mine = [generated(log) for log in logs]
+    total = sum(mine)
+    print(f"requests generated per process: {mine}; wall times: "
+          + ", ".join(f"{k}: {v:.0f} s" for k, v in WALL.items()))
+    assert all(0.3 * total <= n <= 0.7 * total for n in mine), mine
     out = paths.path(gcs_dir)
+    shards = sorted(p.name for p in (out / "iter_1" / "cache").iterdir())
+    assert "initial.p0.jsonl.parts" in shards and "initial.p1.jsonl.parts" in shards, shards
     for name in ("summary.json", "lengths.png", "long.jsonl", "run_config.json"):
         assert (out / name).is_file(), name
     events = [p.name for p in (out / "tensorboard").iterdir() if p.name.startswith("events.out.tfevents.")]
@@ -112,26 +126,6 @@ def test_a_bucket_output_dir_ends_with_the_same_records_as_a_local_one(reference
     for short in ("gen", "ext"):
         load_adapter(out / "iter_1" / "checkpoints" / short / "adapter")
     assert not (ROOT / "gs:").exists()
-
-
-def generated(log: str) -> int:
-    return sum(int(n) for n in re.findall(r"process \d generated (\d+) requests", log))
-
-
-def test_two_processes_share_the_work_and_end_with_the_same_records(reference, tmp_path):
-    out = tmp_path / "two"
-    t0 = time.perf_counter()
-    codes, logs = iterate_two(out, tmp_path)
-    WALL["2 processes x 4 devices, local"] = time.perf_counter() - t0
-    assert codes == [0, 0], "\n".join(log[-2000:] for log in logs)
-    assert records(out) == reference
-    mine = [generated(log) for log in logs]
-    total = sum(mine)
-    print(f"requests generated per process: {mine}; wall times: "
-          + ", ".join(f"{k}: {v:.0f} s" for k, v in WALL.items()))
-    assert all(0.3 * total <= n <= 0.7 * total for n in mine), mine
-    shards = sorted(p.name for p in (out / "iter_1" / "cache").iterdir())
-    assert "initial.p0.jsonl" in shards and "initial.p1.jsonl" in shards
 
 
 def test_both_processes_killed_anywhere_and_restarted_lose_and_duplicate_nothing(reference, tmp_path):
