@@ -32,7 +32,8 @@ class ModelSection:
     preset: str = ""  # architecture name (e.g. qwen2-7b) for --dry-run without the weights
     param_dtype: Literal["float32", "bfloat16"] = "float32"
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
-    attention_impl: Literal["xla", "cudnn"] = "xla"
+    # auto: Pallas (splash + paged decode) on TPU, cuDNN on GPU, XLA on CPU (models/attention)
+    attention_impl: Literal["auto", "xla", "pallas", "cudnn"] = "auto"
 
 
 @dataclasses.dataclass

@@ -15,6 +15,7 @@ import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from selflengthen_jax.config import ConfigError
+from selflengthen_jax.models.attention import Backend, choose
 from selflengthen_jax.parallel.mesh import AXES as MESH_AXES
 
 Rules = dict[str, Any]  # logical name -> None | mesh axis | tuple of mesh axes
@@ -91,3 +92,13 @@ def tree_shardings(axes_tree: Any, shapes_tree: Any, mesh: Mesh, rules: Rules) -
 
 def named(mesh: Mesh, rules: Rules, names: tuple[str | None, ...], shape: tuple[int, ...]) -> NamedSharding:
     return NamedSharding(mesh, spec_for(names, shape, mesh, rules))
+
+
+def attention_backend(impl: str, mesh: Mesh, rules: Rules) -> Backend:
+    """The attention backend for `model.attention_impl` on this mesh's platform: the one
+    place a backend is chosen. Its Pallas kernels shard the batch as activations are
+    (`batch`), and heads over the `heads` axes when `kv_heads` maps to the same ones."""
+    platform = mesh.devices.flat[0].platform
+    heads = rules.get("heads")
+    return choose(impl, platform, mesh, batch_axes=rules.get("batch"),
+                  head_axes=heads if heads == rules.get("kv_heads") else None)

@@ -23,10 +23,11 @@ from selflengthen_jax.checkpoint.hub import resolve_model
 from selflengthen_jax.checkpoint.loader import load_model, param_shardings
 from selflengthen_jax.checkpoint.tokenizer import load_tokenizer
 from selflengthen_jax.config import Config, ConfigError, EngineSection, SamplingSection, validate_for_model
+from selflengthen_jax.models.attention.cache import KVCache
 from selflengthen_jax.models.config import ModelConfig
-from selflengthen_jax.models.transformer import KVCache, abstract_model
+from selflengthen_jax.models.transformer import abstract_model
 from selflengthen_jax.parallel.mesh import generation_mesh
-from selflengthen_jax.parallel.rules import Rules, strategy_rules
+from selflengthen_jax.parallel.rules import Rules, attention_backend, strategy_rules
 from selflengthen_jax.sampling.engine import Engine, cache_length, slot_state_shardings
 from selflengthen_jax.sampling.request import SamplingParams
 
@@ -50,7 +51,7 @@ def build_engine(cfg: Config, model_path: str | None = None,
         section = dataclasses.replace(section, max_new_tokens=min(section.max_new_tokens, max_new_tokens))
     mesh = generation_mesh(cfg.mesh)
     rules = strategy_rules(cfg.mesh.strategy, cfg.mesh.rules)
-    check_memory(model_cfg, section, mesh, rules)
+    check_memory(model_cfg, section, mesh, rules, cfg.model.attention_impl)
     compile_cache.enable(cfg.compilation_cache)
     model = load_model(path, mesh, rules, cfg.model.param_dtype, cfg.model.compute_dtype)
     return Engine(model, section, mesh, rules, attention_impl=cfg.model.attention_impl)
@@ -81,7 +82,8 @@ def _shard_bytes(shapes: Any, shardings: Any) -> int:
                for x, sh in zip(jax.tree.leaves(shapes), jax.tree.leaves(shardings)))
 
 
-def check_memory(model_cfg: ModelConfig, section: EngineSection, mesh: Mesh, rules: Rules) -> None:
+def check_memory(model_cfg: ModelConfig, section: EngineSection, mesh: Mesh, rules: Rules,
+                 attention_impl: str = "auto") -> None:
     """Refuse, before any weight is read, an engine whose weights and KV cache alone
     exceed a device's memory (their shard shapes on this mesh): e.g. engine.slots=10^8
     would otherwise fail with RESOURCE_EXHAUSTED after the whole model has loaded."""
@@ -91,10 +93,11 @@ def check_memory(model_cfg: ModelConfig, section: EngineSection, mesh: Mesh, rul
         return
     params = nnx.state(abstract_model(model_cfg), nnx.Param).to_pure_dict()
     length = cache_length(section)
+    attention = attention_backend(attention_impl, mesh, rules)
     cache = KVCache(*(jax.ShapeDtypeStruct(s, model_cfg.compute_dtype)
-                      for s in KVCache.shapes(model_cfg, section.slots, length)))
-    need = (_shard_bytes(params, param_shardings(model_cfg, mesh, rules))
-            + _shard_bytes(cache, slot_state_shardings(model_cfg, section.slots, length, mesh, rules).cache))
+                      for s in attention.layout.shapes(model_cfg, section.slots, length)))
+    state_sh = slot_state_shardings(model_cfg, section.slots, length, mesh, rules, attention)
+    need = (_shard_bytes(params, param_shardings(model_cfg, mesh, rules)) + _shard_bytes(cache, state_sh.cache))
     if need > have:
         raise ConfigError(
             f"the engine needs {_gib(need)} per device for weights and "

@@ -22,7 +22,7 @@ def test_engine_takes_mesh_sizes_and_dtypes_from_the_config(checkpoint):
     assert engine.section.slots == 4 and engine.section.max_prefill_len == 64
     assert engine.section.max_new_tokens == cfg.engine.max_new_tokens
     assert engine.cfg.compute_dtype == "bfloat16"
-    assert engine.attention_impl == "xla"
+    assert engine.attention.impl == "xla" and engine.attention.layout.kind == "transposed"  # auto on CPU
     assert engine.rules["embed"] == "fsdp"
 
 
