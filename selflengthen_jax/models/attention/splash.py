@@ -39,7 +39,8 @@ def _kernel(heads: int, s: int, interpret: bool) -> Any:
                           block_q_dkv=blk, block_kv_dkv=blk, block_kv_dkv_compute=blk,
                           use_fused_bwd_kernel=True)
     mask = sa.MultiHeadMask([sa.CausalMask((s, s))] * heads)
-    return sa.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
+    with jax.ensure_compile_time_eval():  # its block-mask tables are constants, not tracers of one trace
+        return sa.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
 
 
 def _local(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, seg: jnp.ndarray, interpret: bool) -> jnp.ndarray:
