@@ -44,6 +44,9 @@ class MeshSection:
     strategy: Literal["dp", "fsdp", "tp", "fsdp_tp"] = "dp"
     rules: dict[str, Any] = dataclasses.field(default_factory=dict)  # logical axis -> mesh axes
     replica_per_host: bool = True  # generation: one model replica per host (no cross-host traffic)
+    # a host's replica: "tp" = tensor parallel over the host's devices (heads, kv heads, mlp,
+    # vocab: no per-step weight gathers); "training" = the training layout shrunk to the host
+    generation: Literal["tp", "training"] = "tp"
 
 
 @dataclasses.dataclass

@@ -14,9 +14,9 @@ from typing import Any, Mapping
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from selflengthen_jax.config import ConfigError
+from selflengthen_jax.config import ConfigError, MeshSection
 from selflengthen_jax.models.attention import Backend, choose
-from selflengthen_jax.parallel.mesh import AXES as MESH_AXES
+from selflengthen_jax.parallel.mesh import AXES as MESH_AXES, generation_layout
 
 Rules = dict[str, Any]  # logical name -> None | mesh axis | tuple of mesh axes
 
@@ -59,6 +59,13 @@ def strategy_rules(strategy: str, overrides: Mapping[str, Any] | None = None) ->
     for name, axes in (overrides or {}).items():
         rules[name] = tuple(axes) if isinstance(axes, list) else axes
     return rules
+
+
+def generation_rules(section: MeshSection, num_devices: int, host_devices: int) -> Rules:
+    """The generation mesh's own rules table: that of its layout (`generation_layout`),
+    e.g. `tp` for a host's tensor-parallel replica while training runs `fsdp`."""
+    layout = generation_layout(section, num_devices, host_devices)
+    return strategy_rules(layout.strategy, layout.rules)
 
 
 def _axis_size(mesh: Mesh, axes: Any) -> int:

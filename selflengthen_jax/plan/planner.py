@@ -351,7 +351,7 @@ def _generation_mesh(layout: MeshSection, spec: DeviceSpec,
         shape = mesh_shape(gen, host if per_host(layout, num_devices, host) else num_devices)
     except ValueError:
         return None
-    return abstract_mesh(shape), strategy_rules(layout.strategy, layout.rules)
+    return abstract_mesh(shape), strategy_rules(gen.strategy, gen.rules)   # generation's own table
 
 
 def plan(cfg: Config, model_cfg: ModelConfig, device_kind: str, num_devices: int,
@@ -367,8 +367,10 @@ def plan(cfg: Config, model_cfg: ModelConfig, device_kind: str, num_devices: int
     mcfg = dataclasses.replace(model_cfg, param_dtype=cfg.model.param_dtype,
                                compute_dtype=cfg.model.compute_dtype)
     strategies = []
+    attention = attention_for(cfg.model.attention_impl, spec.platform)
     for name, layout in _layouts(cfg, mcfg, num_devices):
-        layout = dataclasses.replace(layout, replica_per_host=cfg.mesh.replica_per_host)
+        layout = dataclasses.replace(layout, replica_per_host=cfg.mesh.replica_per_host,
+                                     generation=cfg.mesh.generation)
         rules = strategy_rules(layout.strategy, layout.rules)
         mesh = abstract_mesh(mesh_shape(layout, num_devices))
         gen = _generation_mesh(layout, spec, num_devices)
@@ -376,8 +378,9 @@ def plan(cfg: Config, model_cfg: ModelConfig, device_kind: str, num_devices: int
             name=name, mesh=tuple(mesh.shape.values()),
             generation_mesh=None if gen is None else tuple(gen[0].shape.values()),
             generation=None if gen is None else generation_breakdown(
-                mcfg, cfg.engine, *gen, platform=spec.platform),
-            training={m: training_breakdown(mcfg, cfg.train, m, mesh, rules) for m in TRAIN_MODES}))
+                mcfg, cfg.engine, *gen, platform=spec.platform, attention_impl=cfg.model.attention_impl),
+            training={m: training_breakdown(mcfg, cfg.train, m, mesh, rules, attention=attention)
+                      for m in TRAIN_MODES}))
     description = (f"{mcfg.model_type} {mcfg.num_params() / 1e9:.2f}B params, "
                    f"{mcfg.param_dtype} weights, {mcfg.compute_dtype} generation / "
                    f"{cfg.train.compute_dtype} training compute")

@@ -34,9 +34,9 @@ from selflengthen_jax.models.config import ModelConfig
 from selflengthen_jax.models.lora import adapter_shapes, projection_dims
 from selflengthen_jax.models.attention.cache import CACHE_BLOCK
 from selflengthen_jax.models.transformer import abstract_model, per_layer_tree
-from selflengthen_jax.parallel.mesh import check_meshes, generation_mesh, make_mesh
+from selflengthen_jax.parallel.mesh import check_meshes, generation_layout, generation_mesh, make_mesh
 from selflengthen_jax.parallel.peaks import GiB
-from selflengthen_jax.parallel.rules import attention_backend, strategy_rules
+from selflengthen_jax.parallel.rules import attention_backend, generation_rules, strategy_rules
 from selflengthen_jax.plan import hlo
 from selflengthen_jax.plan.planner import fmt_bytes, generation_breakdown, training_breakdown
 from selflengthen_jax.plan.slices import Slice, describe
@@ -122,7 +122,8 @@ def _k_cap(cfg: Config, mcfg: ModelConfig) -> int:
 def generation_executables(cfg: Config, mcfg: ModelConfig, devices: Sequence[Any]) -> list[Executable]:
     """The engine's executables on host 0's generation mesh (every host compiles the same)."""
     mesh = generation_mesh(cfg.mesh, devices, devices[0].process_index)
-    rules = strategy_rules(cfg.mesh.strategy, cfg.mesh.rules)
+    rules = generation_rules(cfg.mesh, len(devices), mesh.devices.size)
+    strategy = _gen_strategy(cfg, devices, mesh)
     section, rep = cfg.engine, NamedSharding(mesh, P())
     platform = devices[0].platform
     shapes = nnx.state(abstract_model(mcfg), nnx.Param).to_pure_dict()
@@ -158,7 +159,6 @@ def generation_executables(cfg: Config, mcfg: ModelConfig, devices: Sequence[Any
     score_rows = kernels.ScoreRows(_spec((n, p), jnp.int32, rep), vec(jnp.int32),
                                    _spec((n, judged, 16), jnp.int32, rep), _spec((n, judged), jnp.int32, rep),
                                    vec(jnp.int32))
-    strategy = cfg.mesh.strategy
     one_sh = jax.tree.map(lambda _: rep, one)
     return [
         Executable("decode state", mesh, strategy, make("empty"), (), planned=planned.kv_cache),
@@ -172,6 +172,11 @@ def generation_executables(cfg: Config, mcfg: ModelConfig, devices: Sequence[Any
                    per_step=section.decode_chunk),
         Executable(f"judge score {n}x{p}", mesh, strategy, make("score"), (weights, lora, score_rows)),
     ]
+
+
+def _gen_strategy(cfg: Config, devices: Sequence[Any], mesh: Mesh) -> str:
+    """The generation mesh's strategy name (its layout's: `tp` for a host replica)."""
+    return generation_layout(cfg.mesh, len(devices), mesh.devices.size).strategy
 
 
 def analytic_train_flops(mcfg: ModelConfig, cfg: Config, tokens: int, rows: int,
@@ -218,7 +223,8 @@ def training_executables(cfg: Config, mcfg: ModelConfig, devices: Sequence[Any],
     planned = training_breakdown(mcfg, tc, tc.mode, mesh, rules, attention=attention)
     resident = 0
     if gen_mesh is not None and not _same_mesh(gen_mesh, mesh):
-        resident = _per_chip(shapes, param_shardings(mcfg, gen_mesh, rules))  # the engine's weights
+        gen_rules = generation_rules(cfg.mesh, len(devices), gen_mesh.devices.size)
+        resident = _per_chip(shapes, param_shardings(mcfg, gen_mesh, gen_rules))  # the engine's weights
     rep = NamedSharding(mesh, P())
     gather = jax.jit(lambda t: t, out_shardings=jax.tree.map(lambda _: rep, state.trainable))
     chips = mesh.devices.size
@@ -347,6 +353,7 @@ def suggest(cfg: Config, mcfg: ModelConfig, row: Row, s: Slice, devices: Sequenc
         rules = strategy_rules(trial.mesh.strategy, trial.mesh.rules)
         if key.startswith("engine"):
             mesh = generation_mesh(trial.mesh, devices, devices[0].process_index)
+            rules = generation_rules(trial.mesh, len(devices), mesh.devices.size)
             planned = generation_breakdown(mcfg, trial.engine, mesh, rules, devices[0].platform).total
         else:
             mesh = make_mesh(trial.mesh, devices)
