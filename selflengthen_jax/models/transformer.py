@@ -221,6 +221,7 @@ def forward(params: Params, cfg: ModelConfig, tokens: jnp.ndarray, *,
         ids = jnp.zeros((b,), jnp.int32) if adapter_ids is None else adapter_ids
         onehot = jax.nn.one_hot(ids, n_adapters, dtype=cdt)   # [b, n]: the row mask
     inv_freq = jnp.asarray(inverse_frequencies(cfg))
+    embed = lambda t: attention.constrain(t, ("batch", "seq", "embed"))  # noqa: E731  the residual stream
     H, K, Dh, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size
 
     def layer(carry, xs):
@@ -233,9 +234,10 @@ def forward(params: Params, cfg: ModelConfig, tokens: jnp.ndarray, *,
         delta = lambda name, inp, shape: _lora_delta(inp, ad.get(name), onehot,  # noqa: E731
                                                      lora_scale, shape, drop(name))
         h = rms_norm(x, p["attn_norm"].astype(cdt), cfg.rms_norm_eps)
-        q = jnp.einsum("bsd,dhk->bshk", h, w("wq")) + delta("wq", h, (H, Dh))
-        k = jnp.einsum("bsd,dhk->bshk", h, w("wk")) + delta("wk", h, (K, Dh))
-        v = jnp.einsum("bsd,dhk->bshk", h, w("wv")) + delta("wv", h, (K, Dh))
+        heads = lambda t: attention.constrain(t, ("batch", "seq", "heads", "head_dim"))  # noqa: E731
+        q = heads(jnp.einsum("bsd,dhk->bshk", h, w("wq")) + delta("wq", h, (H, Dh)))
+        k = heads(jnp.einsum("bsd,dhk->bshk", h, w("wk")) + delta("wk", h, (K, Dh)))
+        v = heads(jnp.einsum("bsd,dhk->bshk", h, w("wv")) + delta("wv", h, (K, Dh)))
         if cfg.attention_bias:
             q, k, v = q + w("bq"), k + w("bk"), v + w("bv")
         q = apply_rope(q, positions, inv_freq)
@@ -247,18 +249,18 @@ def forward(params: Params, cfg: ModelConfig, tokens: jnp.ndarray, *,
             new = None
             ck, cv = layout.write(KVCache(ck, cv), li, q_index, k, v)
             o = attention.cached(q, KVCache(ck, cv), li, q_index)
-        x = x + jnp.einsum("bshk,hkd->bsd", o, w("wo")) + delta("wo", o, (D,))
+        x = embed(x + jnp.einsum("bshk,hkd->bsd", o, w("wo")) + delta("wo", o, (D,)))
         h = rms_norm(x, p["mlp_norm"].astype(cdt), cfg.rms_norm_eps)
         g = jnp.einsum("bsd,df->bsf", h, w("w_gate")) + delta("w_gate", h, (cfg.intermediate_size,))
         u = jnp.einsum("bsd,df->bsf", h, w("w_up")) + delta("w_up", h, (cfg.intermediate_size,))
         a = jax.nn.silu(g) * u
-        x = x + jnp.einsum("bsf,fd->bsd", a, w("w_down")) + delta("w_down", a, (D,))
+        x = embed(x + jnp.einsum("bsf,fd->bsd", a, w("w_down")) + delta("w_down", a, (D,)))
         return (x, ck, cv), new
 
     policy = REMAT_POLICIES[remat]
     if remat != "none":
         layer = jax.checkpoint(layer, policy=policy, prevent_cse=False)
-    x = params["embed"].astype(cdt)[tokens]
+    x = embed(params["embed"].astype(cdt)[tokens])
     carry = (x, None, None) if cache is None else (x, cache.k, cache.v)
     if isinstance(params["layers"], list):  # per-layer layout: unrolled
         news = []

@@ -17,7 +17,8 @@ The paged decode kernel needs head_dim to be a multiple of the TPU's 128 lanes (
 shipped model's is 128); smaller heads decode on the XLA block loop over the same cache.
 Prefill pieces and scoring (several new tokens over a cache) use the XLA block loop
 in every backend. Pallas calls are not partitioned by XLA, so the backend carries the
-mesh and the mesh axes of the batch and heads, and wraps its kernels in `shard_map`.
+mesh and the mesh axes of the batch and heads, and wraps its kernels in `shard_map`;
+`forward` also pins its activations with them (`constrain`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ import dataclasses
 import math
 from typing import Any
 
+import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from selflengthen_jax.models.attention import cudnn, ragged, splash, xla
 from selflengthen_jax.models.attention.cache import CACHE_BLOCK, PAGED, TRANSPOSED, CacheLayout, KVCache
@@ -42,7 +45,7 @@ class Backend:
     impl: str = "xla"                 # "xla", "pallas" or "cudnn" (resolved; never "auto")
     layout: CacheLayout = TRANSPOSED
     interpret: bool = False           # Pallas interpret mode (CPU)
-    mesh: Any = None                  # Pallas kernels run under shard_map on it
+    mesh: Any = None                  # activations are pinned to it; Pallas kernels shard_map over it
     batch_axes: Any = None            # mesh axes of the batch dim (None: replicated)
     head_axes: Any = None             # mesh axes of heads and kv heads (None: replicated)
 
@@ -51,6 +54,17 @@ class Backend:
         fits = lambda axes, n: axes if axes is not None and n % _size(self.mesh, axes) == 0 else None  # noqa: E731
         heads_ok = fits(self.head_axes, heads) is not None and fits(self.head_axes, kv_heads) is not None
         return fits(self.batch_axes, batch), self.head_axes if heads_ok else None
+
+    def constrain(self, x: jnp.ndarray, names: tuple[str | None, ...]) -> jnp.ndarray:
+        """`x` pinned to the mesh by logical names ("batch", "heads"; others, such as seq
+        and embed, replicated), so XLA keeps activations where the plan puts them rather
+        than replicating a prefill's [rows, seq, ...] tensors. Identity without a mesh."""
+        if self.mesh is None:
+            return x
+        axes = {"batch": self.batch_axes, "heads": self.head_axes}
+        spec = [axes.get(n) if n and axes.get(n) is not None and dim % _size(self.mesh, axes[n]) == 0 else None
+                for n, dim in zip(names, x.shape)]
+        return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, P(*spec)))
 
     def attention(self, q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, segment_ids: jnp.ndarray) -> jnp.ndarray:
         """Causal GQA within segments. q [b,s,h,d], k/v [b,s,kv,d], segment_ids [b,s] (0 = padding)."""
@@ -115,7 +129,7 @@ def choose(impl: str, platform: str, mesh: Any = None, batch_axes: Any = None,
         raise ValueError(f"model.attention_impl=cudnn needs a GPU; this run's devices are {platform}")
     layout = TRANSPOSED if platform == "cpu" and name == "xla" else PAGED
     return Backend(name, layout, interpret=(name == "pallas" and platform != "tpu"),
-                   mesh=mesh if name == "pallas" else None, batch_axes=batch_axes, head_axes=head_axes)
+                   mesh=mesh, batch_axes=batch_axes, head_axes=head_axes)
 
 
 CPU = Backend()   # the XLA backend with the CPU layout, unsharded (tests, tools)
