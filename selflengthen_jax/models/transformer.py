@@ -185,6 +185,7 @@ def forward(params: Params, cfg: ModelConfig, tokens: jnp.ndarray, *,
             segment_ids: jnp.ndarray | None = None,
             cache: KVCache | None = None,
             write_index: jnp.ndarray | None = None,
+            cache_slots: jnp.ndarray | None = None,
             return_kv: bool = False,
             return_hidden: bool = False,
             lora: Params | None = None,
@@ -198,7 +199,8 @@ def forward(params: Params, cfg: ModelConfig, tokens: jnp.ndarray, *,
 
     Without `cache`, tokens [b, s] attend causally within their segment (`segment_ids`,
     0 = padding; packed examples get distinct ids). With `cache`, the tokens are written
-    at `write_index[b]` onwards and attend to everything cached before them.
+    at `write_index[b]` onwards and attend to everything cached before them; row i uses
+    cache slot `cache_slots[i]` (default: slot i; out-of-range slots are not written).
     `lora` holds per-projection adapters stacked [layers, n_adapters, ...]; `adapter_ids`
     [b] picks one per row. With `lora_dropout` > 0 and a `dropout_key` (training only),
     each adapter's input is dropped, a fresh mask per layer and projection (as PEFT's
@@ -247,8 +249,8 @@ def forward(params: Params, cfg: ModelConfig, tokens: jnp.ndarray, *,
             o = attention.attention(q, k, v, segment_ids)
         else:  # write into the carried cache in place, then attend over it
             new = None
-            ck, cv = layout.write(KVCache(ck, cv), li, q_index, k, v)
-            o = attention.cached(q, KVCache(ck, cv), li, q_index)
+            ck, cv = layout.write(KVCache(ck, cv), li, q_index, k, v, cache_slots)
+            o = attention.cached(q, KVCache(ck, cv), li, q_index, cache_slots)
         x = embed(x + jnp.einsum("bshk,hkd->bsd", o, w("wo")) + delta("wo", o, (D,)))
         h = rms_norm(x, p["mlp_norm"].astype(cdt), cfg.rms_norm_eps)
         g = jnp.einsum("bsd,df->bsf", h, w("w_gate")) + delta("w_gate", h, (cfg.intermediate_size,))

@@ -270,8 +270,9 @@ def generation_breakdown(cfg: ModelConfig, engine: EngineSection, mesh: AnyMesh,
 
     The cache holds `compute_dtype` keys/values (the engine's default cache dtype). On a
     `platform` where the engine decodes from a per-layer copy, the weights count twice
-    (the loaded params stay for training). On TPU the compiler keeps a second copy of the
-    cache inside the decode loop (measured with `--rehearse`: temp = one cache + a little).
+    (the loaded params stay for training). On TPU with XLA attention the compiler keeps a
+    second copy of the cache inside the decode loop (measured with `--rehearse`: temp = one
+    cache + a little); the backend says how many (`decode_cache_copies`).
     """
     b = functools.partial(shard_bytes, mesh=mesh, rules=rules)
     V = cfg.vocab_size
@@ -289,7 +290,7 @@ def generation_breakdown(cfg: ModelConfig, engine: EngineSection, mesh: AnyMesh,
     prefill = (kv_bytes(rows, P)   # every layer's k/v
                + a.linear_working + 2 * a.scores + a.mask)
     sampling = 2 * b(("batch", None), (n, V), jnp.bool_) + 3 * b(("batch", None), (n, V), jnp.float32)
-    decode = sampling + (cache if platform == "tpu" else 0)
+    decode = sampling + cache * attention.decode_cache_copies(platform)
     gathers = gathered_layer_bytes(cfg, mesh, rules, cfg.compute_dtype)
     weights = param_bytes(cfg, mesh, rules)
     if engine.layout_on(platform) == "per_layer":

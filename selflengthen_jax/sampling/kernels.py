@@ -170,12 +170,11 @@ def prefill_piece(params: Any, lora: Any, state: SlotState, piece: Piece, ends: 
     b = state.pos.shape[0]
     slot = jnp.where(piece.slot >= 0, piece.slot, b)             # filler rows are dropped
     take = jnp.minimum(slot, b - 1)
-    layout = attention.layout
-    rows_cache = layout.take(state.cache, take)
     valid = jnp.arange(c)[None, :] < piece.count[:, None]
     positions = piece.start[:, None] + jnp.arange(c)[None, :]
-    out = forward(params, cfg, piece.tokens, positions=positions, cache=rows_cache, write_index=piece.start,
-                  return_hidden=True, attention=attention, **_lora_kwargs(lora, piece.adapter))
+    # written into the slots' rows of the carried cache in place: no row copied in or out
+    out = forward(params, cfg, piece.tokens, positions=positions, cache=state.cache, write_index=piece.start,
+                  cache_slots=slot, return_hidden=True, attention=attention, **_lora_kwargs(lora, piece.adapter))
     last = out.hidden[jnp.arange(n), piece.count - 1]
     logits = jnp.einsum("bd,dv->bv", last, lm_head(params, cfg).astype(last.dtype),
                         preferred_element_type=jnp.float32)
@@ -192,7 +191,7 @@ def prefill_piece(params: Any, lora: Any, state: SlotState, piece: Piece, ends: 
     finish = jnp.where(piece.final, _finish_code(ends_row(first, piece.chat, ends), ones, piece.max_new),
                        RELEASED)
     state = SlotState(
-        cache=layout.put(state.cache, slot, out.cache),
+        cache=out.cache,
         last_token=put(state.last_token, first), pos=put(state.pos, end),
         n_gen=put(state.n_gen, ones), max_new=put(state.max_new, piece.max_new),
         finish=put(state.finish, finish), seen=put(state.seen, seen), keys=put(state.keys, piece.keys),

@@ -92,9 +92,9 @@ def test_both_layouts_hold_the_same_cache():
         rows = layout.take(cache, jnp.array([1, 0]))
         outs.append(xla.cached_attention(q[::-1], rows, layout, jnp.int32(0), at[::-1], block=128))
         assert float(jnp.abs(layout.take(cache, jnp.array([2])).k).max()) == 0.0
-        back = layout.put(layout.zeros(SimpleNamespace(num_layers=1, num_kv_heads=kv, head_dim=d), 3, t,
-                                       jnp.float32), jnp.array([1, 0]), rows)
-        np.testing.assert_array_equal(back.v, cache.v)
+        in_place = xla.cached_attention(q[::-1], cache, layout, jnp.int32(0), at[::-1], block=128,
+                                        slots=jnp.array([1, 0]))
+        np.testing.assert_array_equal(in_place, outs[-1])   # reading slots in place = reading taken rows
     np.testing.assert_allclose(outs[0], outs[1], atol=1e-6)
 
 

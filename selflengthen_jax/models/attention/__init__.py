@@ -76,16 +76,18 @@ class Backend:
             return cudnn.attention(q, k, v, segment_ids, max_segments=MAX_SEGMENTS)
         return xla.attention(q, k, v, segment_ids)
 
-    def cached(self, q: jnp.ndarray, cache: KVCache, layer: Any, q_index: jnp.ndarray) -> jnp.ndarray:
+    def cached(self, q: jnp.ndarray, cache: KVCache, layer: Any, q_index: jnp.ndarray,
+               slots: jnp.ndarray | None = None) -> jnp.ndarray:
         """New tokens q [b, s, h, d] at positions q_index [b, s] over one layer of the cache
-        (already holding their own keys/values)."""
-        if self.impl == "pallas" and q.shape[1] == 1 and q.shape[-1] % ragged.LANES == 0:
+        (already holding their own keys/values); row i reads slot `slots[i]` (default: i,
+        every slot decoding)."""
+        if self.impl == "pallas" and slots is None and q.shape[1] == 1 and q.shape[-1] % ragged.LANES == 0:
             batch, heads = self._axes(q.shape[0], q.shape[2], cache.k.shape[0])
             return ragged.decode_attention(q, cache, layer, q_index, page_size=self.layout.page_size,
                                            mesh=self.mesh, batch_axes=batch, head_axes=heads,
                                            interpret=self.interpret)
         block = math.gcd(self.layout.length(cache), CACHE_BLOCK)
-        return xla.cached_attention(q, cache, self.layout, layer, q_index, block)
+        return xla.cached_attention(q, cache, self.layout, layer, q_index, block, slots)
 
     # -- for the memory planner ---------------------------------------------------------------
     def score_entries(self, s: int) -> tuple[int, int]:
@@ -97,6 +99,12 @@ class Backend:
     def forward_score_entries(self, s: int) -> int:
         """float32 scores per (row, head) alive at once in a forward pass (prefill)."""
         return max((e - a) * e for a, e in xla.query_blocks(s)) if self.impl == "xla" else 0
+
+    def decode_cache_copies(self, platform: str) -> int:
+        """Extra copies of the KV cache the TPU compiler keeps inside the decode loop
+        (measured with `--rehearse`): one on the XLA path, none with the paged kernel,
+        which reads the carried cache in place (decode temp 26 MiB at 7B)."""
+        return 1 if platform == "tpu" and self.impl == "xla" else 0
 
     def backward_score_entries(self, s: int) -> int:
         """Scores per (row, head) the TPU compiler keeps alive through one layer's backward

@@ -81,11 +81,12 @@ class CacheLayout:
         return KVCache(k.transpose(0, 1, 3, 4, 2), v.transpose(0, 1, 3, 2, 4))
 
     def write(self, cache: KVCache, layer: Any, q_index: jnp.ndarray, k: jnp.ndarray,
-              v: jnp.ndarray) -> KVCache:
-        """Write one layer's new k/v [b, s, kv, d] at positions q_index [b, s], in place
-        (positions past the end are dropped)."""
+              v: jnp.ndarray, slots: jnp.ndarray | None = None) -> KVCache:
+        """Write one layer's new k/v [b, s, kv, d] at positions q_index [b, s] of slots
+        `slots` [b] (default: row i is slot i), in place; positions past the end and
+        out-of-range slots are dropped."""
         b = k.shape[0]
-        rows = jnp.arange(b)[:, None]  # with q_index: [b, s] leading
+        rows = (jnp.arange(b) if slots is None else slots)[:, None]  # with q_index: [b, s] leading
         ck, cv = cache
         if self.kind == "paged":  # index dims (layer, rows, q_index) are adjacent: [b, s, kv, d] updates
             ck = ck.at[:, layer, rows, q_index].set(k.transpose(2, 0, 1, 3).astype(ck.dtype), mode="drop")
@@ -112,13 +113,6 @@ class CacheLayout:
             return KVCache(cache.k[:, :, rows], cache.v[:, :, rows])
         return KVCache(cache.k[:, rows], cache.v[:, rows])
 
-    def put(self, cache: KVCache, slot: jnp.ndarray, rows: KVCache) -> KVCache:
-        """Write whole slot rows back (out-of-range slots are dropped)."""
-        if self.kind == "paged":
-            return KVCache(cache.k.at[:, :, slot].set(rows.k, mode="drop"),
-                           cache.v.at[:, :, slot].set(rows.v, mode="drop"))
-        return KVCache(cache.k.at[:, slot].set(rows.k, mode="drop"), cache.v.at[:, slot].set(rows.v, mode="drop"))
-
     def pad(self, cache: KVCache, extra: int) -> KVCache:
         """The cache with `extra` empty positions appended to every slot."""
         none = [(0, 0)] * 5
@@ -128,18 +122,21 @@ class CacheLayout:
         return KVCache(jnp.pad(cache.k, none[:4] + [(0, extra)]), jnp.pad(cache.v, none[:3] + [(0, extra), (0, 0)]))
 
     # -- reads (the XLA path) ---------------------------------------------------------------
-    def block(self, cache: KVCache, layer: Any, j: Any, size: int) -> tuple[jnp.ndarray, jnp.ndarray]:
-        """Positions [j*size, (j+1)*size) of one layer: k [b, kv, d, size], v [b, kv, size, d]."""
+    def block(self, cache: KVCache, layer: Any, j: Any, size: int,
+              slots: jnp.ndarray | None = None) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """Positions [j*size, (j+1)*size) of one layer, of every slot or of `slots` [n]
+        (clipped into range): k [b, kv, d, size], v [b, kv, size, d]."""
         ck, cv = cache
+        pick = (lambda x: x) if slots is None else (lambda x: jnp.take(x, slots, axis=0, mode="clip"))  # noqa: E731
         if self.kind == "paged":
             K, _, b, _, d = ck.shape
             kb = jax.lax.dynamic_slice(ck, (0, layer, 0, j * size, 0), (K, 1, b, size, d))[:, 0]  # [kv, b, size, d]
             vb = jax.lax.dynamic_slice(cv, (0, layer, 0, j * size, 0), (K, 1, b, size, d))[:, 0]
-            return kb.transpose(1, 0, 3, 2), vb.transpose(1, 0, 2, 3)
+            return pick(kb.transpose(1, 0, 3, 2)), pick(vb.transpose(1, 0, 2, 3))
         _, b, K, d, _ = ck.shape
         kb = jax.lax.dynamic_slice(ck, (layer, 0, 0, 0, j * size), (1, b, K, d, size))[0]
         vb = jax.lax.dynamic_slice(cv, (layer, 0, 0, j * size, 0), (1, b, K, size, d))[0]
-        return kb, vb
+        return pick(kb), pick(vb)
 
 
 TRANSPOSED = CacheLayout("transposed")

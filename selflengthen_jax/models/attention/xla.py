@@ -75,8 +75,9 @@ def attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, segment_ids: jnp.n
 
 
 def cached_attention(q: jnp.ndarray, cache: KVCache, layout: CacheLayout, layer: jnp.ndarray,
-                     q_index: jnp.ndarray, block: int) -> jnp.ndarray:
-    """Attention of new tokens over one layer of the cache, in either layout.
+                     q_index: jnp.ndarray, block: int, slots: jnp.ndarray | None = None) -> jnp.ndarray:
+    """Attention of new tokens over one layer of the cache, in either layout; row i reads
+    slot `slots[i]` (default: slot i).
 
     Reads the cache block by block (online softmax) and only up to the furthest query
     position in the batch, so a step costs what the live context costs, not the
@@ -84,7 +85,7 @@ def cached_attention(q: jnp.ndarray, cache: KVCache, layout: CacheLayout, layer:
     q [b, s, h, d]; q_index [b, s] is each query's position (it sees keys <= it).
     """
     b, s, h, d = q.shape
-    kv = cache.k.shape[0] if layout.kind == "paged" else cache.k.shape[2]
+    kv = cache.v.shape[0] if layout.kind == "paged" else cache.v.shape[2]
     g = h // kv
     # [b, kv, g*s, d]: a KV head's query group and positions share one matmul row axis
     qh = (q.reshape(b, s, kv, g, d).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * s, d)
@@ -94,7 +95,7 @@ def cached_attention(q: jnp.ndarray, cache: KVCache, layout: CacheLayout, layer:
 
     def body(j, carry):
         m, l, acc = carry
-        kb, vb = layout.block(cache, layer, j, block)   # [b, kv, d, block], [b, kv, block, d]
+        kb, vb = layout.block(cache, layer, j, block, slots)   # [b, kv, d, block], [b, kv, block, d]
         scores = jnp.einsum("bkqd,bkdt->bkqt", qh, kb.astype(jnp.float32))
         visible = (j * block + jnp.arange(block)) <= q_pos[..., None]
         scores = jnp.where(visible, scores, NEG_INF)
