@@ -88,9 +88,13 @@ class CacheLayout:
         b = k.shape[0]
         rows = (jnp.arange(b) if slots is None else slots)[:, None]  # with q_index: [b, s] leading
         ck, cv = cache
-        if self.kind == "paged":  # index dims (layer, rows, q_index) are adjacent: [b, s, kv, d] updates
-            ck = ck.at[:, layer, rows, q_index].set(k.transpose(2, 0, 1, 3).astype(ck.dtype), mode="drop")
-            cv = cv.at[:, layer, rows, q_index].set(v.transpose(2, 0, 1, 3).astype(cv.dtype), mode="drop")
+        if self.kind == "paged":
+            # One write per KV head, each of [b, s, head_dim] rows: with the heads in one
+            # update window, the TPU compiler lays the cache out heads-minor for the scatter
+            # and then copies all of it into the paged kernel's layout at every step.
+            for h in range(k.shape[2]):
+                ck = ck.at[h, layer, rows, q_index].set(k[:, :, h].astype(ck.dtype), mode="drop")
+                cv = cv.at[h, layer, rows, q_index].set(v[:, :, h].astype(cv.dtype), mode="drop")
             return KVCache(ck, cv)
         ck = ck.at[layer, rows, :, :, q_index].set(k.astype(ck.dtype), mode="drop")
         cv = cv.at[layer, rows, :, q_index].set(v.astype(cv.dtype), mode="drop")
