@@ -32,7 +32,8 @@ class ModelSection:
     preset: str = ""  # architecture name (e.g. qwen2-7b) for --dry-run without the weights
     param_dtype: Literal["float32", "bfloat16"] = "float32"
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
-    attention_impl: Literal["xla", "cudnn"] = "xla"
+    # auto: Pallas (splash + paged decode) on TPU, cuDNN on GPU, XLA on CPU (models/attention)
+    attention_impl: Literal["auto", "xla", "pallas", "cudnn"] = "auto"
 
 
 @dataclasses.dataclass
@@ -43,6 +44,9 @@ class MeshSection:
     strategy: Literal["dp", "fsdp", "tp", "fsdp_tp"] = "dp"
     rules: dict[str, Any] = dataclasses.field(default_factory=dict)  # logical axis -> mesh axes
     replica_per_host: bool = True  # generation: one model replica per host (no cross-host traffic)
+    # a host's replica: "tp" = tensor parallel over the host's devices (heads, kv heads, mlp,
+    # vocab: no per-step weight gathers); "training" = the training layout shrunk to the host
+    generation: Literal["tp", "training"] = "tp"
 
 
 @dataclasses.dataclass

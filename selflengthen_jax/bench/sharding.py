@@ -39,16 +39,17 @@ from selflengthen_jax.bench.random_model import random_model
 from selflengthen_jax.checkpoint.hf_import import read_config
 from selflengthen_jax.checkpoint.loader import LoadedModel, load_model
 from selflengthen_jax.config import Config, ConfigError, EngineSection, MeshSection, build_section, load_section
+from selflengthen_jax.models.attention.cache import CACHE_BLOCK
 from selflengthen_jax.models.config import ModelConfig
 from selflengthen_jax.models.lora import init_lora, lora_logical_axes
 from selflengthen_jax.models.presets import PRESETS, is_preset, model_config_from_name
-from selflengthen_jax.models.transformer import CACHE_BLOCK, logical_axes
+from selflengthen_jax.models.transformer import logical_axes
 from selflengthen_jax.parallel.mesh import make_mesh, mesh_shape
 from selflengthen_jax.parallel.peaks import SystemPeak, system_peak
 from selflengthen_jax.parallel.placement import put, put_tree, replicated, to_host
 from selflengthen_jax.plan.planner import (TRAIN_MODES, builtin_layout, generation_breakdown,
                                                training_breakdown)
-from selflengthen_jax.parallel.rules import STRATEGIES, Rules, strategy_rules, tree_shardings
+from selflengthen_jax.parallel.rules import STRATEGIES, Rules, attention_backend, strategy_rules, tree_shardings
 from selflengthen_jax.sampling import kernels as ds
 from selflengthen_jax.sampling.engine import Engine
 from selflengthen_jax.sampling.sampler import RowParams
@@ -429,7 +430,7 @@ def bench_training(ctx: Context, model: LoadedModel, mode: str, rows: int,
     base_sh = jax.tree.map(lambda x: x.sharding, model.params) if lora else None
     spec = StepSpec(dataclasses.replace(model.cfg, compute_dtype=tc.compute_dtype),
                     tc.lora.alpha / tc.lora.rank if lora else None, tc.remat,
-                    ctx.cfg.model.attention_impl)
+                    attention_backend(ctx.cfg.model.attention_impl, ctx.mesh, ctx.rules))
     batch_sh = batch_shardings(ctx.mesh, ctx.rules, (1, rows, seq))
     step = make_train_step(spec, optimizer, schedule, shardings, base_sh, batch_sh)
     batch = put_tree(_train_batch(model.cfg.vocab_size, rows, seq, ctx.cfg.seed), batch_sh)

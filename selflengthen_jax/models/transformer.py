@@ -10,14 +10,14 @@ unrolled layout that decoding on CPU prefers.
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from selflengthen_jax.models.attention import attention, cached_attention
+from selflengthen_jax.models.attention import CPU, Backend
+from selflengthen_jax.models.attention.cache import KVCache
 from selflengthen_jax.models.config import ModelConfig
 from selflengthen_jax.models.rope import apply_rope, inverse_frequencies
 
@@ -29,8 +29,6 @@ REMAT_POLICIES = {
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
-
-CACHE_BLOCK = 256  # cache positions read per step of cached attention
 
 # Projections LoRA may adapt: name -> (input dims, output dims) as param-shape slices.
 PROJECTIONS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
@@ -102,35 +100,6 @@ def logical_axes(cfg: ModelConfig) -> Params:
 
 def init_params(cfg: ModelConfig, seed: int = 0) -> Params:
     return Transformer(cfg, rngs=nnx.Rngs(seed)).params()
-
-
-K_CACHE_AXES = ("layers", "batch", "kv_heads", "head_dim", None)
-V_CACHE_AXES = ("layers", "batch", "kv_heads", None, "head_dim")
-
-
-class KVCache(NamedTuple):
-    """Keys and values for every layer, head-major; keys stored transposed:
-    k [layers, batch, kv_heads, head_dim, max_len], v [layers, batch, kv_heads, max_len, head_dim].
-
-    Head-major so that one KV head's positions are contiguous, and keys transposed so that
-    both products of decode attention, q·k and p·v, read their cache block as a plain
-    [in, out] matrix: the operand layout XLA:CPU's small matmuls read fastest (a decode
-    step at 8k positions took about a quarter less time than with [max_len, head_dim] keys).
-    """
-
-    k: jnp.ndarray
-    v: jnp.ndarray
-
-    @staticmethod
-    def shapes(cfg: ModelConfig, batch: int, max_len: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """(k shape, v shape), in the order of `K_CACHE_AXES` and `V_CACHE_AXES`."""
-        v_shape = (cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.head_dim)
-        return v_shape[:3] + (cfg.head_dim, max_len), v_shape
-
-    @classmethod
-    def zeros(cls, cfg: ModelConfig, batch: int, max_len: int, dtype: Any) -> "KVCache":
-        k_shape, v_shape = cls.shapes(cfg, batch, max_len)
-        return cls(jnp.zeros(k_shape, dtype), jnp.zeros(v_shape, dtype))
 
 
 class Output(NamedTuple):
@@ -216,6 +185,7 @@ def forward(params: Params, cfg: ModelConfig, tokens: jnp.ndarray, *,
             segment_ids: jnp.ndarray | None = None,
             cache: KVCache | None = None,
             write_index: jnp.ndarray | None = None,
+            cache_slots: jnp.ndarray | None = None,
             return_kv: bool = False,
             return_hidden: bool = False,
             lora: Params | None = None,
@@ -224,17 +194,19 @@ def forward(params: Params, cfg: ModelConfig, tokens: jnp.ndarray, *,
             lora_dropout: float = 0.0,
             dropout_key: jax.Array | None = None,
             remat: str = "none",
-            attention_impl: str = "xla") -> Output:
+            attention: Backend = CPU) -> Output:
     """Run the decoder.
 
     Without `cache`, tokens [b, s] attend causally within their segment (`segment_ids`,
     0 = padding; packed examples get distinct ids). With `cache`, the tokens are written
-    at `write_index[b]` onwards and attend to everything cached before them.
+    at `write_index[b]` onwards and attend to everything cached before them; row i uses
+    cache slot `cache_slots[i]` (default: slot i; out-of-range slots are not written).
     `lora` holds per-projection adapters stacked [layers, n_adapters, ...]; `adapter_ids`
     [b] picks one per row. With `lora_dropout` > 0 and a `dropout_key` (training only),
     each adapter's input is dropped, a fresh mask per layer and projection (as PEFT's
     lora_dropout; the base projection sees the whole input). `params` may be stacked
     (layers run under `lax.scan`) or in the `per_layer` layout (layers unrolled).
+    `attention` is the backend (kernels and the cache's layout), chosen once per mesh.
     """
     b, s = tokens.shape
     cdt = jnp.dtype(cfg.compute_dtype)
@@ -244,13 +216,14 @@ def forward(params: Params, cfg: ModelConfig, tokens: jnp.ndarray, *,
         segment_ids = jnp.ones((b, s), jnp.int32) if segment_ids is None else segment_ids
     else:
         q_index = write_index[:, None] + jnp.arange(s)[None, :]
-        block = math.gcd(cache.v.shape[3], CACHE_BLOCK)
+    layout = attention.layout
     onehot = None
     if lora is not None:
         n_adapters = next(iter(lora.values()))["a"].shape[1]
         ids = jnp.zeros((b,), jnp.int32) if adapter_ids is None else adapter_ids
         onehot = jax.nn.one_hot(ids, n_adapters, dtype=cdt)   # [b, n]: the row mask
     inv_freq = jnp.asarray(inverse_frequencies(cfg))
+    embed = lambda t: attention.constrain(t, ("batch", "seq", "embed"))  # noqa: E731  the residual stream
     H, K, Dh, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size
 
     def layer(carry, xs):
@@ -263,34 +236,33 @@ def forward(params: Params, cfg: ModelConfig, tokens: jnp.ndarray, *,
         delta = lambda name, inp, shape: _lora_delta(inp, ad.get(name), onehot,  # noqa: E731
                                                      lora_scale, shape, drop(name))
         h = rms_norm(x, p["attn_norm"].astype(cdt), cfg.rms_norm_eps)
-        q = jnp.einsum("bsd,dhk->bshk", h, w("wq")) + delta("wq", h, (H, Dh))
-        k = jnp.einsum("bsd,dhk->bshk", h, w("wk")) + delta("wk", h, (K, Dh))
-        v = jnp.einsum("bsd,dhk->bshk", h, w("wv")) + delta("wv", h, (K, Dh))
+        heads = lambda t: attention.constrain(t, ("batch", "seq", "heads", "head_dim"))  # noqa: E731
+        q = heads(jnp.einsum("bsd,dhk->bshk", h, w("wq")) + delta("wq", h, (H, Dh)))
+        k = heads(jnp.einsum("bsd,dhk->bshk", h, w("wk")) + delta("wk", h, (K, Dh)))
+        v = heads(jnp.einsum("bsd,dhk->bshk", h, w("wv")) + delta("wv", h, (K, Dh)))
         if cfg.attention_bias:
             q, k, v = q + w("bq"), k + w("bk"), v + w("bv")
         q = apply_rope(q, positions, inv_freq)
         k = apply_rope(k, positions, inv_freq)
         if ck is None:
-            new = (k.transpose(0, 2, 3, 1), v.swapaxes(1, 2)) if return_kv else None
-            o = attention(q, k, v, segment_ids, impl=attention_impl)
-        else:  # write into the carried cache in place, then read it back block by block
+            new = (k, v) if return_kv else None
+            o = attention.attention(q, k, v, segment_ids)
+        else:  # write into the carried cache in place, then attend over it
             new = None
-            rows = jnp.arange(b)[:, None]   # with q_index: [b, s] leading, then kv, head_dim
-            ck = ck.at[li, rows, :, :, q_index].set(k.astype(ck.dtype), mode="drop")
-            cv = cv.at[li, rows, :, q_index].set(v.astype(cv.dtype), mode="drop")
-            o = cached_attention(q, ck, cv, li, q_index, block)
-        x = x + jnp.einsum("bshk,hkd->bsd", o, w("wo")) + delta("wo", o, (D,))
+            ck, cv = layout.write(KVCache(ck, cv), li, q_index, k, v, cache_slots)
+            o = attention.cached(q, KVCache(ck, cv), li, q_index, cache_slots)
+        x = embed(x + jnp.einsum("bshk,hkd->bsd", o, w("wo")) + delta("wo", o, (D,)))
         h = rms_norm(x, p["mlp_norm"].astype(cdt), cfg.rms_norm_eps)
         g = jnp.einsum("bsd,df->bsf", h, w("w_gate")) + delta("w_gate", h, (cfg.intermediate_size,))
         u = jnp.einsum("bsd,df->bsf", h, w("w_up")) + delta("w_up", h, (cfg.intermediate_size,))
         a = jax.nn.silu(g) * u
-        x = x + jnp.einsum("bsf,fd->bsd", a, w("w_down")) + delta("w_down", a, (D,))
+        x = embed(x + jnp.einsum("bsf,fd->bsd", a, w("w_down")) + delta("w_down", a, (D,)))
         return (x, ck, cv), new
 
     policy = REMAT_POLICIES[remat]
     if remat != "none":
         layer = jax.checkpoint(layer, policy=policy, prevent_cse=False)
-    x = params["embed"].astype(cdt)[tokens]
+    x = embed(params["embed"].astype(cdt)[tokens])
     carry = (x, None, None) if cache is None else (x, cache.k, cache.v)
     if isinstance(params["layers"], list):  # per-layer layout: unrolled
         news = []
@@ -304,7 +276,7 @@ def forward(params: Params, cfg: ModelConfig, tokens: jnp.ndarray, *,
         (x, ck, cv), new = jax.lax.scan(layer, carry, (params["layers"], lora, jnp.arange(cfg.num_layers)))
     x = rms_norm(x, params["final_norm"].astype(cdt), cfg.rms_norm_eps)
     new_cache = None if cache is None else KVCache(ck, cv)
-    kv = KVCache(*new) if (cache is None and return_kv) else None
+    kv = layout.stack_new(*new) if (cache is None and return_kv) else None
     if return_hidden:
         return Output(None, x, new_cache, kv)
     logits = jnp.einsum("bsd,dv->bsv", x, lm_head(params, cfg).astype(cdt),

@@ -46,17 +46,28 @@ def make_mesh(section: MeshSection, devices: Sequence[jax.Device] | None = None)
 
 
 def host_replica_layout(section: MeshSection, host_devices: int) -> MeshSection:
-    """The configured layout shrunk to one host's devices (one generation replica).
+    """One host's generation replica.
 
-    The tensor axis stays as large as the host allows (its gcd with the host's device
-    count, so it still divides the heads); the rest of the host goes to `fsdp` when the
-    layout shards weights over fsdp, else to `data`.
+    `mesh.generation=tp` (default), for a layout that shards weights over fsdp: tensor
+    parallel over all the host's devices with the `tp` rules, so a decode step moves
+    activations (two all-reduces per layer), never weights. Otherwise (and under
+    `mesh.generation=training`) the configured layout shrunk to the host: the tensor axis stays
+    as large as the host allows (its gcd with the host's device count, so it still
+    divides the heads); the rest goes to `fsdp` when the layout shards weights over
+    fsdp, else to `data`.
     """
+    gathers = shards_weights(section)
+    if section.generation == "tp" and gathers:
+        return dataclasses.replace(section, data=1, fsdp=1, tensor=host_devices, strategy="tp")
     tensor = math.gcd(host_devices if section.tensor == -1 else section.tensor, host_devices)
     rest = host_devices // tensor
-    shards_weights = section.fsdp != 1 or section.strategy in ("fsdp", "fsdp_tp")
-    return dataclasses.replace(section, data=1 if shards_weights else rest,
-                               fsdp=rest if shards_weights else 1, tensor=tensor)
+    return dataclasses.replace(section, data=1 if gathers else rest, fsdp=rest if gathers else 1, tensor=tensor)
+
+
+def shards_weights(section: MeshSection) -> bool:
+    """Whether the layout shards weights over `fsdp` (so using it to decode would gather
+    every layer's weights at every step)."""
+    return section.fsdp != 1 or section.strategy in ("fsdp", "fsdp_tp")
 
 
 def per_host(section: MeshSection, num_devices: int, host_devices: int) -> bool:
@@ -65,11 +76,14 @@ def per_host(section: MeshSection, num_devices: int, host_devices: int) -> bool:
 
 
 def generation_layout(section: MeshSection, num_devices: int, host_devices: int) -> MeshSection:
-    """The generation mesh's layout: with a replica per host, the configured layout if it
-    fits one host's devices, else `host_replica_layout` (fsdp 8 over two 4-chip hosts
+    """The generation mesh's layout: with a replica per host, `host_replica_layout` (under
+    `mesh.generation=tp`, tensor parallel over the host; under `training`, the configured
+    layout if it fits one host's devices, else shrunk: fsdp 8 over two 4-chip hosts
     becomes fsdp 4 on each); otherwise the configured (global) layout."""
     if not per_host(section, num_devices, host_devices):
         return section
+    if section.generation == "tp" and shards_weights(section):
+        return host_replica_layout(section, host_devices)
     try:
         mesh_shape(section, host_devices)
         return section

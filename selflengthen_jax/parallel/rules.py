@@ -14,8 +14,9 @@ from typing import Any, Mapping
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from selflengthen_jax.config import ConfigError
-from selflengthen_jax.parallel.mesh import AXES as MESH_AXES
+from selflengthen_jax.config import ConfigError, MeshSection
+from selflengthen_jax.models.attention import Backend, choose
+from selflengthen_jax.parallel.mesh import AXES as MESH_AXES, generation_layout
 
 Rules = dict[str, Any]  # logical name -> None | mesh axis | tuple of mesh axes
 
@@ -60,6 +61,13 @@ def strategy_rules(strategy: str, overrides: Mapping[str, Any] | None = None) ->
     return rules
 
 
+def generation_rules(section: MeshSection, num_devices: int, host_devices: int) -> Rules:
+    """The generation mesh's own rules table: that of its layout (`generation_layout`),
+    e.g. `tp` for a host's tensor-parallel replica while training runs `fsdp`."""
+    layout = generation_layout(section, num_devices, host_devices)
+    return strategy_rules(layout.strategy, layout.rules)
+
+
 def _axis_size(mesh: Mesh, axes: Any) -> int:
     if axes is None:
         return 1
@@ -91,3 +99,13 @@ def tree_shardings(axes_tree: Any, shapes_tree: Any, mesh: Mesh, rules: Rules) -
 
 def named(mesh: Mesh, rules: Rules, names: tuple[str | None, ...], shape: tuple[int, ...]) -> NamedSharding:
     return NamedSharding(mesh, spec_for(names, shape, mesh, rules))
+
+
+def attention_backend(impl: str, mesh: Mesh, rules: Rules) -> Backend:
+    """The attention backend for `model.attention_impl` on this mesh's platform: the one
+    place a backend is chosen. Its Pallas kernels shard the batch as activations are
+    (`batch`), and heads over the `heads` axes when `kv_heads` maps to the same ones."""
+    platform = mesh.devices.flat[0].platform
+    heads = rules.get("heads")
+    return choose(impl, platform, mesh, batch_axes=rules.get("batch"),
+                  head_axes=heads if heads == rules.get("kv_heads") else None)

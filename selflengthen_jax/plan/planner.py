@@ -46,11 +46,10 @@ from flax import nnx
 from jax.sharding import AbstractMesh, Mesh, NamedSharding
 
 from selflengthen_jax.config import Config, EngineSection, MeshSection, TrainSection
-from selflengthen_jax.models.attention import query_blocks, score_entries
+from selflengthen_jax.models.attention import Backend, choose
 from selflengthen_jax.models.config import ModelConfig
 from selflengthen_jax.models.lora import adapter_shapes, lora_logical_axes
-from selflengthen_jax.models.transformer import (K_CACHE_AXES, V_CACHE_AXES, KVCache,
-                                                  abstract_model, logical_axes, per_layer_tree)
+from selflengthen_jax.models.transformer import abstract_model, logical_axes, per_layer_tree
 from selflengthen_jax.parallel.mesh import AXES, generation_layout, mesh_shape, per_host
 from selflengthen_jax.parallel.peaks import DEVICES, GiB, DeviceSpec, device_spec
 from selflengthen_jax.parallel.rules import STRATEGIES, Rules, spec_for, strategy_rules
@@ -213,14 +212,14 @@ def _saved_per_layer(a: _Acts, remat: str) -> int:
 
 
 def training_activations(cfg: ModelConfig, rows: int, seq: int, remat: str,
-                         mesh: AnyMesh, rules: Rules) -> int:
-    """Rough peak activation bytes per device of one micro-batch's forward + backward."""
-    a = _acts(cfg, rows, seq, score_entries(seq), cfg.compute_dtype, mesh, rules)
+                         mesh: AnyMesh, rules: Rules, attention: Backend = Backend()) -> int:
+    """Rough peak activation bytes per device of one micro-batch's forward + backward,
+    with `attention`'s score buffers (none for the fused kernels)."""
+    a = _acts(cfg, rows, seq, attention.score_entries(seq), cfg.compute_dtype, mesh, rules)
     # The layer being differentiated: the TPU compiler keeps one float32 score buffer of
-    # every query block alive through its backward, plus two of the largest block's.
+    # every query block alive through its backward (XLA path), plus two of the largest block's.
     every_block = shard_bytes(("batch", "heads", None),
-                              (rows, cfg.num_heads, sum((e - s) * e for s, e in query_blocks(seq))),
-                              jnp.float32, mesh, rules)
+                              (rows, cfg.num_heads, attention.backward_score_entries(seq)), jnp.float32, mesh, rules)
     working = a.linear_working + every_block + 2 * a.scores
     loss = 3 * shard_bytes(("batch", None, "vocab"), (rows, min(seq, LOSS_CHUNK), cfg.vocab_size),
                            jnp.float32, mesh, rules)
@@ -228,10 +227,12 @@ def training_activations(cfg: ModelConfig, rows: int, seq: int, remat: str,
 
 
 def training_breakdown(cfg: ModelConfig, train: TrainSection, mode: str, mesh: AnyMesh,
-                       rules: Rules, rows: int | None = None, seq: int | None = None) -> Breakdown:
+                       rules: Rules, rows: int | None = None, seq: int | None = None,
+                       attention: Backend = Backend()) -> Breakdown:
     """One training step's memory; `rows` global sequences (default: batch_size per
     data shard), `seq` tokens each (default: cutoff_len). `cfg` carries the weights'
-    dtype; the step computes in `train.compute_dtype`."""
+    dtype; the step computes in `train.compute_dtype`; `attention` is the training
+    mesh's backend (`attention_for`)."""
     if mode not in TRAIN_MODES:
         raise ValueError(f"unknown training mode {mode!r}; choose from {', '.join(TRAIN_MODES)}")
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -246,7 +247,7 @@ def training_breakdown(cfg: ModelConfig, train: TrainSection, mode: str, mesh: A
     return Breakdown(
         weights=param_bytes(cfg, mesh, rules), trainable=trainable, optimizer=2 * trainable,
         grads=trainable * (2 if train.grad_accum > 1 else 1),
-        activations=training_activations(acts_cfg, rows, seq, train.remat, mesh, rules),
+        activations=training_activations(acts_cfg, rows, seq, train.remat, mesh, rules, attention),
         workspace=gathers)
 
 
@@ -255,33 +256,41 @@ def per_layer_bytes(cfg: ModelConfig, mesh: AnyMesh, rules: Rules) -> int:
     return tree_bytes(*per_layer_tree(cfg), mesh, rules)
 
 
+def attention_for(impl: str, platform: str) -> Backend:
+    """The backend (kernels, cache layout) a run with `model.attention_impl=impl` uses on
+    `platform`, for its shapes: the planner works on abstract meshes, so it is unsharded."""
+    return choose(impl, platform)
+
+
 def generation_breakdown(cfg: ModelConfig, engine: EngineSection, mesh: AnyMesh,
-                         rules: Rules, platform: str) -> Breakdown:
+                         rules: Rules, platform: str, attention_impl: str = "auto") -> Breakdown:
     """The engine's memory: weights, the slots' KV cache, and the larger workspace of its
     two kernels: the largest prefill the engine admits (`prefill_rows` rows, bounded by
     `engine.prefill_tokens`) or the decode loop with the sampling state.
 
     The cache holds `compute_dtype` keys/values (the engine's default cache dtype). On a
     `platform` where the engine decodes from a per-layer copy, the weights count twice
-    (the loaded params stay for training). On TPU the compiler keeps a second copy of the
-    cache inside the decode loop (measured with `--rehearse`: temp = one cache + a little).
+    (the loaded params stay for training). On TPU with XLA attention the compiler keeps a
+    second copy of the cache inside the decode loop (measured with `--rehearse`: temp = one
+    cache + a little); the backend says how many (`decode_cache_copies`).
     """
     b = functools.partial(shard_bytes, mesh=mesh, rules=rules)
     V = cfg.vocab_size
     n, P = engine.slots, engine.max_prefill_len
     rows = prefill_rows(engine)
+    attention = attention_for(attention_impl, platform)
+    layout = attention.layout
 
     def kv_bytes(slots: int, length: int) -> int:
-        k_shape, v_shape = KVCache.shapes(cfg, slots, length)
-        return b(K_CACHE_AXES, k_shape, cfg.compute_dtype) + b(V_CACHE_AXES, v_shape, cfg.compute_dtype)
+        (k_axes, v_axes), (k_shape, v_shape) = layout.axes(), layout.shapes(cfg, slots, length)
+        return b(k_axes, k_shape, cfg.compute_dtype) + b(v_axes, v_shape, cfg.compute_dtype)
 
     cache = kv_bytes(n, cache_length(engine))
-    largest_block = max((end - start) * end for start, end in query_blocks(P))  # score entries
-    a = _acts(cfg, rows, P, (largest_block, 0), cfg.compute_dtype, mesh, rules)
+    a = _acts(cfg, rows, P, (attention.forward_score_entries(P), 0), cfg.compute_dtype, mesh, rules)
     prefill = (kv_bytes(rows, P)   # every layer's k/v
                + a.linear_working + 2 * a.scores + a.mask)
     sampling = 2 * b(("batch", None), (n, V), jnp.bool_) + 3 * b(("batch", None), (n, V), jnp.float32)
-    decode = sampling + (cache if platform == "tpu" else 0)
+    decode = sampling + cache * attention.decode_cache_copies(platform)
     gathers = gathered_layer_bytes(cfg, mesh, rules, cfg.compute_dtype)
     weights = param_bytes(cfg, mesh, rules)
     if engine.layout_on(platform) == "per_layer":
@@ -343,7 +352,7 @@ def _generation_mesh(layout: MeshSection, spec: DeviceSpec,
         shape = mesh_shape(gen, host if per_host(layout, num_devices, host) else num_devices)
     except ValueError:
         return None
-    return abstract_mesh(shape), strategy_rules(layout.strategy, layout.rules)
+    return abstract_mesh(shape), strategy_rules(gen.strategy, gen.rules)   # generation's own table
 
 
 def plan(cfg: Config, model_cfg: ModelConfig, device_kind: str, num_devices: int,
@@ -359,8 +368,10 @@ def plan(cfg: Config, model_cfg: ModelConfig, device_kind: str, num_devices: int
     mcfg = dataclasses.replace(model_cfg, param_dtype=cfg.model.param_dtype,
                                compute_dtype=cfg.model.compute_dtype)
     strategies = []
+    attention = attention_for(cfg.model.attention_impl, spec.platform)
     for name, layout in _layouts(cfg, mcfg, num_devices):
-        layout = dataclasses.replace(layout, replica_per_host=cfg.mesh.replica_per_host)
+        layout = dataclasses.replace(layout, replica_per_host=cfg.mesh.replica_per_host,
+                                     generation=cfg.mesh.generation)
         rules = strategy_rules(layout.strategy, layout.rules)
         mesh = abstract_mesh(mesh_shape(layout, num_devices))
         gen = _generation_mesh(layout, spec, num_devices)
@@ -368,8 +379,9 @@ def plan(cfg: Config, model_cfg: ModelConfig, device_kind: str, num_devices: int
             name=name, mesh=tuple(mesh.shape.values()),
             generation_mesh=None if gen is None else tuple(gen[0].shape.values()),
             generation=None if gen is None else generation_breakdown(
-                mcfg, cfg.engine, *gen, platform=spec.platform),
-            training={m: training_breakdown(mcfg, cfg.train, m, mesh, rules) for m in TRAIN_MODES}))
+                mcfg, cfg.engine, *gen, platform=spec.platform, attention_impl=cfg.model.attention_impl),
+            training={m: training_breakdown(mcfg, cfg.train, m, mesh, rules, attention=attention)
+                      for m in TRAIN_MODES}))
     description = (f"{mcfg.model_type} {mcfg.num_params() / 1e9:.2f}B params, "
                    f"{mcfg.param_dtype} weights, {mcfg.compute_dtype} generation / "
                    f"{cfg.train.compute_dtype} training compute")

@@ -29,13 +29,14 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from selflengthen_jax.checkpoint.loader import param_shardings, per_layer_shardings
 from selflengthen_jax.config import Config, ConfigError, load_config
-from selflengthen_jax.models.attention import SAVE_SCORES_UP_TO, query_blocks
+from selflengthen_jax.models.attention.xla import SAVE_SCORES_UP_TO, query_blocks
 from selflengthen_jax.models.config import ModelConfig
 from selflengthen_jax.models.lora import adapter_shapes, projection_dims
-from selflengthen_jax.models.transformer import CACHE_BLOCK, abstract_model, per_layer_tree
-from selflengthen_jax.parallel.mesh import check_meshes, generation_mesh, make_mesh
+from selflengthen_jax.models.attention.cache import CACHE_BLOCK
+from selflengthen_jax.models.transformer import abstract_model, per_layer_tree
+from selflengthen_jax.parallel.mesh import check_meshes, generation_layout, generation_mesh, make_mesh
 from selflengthen_jax.parallel.peaks import GiB
-from selflengthen_jax.parallel.rules import strategy_rules
+from selflengthen_jax.parallel.rules import attention_backend, generation_rules, strategy_rules
 from selflengthen_jax.plan import hlo
 from selflengthen_jax.plan.planner import fmt_bytes, generation_breakdown, training_breakdown
 from selflengthen_jax.plan.slices import Slice, describe
@@ -121,7 +122,8 @@ def _k_cap(cfg: Config, mcfg: ModelConfig) -> int:
 def generation_executables(cfg: Config, mcfg: ModelConfig, devices: Sequence[Any]) -> list[Executable]:
     """The engine's executables on host 0's generation mesh (every host compiles the same)."""
     mesh = generation_mesh(cfg.mesh, devices, devices[0].process_index)
-    rules = strategy_rules(cfg.mesh.strategy, cfg.mesh.rules)
+    rules = generation_rules(cfg.mesh, len(devices), mesh.devices.size)
+    strategy = _gen_strategy(cfg, devices, mesh)
     section, rep = cfg.engine, NamedSharding(mesh, P())
     platform = devices[0].platform
     shapes = nnx.state(abstract_model(mcfg), nnx.Param).to_pure_dict()
@@ -138,11 +140,11 @@ def generation_executables(cfg: Config, mcfg: ModelConfig, devices: Sequence[Any
     lora = _abstract(stacked, jax.tree.map(lambda _: rep, stacked))
     lora_sh = jax.tree.map(lambda x: x.sharding, lora)
     cache_len = eng.cache_length(section)
-    state_sh = eng.slot_state_shardings(mcfg, section.slots, cache_len, mesh, rules)
-    state = _abstract(jax.eval_shape(partial(kernels.empty_state, mcfg, section.slots, cache_len, dtype)),
-                      state_sh)
+    attention = attention_backend(cfg.model.attention_impl, mesh, rules)
+    state_sh = eng.slot_state_shardings(mcfg, section.slots, cache_len, mesh, rules, attention)
+    state = _abstract(jax.eval_shape(partial(kernels.empty_state, mcfg, section.slots, cache_len, dtype,
+                                             attention)), state_sh)
     k_cap = _k_cap(cfg, mcfg)
-    impl = cfg.model.attention_impl
     n, p = eng.prefill_rows(section), section.max_prefill_len
     vec = lambda dt: _spec((n,), dt, rep)  # noqa: E731
     rows = kernels.NewRows(_spec((n, p), jnp.int32, rep), vec(jnp.int32), vec(jnp.int32), vec(jnp.int32),
@@ -150,14 +152,13 @@ def generation_executables(cfg: Config, mcfg: ModelConfig, devices: Sequence[Any
                            vec(jnp.bool_), RowParams(vec(jnp.float32), vec(jnp.int32), vec(jnp.float32),
                                                      vec(jnp.float32), vec(jnp.bool_)))
     ends = kernels.Ends(_spec((4,), jnp.int32, rep), _spec((1,), jnp.int32, rep))  # a few EOS ids, one turn end
-    planned = generation_breakdown(mcfg, section, mesh, rules, platform)
-    make = lambda kind: eng.kernel(kind, mcfg, section, k_cap, impl, w_sh, lora_sh, state_sh, mesh,  # noqa: E731
+    planned = generation_breakdown(mcfg, section, mesh, rules, platform, cfg.model.attention_impl)
+    make = lambda kind: eng.kernel(kind, mcfg, section, k_cap, attention, w_sh, lora_sh, state_sh, mesh,  # noqa: E731
                                    dtype)
     judged = 2  # the judge scores "yes" and "no" after one prompt forward
     score_rows = kernels.ScoreRows(_spec((n, p), jnp.int32, rep), vec(jnp.int32),
                                    _spec((n, judged, 16), jnp.int32, rep), _spec((n, judged), jnp.int32, rep),
                                    vec(jnp.int32))
-    strategy = cfg.mesh.strategy
     one_sh = jax.tree.map(lambda _: rep, one)
     return [
         Executable("decode state", mesh, strategy, make("empty"), (), planned=planned.kv_cache),
@@ -173,16 +174,24 @@ def generation_executables(cfg: Config, mcfg: ModelConfig, devices: Sequence[Any
     ]
 
 
-def analytic_train_flops(mcfg: ModelConfig, cfg: Config, tokens: int, rows: int) -> float:
+def _gen_strategy(cfg: Config, devices: Sequence[Any], mesh: Mesh) -> str:
+    """The generation mesh's strategy name (its layout's: `tp` for a host replica)."""
+    return generation_layout(cfg.mesh, len(devices), mesh.devices.size).strategy
+
+
+def analytic_train_flops(mcfg: ModelConfig, cfg: Config, tokens: int, rows: int,
+                         count_attention: bool = True) -> float:
     """Matmul FLOPs of one step: 6·N·tokens (full) or 4·N·tokens (LoRA: no weight
     gradients) plus the adapters' own, block-causal attention (forward x3), and what is
     recomputed: the forward again under `remat=full`, the logits of each loss chunk and,
-    past `SAVE_SCORES_UP_TO`, each attention block's scores."""
+    past `SAVE_SCORES_UP_TO`, each attention block's scores. Without `count_attention`
+    the attention products are left out: a Pallas kernel's FLOPs are invisible to XLA's
+    cost analysis, so the compiled figure has none to compare with."""
     d, f, v, L = mcfg.hidden_size, mcfg.intermediate_size, mcfg.vocab_size, mcfg.num_layers
     H, K, Dh = mcfg.num_heads, mcfg.num_kv_heads, mcfg.head_dim
     layer = d * (H + 2 * K) * Dh + H * Dh * d + 3 * d * f
     seq = cfg.train.cutoff_len
-    attention = rows * 4 * Dh * H * sum((e - a) * e for a, e in query_blocks(seq)) * L
+    attention = rows * 4 * Dh * H * sum((e - a) * e for a, e in query_blocks(seq)) * L if count_attention else 0
     n = L * layer + v * d
     base = (6 if cfg.train.mode == "full" else 4) * n * tokens + 3 * attention
     adapters = 0
@@ -202,6 +211,7 @@ def training_executables(cfg: Config, mcfg: ModelConfig, devices: Sequence[Any],
     """The trainer's executables on the global training mesh, for `train.mode`."""
     mesh = make_mesh(cfg.mesh, devices)
     rules = strategy_rules(cfg.mesh.strategy, cfg.mesh.rules)
+    attention = attention_backend(cfg.model.attention_impl, mesh, rules)
     parts = build_step(cfg, mcfg, mesh, total=1000)
     tc, layout = cfg.train, parts.layout
     state = _abstract(parts.abstract, parts.shardings)
@@ -210,10 +220,11 @@ def training_executables(cfg: Config, mcfg: ModelConfig, devices: Sequence[Any],
     shape = (layout.accum, layout.global_rows, tc.cutoff_len)
     batch = Batch(*(_spec(shape, dt, parts.batch_shardings.tokens)
                     for dt in (jnp.int32, jnp.int32, jnp.float32, jnp.int32, jnp.int32)))
-    planned = training_breakdown(mcfg, tc, tc.mode, mesh, rules)
+    planned = training_breakdown(mcfg, tc, tc.mode, mesh, rules, attention=attention)
     resident = 0
     if gen_mesh is not None and not _same_mesh(gen_mesh, mesh):
-        resident = _per_chip(shapes, param_shardings(mcfg, gen_mesh, rules))  # the engine's weights
+        gen_rules = generation_rules(cfg.mesh, len(devices), gen_mesh.devices.size)
+        resident = _per_chip(shapes, param_shardings(mcfg, gen_mesh, gen_rules))  # the engine's weights
     rep = NamedSharding(mesh, P())
     gather = jax.jit(lambda t: t, out_shardings=jax.tree.map(lambda _: rep, state.trainable))
     chips = mesh.devices.size
@@ -226,7 +237,8 @@ def training_executables(cfg: Config, mcfg: ModelConfig, devices: Sequence[Any],
         Executable(f"train step {tc.mode} {layout.accum}x{layout.global_rows}x{tc.cutoff_len}", mesh,
                    cfg.mesh.strategy, parts.step_fn, (state, base, batch), planned=planned.total,
                    resident=resident,
-                   analytic_flops=analytic_train_flops(mcfg, cfg, tokens, layout.accum * layout.global_rows) / chips),
+                   analytic_flops=analytic_train_flops(mcfg, cfg, tokens, layout.accum * layout.global_rows,
+                                                      attention.impl == "xla") / chips),
         Executable("export gather", mesh, cfg.mesh.strategy, gather, (state.trainable,), resident=resident),
     ]
 
@@ -341,6 +353,7 @@ def suggest(cfg: Config, mcfg: ModelConfig, row: Row, s: Slice, devices: Sequenc
         rules = strategy_rules(trial.mesh.strategy, trial.mesh.rules)
         if key.startswith("engine"):
             mesh = generation_mesh(trial.mesh, devices, devices[0].process_index)
+            rules = generation_rules(trial.mesh, len(devices), mesh.devices.size)
             planned = generation_breakdown(mcfg, trial.engine, mesh, rules, devices[0].platform).total
         else:
             mesh = make_mesh(trial.mesh, devices)

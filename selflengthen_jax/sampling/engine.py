@@ -29,9 +29,11 @@ from selflengthen_jax.checkpoint.loader import LoadedModel, param_shardings, per
 from selflengthen_jax.checkpoint.tokenizer import chat_prompt, end_of_turn_ids
 from selflengthen_jax.config import EngineSection
 from selflengthen_jax.models.lora import stack_adapters
-from selflengthen_jax.models.transformer import CACHE_BLOCK, K_CACHE_AXES, V_CACHE_AXES, per_layer
+from selflengthen_jax.models.attention import Backend
+from selflengthen_jax.models.attention.cache import CACHE_BLOCK, KVCache
+from selflengthen_jax.models.transformer import per_layer
 from selflengthen_jax.parallel.placement import put, replicated, to_host
-from selflengthen_jax.parallel.rules import Rules, named
+from selflengthen_jax.parallel.rules import Rules, attention_backend, named
 from selflengthen_jax.sampling import kernels
 from selflengthen_jax.sampling.request import Completion, Request
 from selflengthen_jax.sampling.sampler import RowParams
@@ -61,13 +63,16 @@ def prefill_rows(section: EngineSection) -> int:
     return rows
 
 
-def slot_state_shardings(cfg: Any, slots: int, cache_len: int, mesh: Mesh, rules: Rules) -> kernels.SlotState:
-    """The NamedSharding of every leaf of the slots' decode state on the generation mesh."""
+def slot_state_shardings(cfg: Any, slots: int, cache_len: int, mesh: Mesh, rules: Rules,
+                         attention: Backend) -> kernels.SlotState:
+    """The NamedSharding of every leaf of the slots' decode state on the generation mesh
+    (the cache's from its layout's logical axes)."""
     n = partial(named, mesh, rules)
     vec = n(("batch",), (slots,))
-    k_shape, v_shape = kernels.KVCache.shapes(cfg, slots, cache_len)
+    layout = attention.layout
+    (k_axes, v_axes), (k_shape, v_shape) = layout.axes(), layout.shapes(cfg, slots, cache_len)
     return kernels.SlotState(
-        cache=kernels.KVCache(n(K_CACHE_AXES, k_shape), n(V_CACHE_AXES, v_shape)),
+        cache=KVCache(n(k_axes, k_shape), n(v_axes, v_shape)),
         last_token=vec, pos=vec, n_gen=vec, max_new=vec, finish=vec,
         seen=n(("batch", None), (slots, cfg.vocab_size)), keys=n(("batch", None), (slots, 2)), adapter=vec,
         chat=vec, sampling=RowParams(vec, vec, vec, vec, vec))
@@ -81,7 +86,7 @@ def stack_fn(scales: Sequence[float], dtype: Any, mesh: Mesh) -> Callable:
     return jax.jit(stack, out_shardings=replicated(mesh))
 
 
-def kernel(kind: str, cfg: Any, section: EngineSection, k_cap: int, attention_impl: str,
+def kernel(kind: str, cfg: Any, section: EngineSection, k_cap: int, attention: Backend,
            param_sh: Any, lora_sh: Any, state_sh: kernels.SlotState, mesh: Mesh,
            cache_dtype: Any) -> Callable:
     """The jitted kernel `kind` ("empty", "prefill", "piece", "decode", "release",
@@ -93,9 +98,10 @@ def kernel(kind: str, cfg: Any, section: EngineSection, k_cap: int, attention_im
     release(state, mask), score(params, lora, rows), empty().
     """
     rep = replicated(mesh)
-    common = dict(cfg=cfg, attention_impl=attention_impl)
+    common = dict(cfg=cfg, attention=attention)
     if kind == "empty":
-        return jax.jit(partial(kernels.empty_state, cfg, section.slots, cache_length(section), cache_dtype),
+        return jax.jit(partial(kernels.empty_state, cfg, section.slots, cache_length(section), cache_dtype,
+                               attention),
                        out_shardings=state_sh)
     if kind == "release":
         return jax.jit(kernels.release, in_shardings=(state_sh, rep), out_shardings=state_sh,
@@ -118,13 +124,13 @@ class Engine:
     """Generates for many requests on one loaded base model plus optional LoRA adapters."""
 
     def __init__(self, model: LoadedModel, section: EngineSection, mesh: Mesh, rules: Rules,
-                 cache_dtype: Any = None, attention_impl: str = "xla"):
+                 cache_dtype: Any = None, attention_impl: str = "auto"):
         self.model, self.section, self.mesh, self.rules = model, section, mesh, rules
         self.cfg = model.cfg
         self.tok = model.tokenizer
         self.cache_len = cache_length(section)
         self.cache_dtype = jnp.dtype(cache_dtype or model.cfg.compute_dtype)
-        self.attention_impl = attention_impl
+        self.attention = attention_backend(attention_impl, mesh, rules)   # kernels and cache layout
         # What ends a row: the checkpoint's own EOS ids for every request, and the chat
         # template's end-of-turn token for chat requests (as transformers and vLLM stop).
         self.eos_ids = sorted(model.eos_ids)
@@ -181,7 +187,8 @@ class Engine:
     # -- shardings and state ----------------------------------------------------------------
     def state_shardings(self) -> kernels.SlotState:
         """The NamedSharding of every leaf of the slot state."""
-        return slot_state_shardings(self.cfg, self.section.slots, self.cache_len, self.mesh, self.rules)
+        return slot_state_shardings(self.cfg, self.section.slots, self.cache_len, self.mesh, self.rules,
+                                    self.attention)
 
     def _lora_sharding(self) -> Any:
         return None if self.lora is None else jax.tree.map(lambda _: replicated(self.mesh), self.lora)
@@ -195,7 +202,7 @@ class Engine:
         engine and k_cap; exposed for AOT lowering, callers otherwise use the methods below."""
         key = (kind, k_cap, self.lora is None)
         if key not in self._compiled:
-            self._compiled[key] = kernel(kind, self.cfg, self.section, k_cap, self.attention_impl,
+            self._compiled[key] = kernel(kind, self.cfg, self.section, k_cap, self.attention,
                                          self.param_shardings, self._lora_sharding(), self.state_shardings(),
                                          self.mesh, self.cache_dtype)
         return self._compiled[key]

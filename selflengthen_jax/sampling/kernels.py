@@ -24,7 +24,9 @@ import jax
 import jax.numpy as jnp
 
 from selflengthen_jax.models.config import ModelConfig
-from selflengthen_jax.models.transformer import KVCache, forward, lm_head
+from selflengthen_jax.models.attention import Backend
+from selflengthen_jax.models.attention.cache import KVCache
+from selflengthen_jax.models.transformer import forward, lm_head
 from selflengthen_jax.sampling.sampler import RowParams, sample
 
 # Finish codes of a row. RELEASED: a free slot, or one the host ended (a stop string).
@@ -56,11 +58,12 @@ class SlotState(NamedTuple):
         return self.finish != RUNNING
 
 
-def empty_state(cfg: ModelConfig, slots: int, cache_len: int, dtype: Any) -> SlotState:
-    """All slots free. Call it under jit with out_shardings (`Engine.empty_state`)."""
+def empty_state(cfg: ModelConfig, slots: int, cache_len: int, dtype: Any, attention: Backend) -> SlotState:
+    """All slots free, the cache in the backend's layout. Call it under jit with
+    out_shardings (`Engine.empty_state`)."""
     z = lambda dt: jnp.zeros((slots,), dt)  # noqa: E731
     return SlotState(
-        cache=KVCache.zeros(cfg, slots, cache_len, dtype),
+        cache=attention.layout.zeros(cfg, slots, cache_len, dtype),
         last_token=z(jnp.int32), pos=z(jnp.int32), n_gen=z(jnp.int32), max_new=z(jnp.int32),
         finish=jnp.full((slots,), RELEASED, jnp.int32), seen=jnp.zeros((slots, cfg.vocab_size), bool),
         keys=jnp.zeros((slots, 2), jnp.uint32), adapter=z(jnp.int32), chat=z(bool),
@@ -106,14 +109,14 @@ def _finish_code(ended: jnp.ndarray, n_gen: jnp.ndarray, max_new: jnp.ndarray) -
 
 
 def prefill(params: Any, lora: Any, state: SlotState, rows: NewRows, ends: Ends, *,
-            cfg: ModelConfig, k_cap: int, attention_impl: str = "xla") -> tuple[SlotState, jnp.ndarray]:
+            cfg: ModelConfig, k_cap: int, attention: Backend) -> tuple[SlotState, jnp.ndarray]:
     """Run each distinct prompt once, write its keys/values into the slots of every row
     that shares it, and draw each row's first token (with the row's own key)."""
     u, p = rows.tokens.shape
     n = rows.src.shape[0]
     seg = (jnp.arange(p)[None, :] < rows.length[:, None]).astype(jnp.int32)
     out = forward(params, cfg, rows.tokens, segment_ids=seg, return_kv=True, return_hidden=True,
-                  attention_impl=attention_impl, **_lora_kwargs(lora, rows.prompt_adapter))
+                  attention=attention, **_lora_kwargs(lora, rows.prompt_adapter))
     last = out.hidden[jnp.arange(u), rows.length - 1]
     logits = jnp.einsum("bd,dv->bv", last, lm_head(params, cfg).astype(last.dtype),
                         preferred_element_type=jnp.float32)[rows.src]
@@ -124,9 +127,8 @@ def prefill(params: Any, lora: Any, state: SlotState, rows: NewRows, ends: Ends,
     seen = seen.at[jnp.arange(n), first].set(True)
 
     slot = jnp.where(rows.slot >= 0, rows.slot, state.pos.shape[0])  # filler rows are dropped
-    k, v = state.cache
-    cache = KVCache(k.at[:, slot, :, :, :p].set(out.kv.k[:, rows.src].astype(k.dtype), mode="drop"),  # [.., d, T]
-                    v.at[:, slot, :, :p].set(out.kv.v[:, rows.src].astype(v.dtype), mode="drop"))     # [.., T, d]
+    layout = attention.layout
+    cache = layout.insert(state.cache, slot, layout.take(out.kv, rows.src))
     put = lambda old, new: old.at[slot].set(new, mode="drop")  # noqa: E731
     ones = jnp.ones((n,), jnp.int32)
     finish = _finish_code(ends_row(first, rows.chat, ends), ones, rows.max_new)
@@ -161,19 +163,18 @@ class Piece(NamedTuple):
 
 
 def prefill_piece(params: Any, lora: Any, state: SlotState, piece: Piece, ends: Ends, *,
-                  cfg: ModelConfig, k_cap: int, attention_impl: str = "xla") -> tuple[SlotState, jnp.ndarray]:
+                  cfg: ModelConfig, k_cap: int, attention: Backend) -> tuple[SlotState, jnp.ndarray]:
     """Run one piece of each row's prompt over its slot's cache (the earlier pieces);
     rows on their final piece draw their first token. Returns the state and those tokens."""
     n, c = piece.tokens.shape
     b = state.pos.shape[0]
     slot = jnp.where(piece.slot >= 0, piece.slot, b)             # filler rows are dropped
     take = jnp.minimum(slot, b - 1)
-    k, v = state.cache
-    rows_cache = KVCache(k[:, take], v[:, take])
     valid = jnp.arange(c)[None, :] < piece.count[:, None]
     positions = piece.start[:, None] + jnp.arange(c)[None, :]
-    out = forward(params, cfg, piece.tokens, positions=positions, cache=rows_cache, write_index=piece.start,
-                  return_hidden=True, attention_impl=attention_impl, **_lora_kwargs(lora, piece.adapter))
+    # written into the slots' rows of the carried cache in place: no row copied in or out
+    out = forward(params, cfg, piece.tokens, positions=positions, cache=state.cache, write_index=piece.start,
+                  cache_slots=slot, return_hidden=True, attention=attention, **_lora_kwargs(lora, piece.adapter))
     last = out.hidden[jnp.arange(n), piece.count - 1]
     logits = jnp.einsum("bd,dv->bv", last, lm_head(params, cfg).astype(last.dtype),
                         preferred_element_type=jnp.float32)
@@ -190,7 +191,7 @@ def prefill_piece(params: Any, lora: Any, state: SlotState, piece: Piece, ends: 
     finish = jnp.where(piece.final, _finish_code(ends_row(first, piece.chat, ends), ones, piece.max_new),
                        RELEASED)
     state = SlotState(
-        cache=KVCache(k.at[:, slot].set(out.cache.k, mode="drop"), v.at[:, slot].set(out.cache.v, mode="drop")),
+        cache=out.cache,
         last_token=put(state.last_token, first), pos=put(state.pos, end),
         n_gen=put(state.n_gen, ones), max_new=put(state.max_new, piece.max_new),
         finish=put(state.finish, finish), seen=put(state.seen, seen), keys=put(state.keys, piece.keys),
@@ -201,7 +202,7 @@ def prefill_piece(params: Any, lora: Any, state: SlotState, piece: Piece, ends: 
 
 def decode(params: Any, lora: Any, state: SlotState, ends: Ends, steps: jnp.ndarray,
            exit_on_finish: jnp.ndarray, *, cfg: ModelConfig, chunk: int, k_cap: int,
-           attention_impl: str = "xla") -> tuple[SlotState, jnp.ndarray, jnp.ndarray]:
+           attention: Backend) -> tuple[SlotState, jnp.ndarray, jnp.ndarray]:
     """Up to `steps` (<= chunk, a traced scalar) decode steps for all slots.
 
     Stops early once every slot is done, or, with `exit_on_finish`, as soon as any slot
@@ -214,7 +215,7 @@ def decode(params: Any, lora: Any, state: SlotState, ends: Ends, steps: jnp.ndar
     def step(carry):
         i, s, out = carry
         o = forward(params, cfg, s.last_token[:, None], positions=s.pos[:, None], cache=s.cache,
-                    write_index=s.pos, attention_impl=attention_impl, **_lora_kwargs(lora, s.adapter))
+                    write_index=s.pos, attention=attention, **_lora_kwargs(lora, s.adapter))
         keys = jax.vmap(jax.random.fold_in)(s.keys, s.n_gen.astype(jnp.uint32))
         tok = sample(o.logits[:, 0], s.seen, s.sampling, keys, k_cap)
         active = ~s.done
@@ -256,7 +257,7 @@ class ScoreRows(NamedTuple):
 
 
 def score(params: Any, lora: Any, rows: ScoreRows, *, cfg: ModelConfig,
-          attention_impl: str = "xla") -> jnp.ndarray:
+          attention: Backend) -> jnp.ndarray:
     """[n, c] float32: the summed log-probs of each continuation given its prompt.
 
     The prompt runs once; its keys/values become a cache that each continuation reads
@@ -268,7 +269,7 @@ def score(params: Any, lora: Any, rows: ScoreRows, *, cfg: ModelConfig,
     kw = _lora_kwargs(lora, rows.adapter)
     seg = (jnp.arange(p)[None, :] < rows.length[:, None]).astype(jnp.int32)
     out = forward(params, cfg, rows.tokens, segment_ids=seg, return_kv=True, return_hidden=True,
-                  attention_impl=attention_impl, **kw)
+                  attention=attention, **kw)
     last = out.hidden[jnp.arange(n), rows.length - 1]
     first = jax.nn.log_softmax(jnp.einsum("bd,dv->bv", last, lm_head(params, cfg).astype(last.dtype),
                                           preferred_element_type=jnp.float32), axis=-1)
@@ -276,15 +277,12 @@ def score(params: Any, lora: Any, rows: ScoreRows, *, cfg: ModelConfig,
     total = jnp.where(rows.cont_len > 0, total, 0.0)
     if length_c == 1:
         return total
-    pad = [(0, 0)] * 4
-    k = jnp.pad(out.kv.k, pad + [(0, length_c)])
-    v = jnp.pad(out.kv.v, pad[:3] + [(0, length_c), (0, 0)])
-    cache = KVCache(k, v)
+    cache = attention.layout.pad(out.kv, length_c)
     positions = rows.length[:, None] + jnp.arange(length_c)[None, :]
     for j in range(c):
         toks = rows.conts[:, j]
         logits = forward(params, cfg, toks, positions=positions, cache=cache, write_index=rows.length,
-                         attention_impl=attention_impl, **kw).logits
+                         attention=attention, **kw).logits
         lp = jax.nn.log_softmax(logits[:, :-1], axis=-1)                      # predicts toks[:, 1:]
         picked = jnp.take_along_axis(lp, toks[:, 1:, None], axis=-1)[..., 0]  # [n, C-1]
         used = jnp.arange(1, length_c)[None, :] < rows.cont_len[:, j:j + 1]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import warnings
 from typing import Any
 
 import jax
@@ -23,10 +24,11 @@ from selflengthen_jax.checkpoint.hub import resolve_model
 from selflengthen_jax.checkpoint.loader import load_model, param_shardings
 from selflengthen_jax.checkpoint.tokenizer import load_tokenizer
 from selflengthen_jax.config import Config, ConfigError, EngineSection, SamplingSection, validate_for_model
+from selflengthen_jax.models.attention.cache import KVCache
 from selflengthen_jax.models.config import ModelConfig
-from selflengthen_jax.models.transformer import KVCache, abstract_model
+from selflengthen_jax.models.transformer import abstract_model
 from selflengthen_jax.parallel.mesh import generation_mesh
-from selflengthen_jax.parallel.rules import Rules, strategy_rules
+from selflengthen_jax.parallel.rules import Rules, attention_backend, generation_rules
 from selflengthen_jax.sampling.engine import Engine, cache_length, slot_state_shardings
 from selflengthen_jax.sampling.request import SamplingParams
 
@@ -49,8 +51,9 @@ def build_engine(cfg: Config, model_path: str | None = None,
     if max_new_tokens is not None:
         section = dataclasses.replace(section, max_new_tokens=min(section.max_new_tokens, max_new_tokens))
     mesh = generation_mesh(cfg.mesh)
-    rules = strategy_rules(cfg.mesh.strategy, cfg.mesh.rules)
-    check_memory(model_cfg, section, mesh, rules)
+    rules = generation_rules(cfg.mesh, jax.device_count(), jax.local_device_count())
+    check_memory(model_cfg, section, mesh, rules, cfg.model.attention_impl)
+    warn_replicated_kv_heads(model_cfg, section, mesh, rules, cfg.model.attention_impl)
     compile_cache.enable(cfg.compilation_cache)
     model = load_model(path, mesh, rules, cfg.model.param_dtype, cfg.model.compute_dtype)
     return Engine(model, section, mesh, rules, attention_impl=cfg.model.attention_impl)
@@ -81,7 +84,8 @@ def _shard_bytes(shapes: Any, shardings: Any) -> int:
                for x, sh in zip(jax.tree.leaves(shapes), jax.tree.leaves(shardings)))
 
 
-def check_memory(model_cfg: ModelConfig, section: EngineSection, mesh: Mesh, rules: Rules) -> None:
+def check_memory(model_cfg: ModelConfig, section: EngineSection, mesh: Mesh, rules: Rules,
+                 attention_impl: str = "auto") -> None:
     """Refuse, before any weight is read, an engine whose weights and KV cache alone
     exceed a device's memory (their shard shapes on this mesh): e.g. engine.slots=10^8
     would otherwise fail with RESOURCE_EXHAUSTED after the whole model has loaded."""
@@ -91,16 +95,45 @@ def check_memory(model_cfg: ModelConfig, section: EngineSection, mesh: Mesh, rul
         return
     params = nnx.state(abstract_model(model_cfg), nnx.Param).to_pure_dict()
     length = cache_length(section)
+    attention = attention_backend(attention_impl, mesh, rules)
     cache = KVCache(*(jax.ShapeDtypeStruct(s, model_cfg.compute_dtype)
-                      for s in KVCache.shapes(model_cfg, section.slots, length)))
-    need = (_shard_bytes(params, param_shardings(model_cfg, mesh, rules))
-            + _shard_bytes(cache, slot_state_shardings(model_cfg, section.slots, length, mesh, rules).cache))
+                      for s in attention.layout.shapes(model_cfg, section.slots, length)))
+    state_sh = slot_state_shardings(model_cfg, section.slots, length, mesh, rules, attention)
+    need = (_shard_bytes(params, param_shardings(model_cfg, mesh, rules)) + _shard_bytes(cache, state_sh.cache))
     if need > have:
         raise ConfigError(
             f"the engine needs {_gib(need)} per device for weights and "
             f"KV cache (engine.slots={section.slots}, cache {section.max_prefill_len}+"
             f"{section.max_new_tokens} tokens) but a device holds {_gib(have)}: lower engine.slots, "
             "engine.max_new_tokens or engine.max_prefill_len, or use more devices")
+
+
+def kv_replication(model_cfg: ModelConfig, section: EngineSection, mesh: Mesh, rules: Rules,
+                   attention_impl: str = "auto") -> str | None:
+    """A warning when the axes `kv_heads` maps to do not divide the KV heads, naming what
+    the replication costs per device (wk/wv and the KV cache held whole on every tensor
+    shard); None when they divide (or nothing maps them)."""
+    axes = rules.get("kv_heads")
+    names = () if axes is None else (axes if isinstance(axes, tuple) else (axes,))
+    t = math.prod(mesh.shape[n] for n in names)
+    k = model_cfg.num_kv_heads
+    if t == 1 or k % t == 0:
+        return None
+    length = cache_length(section)
+    attention = attention_backend(attention_impl, mesh, rules)
+    shapes = KVCache(*(jax.ShapeDtypeStruct(s, model_cfg.compute_dtype)
+                       for s in attention.layout.shapes(model_cfg, section.slots, length)))
+    held = _shard_bytes(shapes, slot_state_shardings(model_cfg, section.slots, length, mesh, rules, attention).cache)
+    return (f"the tensor axis ({t} devices) does not divide the model's {k} KV heads: wk/wv and the KV "
+            f"cache are replicated over it, {_gib(held)} of cache per device instead of {_gib(held // t)} "
+            f"(pick mesh.tensor dividing {k}, or mesh.generation=training)")
+
+
+def warn_replicated_kv_heads(*args: Any) -> None:
+    """Log `kv_replication`'s warning at start-up, if any."""
+    message = kv_replication(*args)
+    if message:
+        warnings.warn(message, stacklevel=2)
 
 
 def check_model(path: str) -> None:

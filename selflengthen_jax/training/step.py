@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from selflengthen_jax.models.attention import CPU, Backend
 from selflengthen_jax.models.config import ModelConfig
 from selflengthen_jax.models.transformer import Params, forward, lm_head
 from selflengthen_jax.parallel.rules import Rules, named
@@ -40,7 +41,7 @@ class StepSpec:
     model: ModelConfig
     lora_scale: float | None = None   # None: full fine-tuning
     remat: str = "none"
-    attention_impl: str = "xla"
+    attention: Backend = CPU            # the training mesh's attention backend
     loss_chunk: int = LOSS_CHUNK
     lora_dropout: float = 0.0         # PEFT's lora_dropout, on each adapter's input
     dropout_seed: int = 0             # masks derive from (seed, step, micro-batch): resumable
@@ -92,7 +93,7 @@ def micro_loss(trainable: Any, base: Params | None, micro: Batch, spec: StepSpec
                   segment_ids=micro.segment_ids, return_hidden=True, lora=lora,
                   lora_scale=spec.lora_scale or 1.0, lora_dropout=spec.lora_dropout,
                   dropout_key=key if spec.is_lora and spec.lora_dropout else None,
-                  remat=spec.remat, attention_impl=spec.attention_impl)
+                  remat=spec.remat, attention=spec.attention)
     head = lm_head(params, spec.model).astype(out.hidden.dtype)
     nll = token_nll(out.hidden, head, micro.targets, micro.weights, spec.loss_chunk)
     return nll, jnp.sum(micro.weights)

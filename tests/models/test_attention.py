@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from selflengthen_jax.models import attention as attn
+from selflengthen_jax.models.attention import xla as attn
+from selflengthen_jax.models.attention.cache import TRANSPOSED, KVCache
 
 
 def reference(q, k, v, segment_ids):
@@ -66,7 +67,7 @@ def test_cached_attention_reads_only_visible_positions():
     ck = k.transpose(0, 2, 3, 1)[None]   # [layers=1, b, kv, d, T]
     cv = v.transpose(0, 2, 1, 3)[None]
     qn = q[jnp.arange(2), pos][:, None]  # [b, 1, h, d]
-    out = attn.cached_attention(qn, ck, cv, jnp.int32(0), pos[:, None], block=256)
+    out = attn.cached_attention(qn, KVCache(ck, cv), TRANSPOSED, jnp.int32(0), pos[:, None], block=256)
     for row in range(2):
         p = int(pos[row]) + 1
         seg = jnp.ones((1, p), jnp.int32)

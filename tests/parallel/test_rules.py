@@ -7,7 +7,8 @@ import pytest
 from selflengthen_jax.config import ConfigError
 from selflengthen_jax.models.lora import lora_logical_axes
 from selflengthen_jax.models.presets import PRESETS, model_config_from_name
-from selflengthen_jax.models.transformer import K_CACHE_AXES, V_CACHE_AXES, logical_axes
+from selflengthen_jax.models.attention.cache import PAGED, TRANSPOSED
+from selflengthen_jax.models.transformer import logical_axes
 from selflengthen_jax.parallel.rules import ACTIVATIONS, LOGICAL_AXES, STRATEGIES, check_rules, strategy_rules
 
 
@@ -18,7 +19,7 @@ def names_in(tree) -> set[str]:
 
 def test_the_known_logical_axes_are_the_ones_in_use():
     used = names_in(logical_axes(model_config_from_name(next(iter(PRESETS))))) | names_in(lora_logical_axes())
-    used |= {n for n in (*K_CACHE_AXES, *V_CACHE_AXES) if n} | set(ACTIVATIONS)
+    used |= {n for layout in (TRANSPOSED, PAGED) for axes in layout.axes() for n in axes if n} | set(ACTIVATIONS)
     used |= {"batch"}  # step and engine batch shardings
     assert used == set(LOGICAL_AXES)
     assert all(set(rules) <= set(LOGICAL_AXES) for rules in STRATEGIES.values())

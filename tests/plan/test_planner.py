@@ -200,8 +200,10 @@ def test_the_largest_prefill_is_bounded_by_prefill_tokens():
 # (`python -m launch.iterate --config configs/qwen2-7b-instruct.yaml --rehearse v5p-16`,
 # README table): the LoRA train step at 16k tokens, and the decode chunk.
 COMPILED_QWEN2_7B_V5P16 = {"lora": 29.90 * GiB, "generation": 47.94 * GiB}
-# the engine settings those figures were compiled with (`--rehearse v5p-16`, README table)
-COMPILED_WITH = ["engine.slots=64", "engine.max_prefill_len=8192", "engine.max_new_tokens=16384"]
+# the settings those figures were compiled with (`--rehearse v5p-16`, README table): the
+# engine's sizes then, XLA attention, and the training layout shrunk to each host
+COMPILED_WITH = ["engine.slots=64", "engine.max_prefill_len=8192", "engine.max_new_tokens=16384",
+                 "model.attention_impl=xla", "mesh.generation=training"]
 
 
 def test_the_plan_is_within_15_percent_of_the_compiled_qwen2_7b_run():

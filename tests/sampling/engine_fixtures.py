@@ -14,12 +14,12 @@ from selflengthen_jax.sampling.request import Request, SamplingParams
 GREEDY = SamplingParams(greedy=True, repetition_penalty=1.0, max_new_tokens=64, stop=())
 
 
-def build_engine(path, strategy="dp", data=1, fsdp=1, tensor=1, **section) -> Engine:
+def build_engine(path, strategy="dp", data=1, fsdp=1, tensor=1, attention_impl="auto", **section) -> Engine:
     mesh_cfg = MeshSection(data=data, fsdp=fsdp, tensor=tensor, strategy=strategy)
     mesh = make_mesh(mesh_cfg, jax.devices()[: data * fsdp * tensor])
     rules = strategy_rules(strategy)
     kw = dict(slots=4, max_prefill_len=64, max_new_tokens=128, decode_chunk=16) | section
-    return Engine(load_model(path, mesh, rules), EngineSection(**kw), mesh, rules)
+    return Engine(load_model(path, mesh, rules), EngineSection(**kw), mesh, rules, attention_impl=attention_impl)
 
 
 def raw_requests(prompts, params=GREEDY):

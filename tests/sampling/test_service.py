@@ -22,7 +22,7 @@ def test_engine_takes_mesh_sizes_and_dtypes_from_the_config(checkpoint):
     assert engine.section.slots == 4 and engine.section.max_prefill_len == 64
     assert engine.section.max_new_tokens == cfg.engine.max_new_tokens
     assert engine.cfg.compute_dtype == "bfloat16"
-    assert engine.attention_impl == "xla"
+    assert engine.attention.impl == "xla" and engine.attention.layout.kind == "transposed"  # auto on CPU
     assert engine.rules["embed"] == "fsdp"
 
 
@@ -51,3 +51,21 @@ def test_sampling_params_mirror_the_config_section_with_overrides():
     assert (tuned.temperature, tuned.stop, tuned.seed, tuned.greedy, tuned.max_new_tokens) == \
         (0.9, ("END",), 5, True, 32)
     assert sampling_params(section, stop=()).stop == ()
+
+
+def test_kv_heads_the_tensor_axis_does_not_divide_are_named_with_their_cost():
+    """tiny has 4 KV heads: a tensor axis of 8 replicates them, and the warning says so."""
+    import jax as _jax
+    from selflengthen_jax.config import EngineSection, MeshSection
+    from selflengthen_jax.models.presets import model_config_from_name
+    from selflengthen_jax.parallel.mesh import make_mesh
+    from selflengthen_jax.parallel.rules import strategy_rules
+    from selflengthen_jax.sampling.service import kv_replication
+    cfg = model_config_from_name("tiny")
+    section = EngineSection(slots=8, max_prefill_len=64, max_new_tokens=192)
+    tp8 = make_mesh(MeshSection(data=1, tensor=8, strategy="tp"), _jax.devices()[:8])
+    message = kv_replication(cfg, section, tp8, strategy_rules("tp"))
+    assert "does not divide the model's 4 KV heads" in message and "replicated" in message
+    assert "GiB of cache per device instead of" in message
+    tp4 = make_mesh(MeshSection(data=2, tensor=4, strategy="tp"), _jax.devices()[:8])
+    assert kv_replication(cfg, section, tp4, strategy_rules("tp")) is None

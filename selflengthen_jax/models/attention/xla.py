@@ -1,17 +1,20 @@
-"""Grouped-query attention, causal within packed segments, bounded in time and memory.
+"""The XLA attention backend (every platform; the CPU default): grouped-query attention,
+causal within packed segments, bounded in time and memory.
 
 Training and prefill attend causally, so query block i only needs keys up to its own
 end: with n blocks only (n+1)/2n of the [seq, seq] scores are computed (9/16 at eight),
 and each block's scores are small enough to stay in cache on a CPU. Sequences longer
 than `SAVE_SCORES_UP_TO` rematerialise each block in the backward pass, so a 16k-token
 sequence never holds its [seq, seq] scores.
-On GPU the cuDNN fused kernel can be chosen instead.
+Cached attention reads any `CacheLayout` block by block (online softmax).
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+from selflengthen_jax.models.attention.cache import CacheLayout, KVCache
 
 NEG_INF = -1e30  # finite: a fully masked row (padding) gives a uniform, not NaN, softmax
 MIN_BLOCK = 128          # smallest query block
@@ -59,15 +62,8 @@ def sequence_mask(segment_ids: jnp.ndarray) -> jnp.ndarray:
     return block_mask(segment_ids, 0, segment_ids.shape[1])
 
 
-def attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, segment_ids: jnp.ndarray,
-              *, impl: str = "xla") -> jnp.ndarray:
-    """Causal GQA within segments. q [b,s,h,d], k/v [b,s,kv,d], segment_ids [b,s] (0 = padding).
-
-    `impl`: "xla" (causal query blocks) or "cudnn" (fused, GPU only).
-    """
-    if impl == "cudnn":
-        mask = sequence_mask(segment_ids)[:, None]
-        return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
+def attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, segment_ids: jnp.ndarray) -> jnp.ndarray:
+    """Causal GQA within segments. q [b,s,h,d], k/v [b,s,kv,d], segment_ids [b,s] (0 = padding)."""
     b, s, h, d = q.shape
     kv = k.shape[2]
     qh = q.reshape(b, s, kv, h // kv, d).transpose(0, 2, 3, 1, 4)
@@ -78,10 +74,10 @@ def attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, segment_ids: jnp.n
     return jnp.concatenate(outs, axis=3).transpose(0, 3, 1, 2, 4).reshape(b, s, h, d)
 
 
-def cached_attention(q: jnp.ndarray, k_cache: jnp.ndarray, v_cache: jnp.ndarray, layer: jnp.ndarray,
-                     q_index: jnp.ndarray, block: int) -> jnp.ndarray:
-    """Attention of new tokens over one layer of the head-major cache (`KVCache`: keys
-    [layers, b, kv, d, T], values [layers, b, kv, T, d]).
+def cached_attention(q: jnp.ndarray, cache: KVCache, layout: CacheLayout, layer: jnp.ndarray,
+                     q_index: jnp.ndarray, block: int, slots: jnp.ndarray | None = None) -> jnp.ndarray:
+    """Attention of new tokens over one layer of the cache, in either layout; row i reads
+    slot `slots[i]` (default: slot i).
 
     Reads the cache block by block (online softmax) and only up to the furthest query
     position in the batch, so a step costs what the live context costs, not the
@@ -89,7 +85,7 @@ def cached_attention(q: jnp.ndarray, k_cache: jnp.ndarray, v_cache: jnp.ndarray,
     q [b, s, h, d]; q_index [b, s] is each query's position (it sees keys <= it).
     """
     b, s, h, d = q.shape
-    kv = k_cache.shape[2]
+    kv = cache.v.shape[0] if layout.kind == "paged" else cache.v.shape[2]
     g = h // kv
     # [b, kv, g*s, d]: a KV head's query group and positions share one matmul row axis
     qh = (q.reshape(b, s, kv, g, d).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * s, d)
@@ -99,17 +95,14 @@ def cached_attention(q: jnp.ndarray, k_cache: jnp.ndarray, v_cache: jnp.ndarray,
 
     def body(j, carry):
         m, l, acc = carry
-        kb = jax.lax.dynamic_slice(k_cache, (layer, 0, 0, 0, j * block),
-                                   (1, b, kv, d, block))[0].astype(jnp.float32)
-        vb = jax.lax.dynamic_slice(v_cache, (layer, 0, 0, j * block, 0),
-                                   (1, b, kv, block, d))[0].astype(jnp.float32)
-        scores = jnp.einsum("bkqd,bkdt->bkqt", qh, kb)
+        kb, vb = layout.block(cache, layer, j, block, slots)   # [b, kv, d, block], [b, kv, block, d]
+        scores = jnp.einsum("bkqd,bkdt->bkqt", qh, kb.astype(jnp.float32))
         visible = (j * block + jnp.arange(block)) <= q_pos[..., None]
         scores = jnp.where(visible, scores, NEG_INF)
         m_new = jnp.maximum(m, scores.max(-1))
         p = jnp.exp(scores - m_new[..., None])
         corr = jnp.exp(m - m_new)
-        acc = acc * corr[..., None] + jnp.einsum("bkqt,bktd->bkqd", p, vb)
+        acc = acc * corr[..., None] + jnp.einsum("bkqt,bktd->bkqd", p, vb.astype(jnp.float32))
         return m_new, l * corr + p.sum(-1), acc
 
     init = (jnp.full((b, kv, g * s), NEG_INF, jnp.float32), jnp.zeros((b, kv, g * s), jnp.float32),
