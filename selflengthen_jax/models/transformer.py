@@ -224,7 +224,8 @@ def forward(params: Params, cfg: ModelConfig, tokens: jnp.ndarray, *,
             lora_dropout: float = 0.0,
             dropout_key: jax.Array | None = None,
             remat: str = "none",
-            attention_impl: str = "xla") -> Output:
+            attention_impl: str = "xla",
+            activation_sharding: Any = None) -> Output:
     """Run the decoder.
 
     Without `cache`, tokens [b, s] attend causally within their segment (`segment_ids`,
@@ -235,6 +236,10 @@ def forward(params: Params, cfg: ModelConfig, tokens: jnp.ndarray, *,
     each adapter's input is dropped, a fresh mask per layer and projection (as PEFT's
     lora_dropout; the base projection sees the whole input). `params` may be stacked
     (layers run under `lax.scan`) or in the `per_layer` layout (layers unrolled).
+    `activation_sharding` (a sharding of the [b, s, hidden] residual stream) is pinned at
+    each layer's input: without it XLA's propagation may follow the fsdp-sharded weights,
+    split the hidden axis and keep every row on every device (measured on the TPU
+    compiler: a 16-way fsdp step then holds 16x the activations).
     """
     b, s = tokens.shape
     cdt = jnp.dtype(cfg.compute_dtype)
@@ -256,6 +261,8 @@ def forward(params: Params, cfg: ModelConfig, tokens: jnp.ndarray, *,
     def layer(carry, xs):
         x, ck, cv = carry
         p, ad, li = xs
+        if activation_sharding is not None:
+            x = jax.lax.with_sharding_constraint(x, activation_sharding)
         ad = ad or {}
         w = lambda name: p[name].astype(cdt)  # noqa: E731
         drop = lambda name: None if dropout_key is None or not lora_dropout else (  # noqa: E731

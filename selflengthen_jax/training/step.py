@@ -44,6 +44,7 @@ class StepSpec:
     loss_chunk: int = LOSS_CHUNK
     lora_dropout: float = 0.0         # PEFT's lora_dropout, on each adapter's input
     dropout_seed: int = 0             # masks derive from (seed, step, micro-batch): resumable
+    activation_sharding: Any = None   # the residual stream's [rows, seq, hidden] sharding
 
     @property
     def is_lora(self) -> bool:
@@ -92,7 +93,8 @@ def micro_loss(trainable: Any, base: Params | None, micro: Batch, spec: StepSpec
                   segment_ids=micro.segment_ids, return_hidden=True, lora=lora,
                   lora_scale=spec.lora_scale or 1.0, lora_dropout=spec.lora_dropout,
                   dropout_key=key if spec.is_lora and spec.lora_dropout else None,
-                  remat=spec.remat, attention_impl=spec.attention_impl)
+                  remat=spec.remat, attention_impl=spec.attention_impl,
+                  activation_sharding=spec.activation_sharding)
     head = lm_head(params, spec.model).astype(out.hidden.dtype)
     nll = token_nll(out.hidden, head, micro.targets, micro.weights, spec.loss_chunk)
     return nll, jnp.sum(micro.weights)

@@ -39,7 +39,7 @@ from selflengthen_jax.models.transformer import PROJECTIONS, Params, abstract_mo
 from selflengthen_jax.parallel.placement import onto
 from selflengthen_jax.paths import AnyPath, is_remote
 from selflengthen_jax.paths import path as as_path
-from selflengthen_jax.parallel.rules import Rules, strategy_rules, tree_shardings
+from selflengthen_jax.parallel.rules import Rules, named, strategy_rules, tree_shardings
 from selflengthen_jax.training import checkpointing
 from selflengthen_jax.training.data import (Batch, DataPosition, Example, Layout, SFTData,
                                             encode_dataset, read_records)
@@ -173,7 +173,8 @@ def build_step(cfg: Config, model_cfg: ModelConfig, mesh: Mesh, total: int,
     spec = StepSpec(dataclasses.replace(model_cfg, compute_dtype=tc.compute_dtype),
                     tc.lora.alpha / lora_rank(shapes) if lora else None, tc.remat,
                     cfg.model.attention_impl, lora_dropout=tc.lora.dropout if lora else 0.0,
-                    dropout_seed=cfg.seed)
+                    dropout_seed=cfg.seed,
+                    activation_sharding=named(mesh, rules, ("batch", None, None), (layout.global_rows, 1, 1)))
     batch_sh = batch_shardings(mesh, rules, (layout.accum, layout.global_rows, 1))
     fresh = partial(_fresh, optimizer=optimizer, model_cfg=model_cfg, rank=tc.lora.rank, seed=cfg.seed)
     return StepParts(make_train_step(spec, optimizer, schedule, shardings, base_sh, batch_sh),
