@@ -268,12 +268,6 @@ def compile_row(x: Executable, usable: int) -> Row:
                "step" if x.per_step > 1 else "call", seconds, x.analytic_flops, x.per_step)
 
 
-def device_hbm(s: Slice, devices: Sequence[Any]) -> int:
-    """HBM per jax device: a chip's, or half of it where libtpu gives one device per
-    TensorCore (its v4 topologies list 2 devices per chip)."""
-    return s.spec.hbm_bytes * s.chips // len(devices)
-
-
 _UNITS = {"K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
 
 
@@ -290,7 +284,7 @@ def rehearse(cfg: Config, mcfg: ModelConfig, s: Slice, devices: Sequence[Any],
              log: Callable[[str], None] = lambda _: None, only: Sequence[str] = ()) -> list[Row]:
     """Compile every executable of the run for the slice (or those whose names start
     with one of `only`); one row each."""
-    usable = int(device_hbm(s, devices) * HEADROOM)
+    usable = int(s.spec.hbm_bytes * HEADROOM)  # one device per chip (`slices`)
     todo = [x for x in executables(cfg, mcfg, devices) if not only or x.name.startswith(tuple(only))]
     if not todo:
         raise ValueError(f"--only {', '.join(only)} names no executable; they are: "
