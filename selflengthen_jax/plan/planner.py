@@ -255,11 +255,12 @@ def per_layer_bytes(cfg: ModelConfig, mesh: AnyMesh, rules: Rules) -> int:
     return tree_bytes(*per_layer_tree(cfg), mesh, rules)
 
 
-def generation_breakdown(cfg: ModelConfig, engine: EngineSection, mesh: AnyMesh,
-                         rules: Rules, platform: str) -> Breakdown:
-    """The engine's memory: weights, the slots' KV cache, and the larger workspace of its
-    two kernels: the largest prefill the engine admits (`prefill_rows` rows, bounded by
-    `engine.prefill_tokens`) or the decode loop with the sampling state.
+def kernel_breakdowns(cfg: ModelConfig, engine: EngineSection, mesh: AnyMesh, rules: Rules,
+                      platform: str) -> dict[str, Breakdown]:
+    """The engine's memory while each of its two kernels runs: weights and the slots' KV
+    cache, plus the kernel's own workspace: for "prefill", the largest prefill the
+    engine admits (`prefill_rows` rows, bounded by `engine.prefill_tokens`); for
+    "decode", the sampling state.
 
     The cache holds `compute_dtype` keys/values (the engine's default cache dtype). On a
     `platform` where the engine decodes from a per-layer copy, the weights count twice
@@ -286,7 +287,14 @@ def generation_breakdown(cfg: ModelConfig, engine: EngineSection, mesh: AnyMesh,
     weights = param_bytes(cfg, mesh, rules)
     if engine.layout_on(platform) == "per_layer":
         weights += per_layer_bytes(cfg, mesh, rules)
-    return Breakdown(weights=weights, kv_cache=cache, workspace=max(prefill, decode) + gathers)
+    return {kernel: Breakdown(weights=weights, kv_cache=cache, workspace=work + gathers)
+            for kernel, work in (("prefill", prefill), ("decode", decode))}
+
+
+def generation_breakdown(cfg: ModelConfig, engine: EngineSection, mesh: AnyMesh,
+                         rules: Rules, platform: str) -> Breakdown:
+    """The engine's peak: the larger of its kernels' (`kernel_breakdowns`)."""
+    return max(kernel_breakdowns(cfg, engine, mesh, rules, platform).values(), key=lambda k: k.total)
 
 
 # -- the plan ---------------------------------------------------------------------------

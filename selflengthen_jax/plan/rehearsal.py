@@ -37,7 +37,7 @@ from selflengthen_jax.parallel.mesh import check_meshes, generation_mesh, make_m
 from selflengthen_jax.parallel.peaks import GiB
 from selflengthen_jax.parallel.rules import strategy_rules
 from selflengthen_jax.plan import hlo
-from selflengthen_jax.plan.planner import fmt_bytes, generation_breakdown, training_breakdown
+from selflengthen_jax.plan.planner import fmt_bytes, kernel_breakdowns, training_breakdown
 from selflengthen_jax.plan.slices import Slice, describe
 from selflengthen_jax.sampling import kernels
 from selflengthen_jax.sampling import engine as eng
@@ -150,7 +150,7 @@ def generation_executables(cfg: Config, mcfg: ModelConfig, devices: Sequence[Any
                            vec(jnp.bool_), RowParams(vec(jnp.float32), vec(jnp.int32), vec(jnp.float32),
                                                      vec(jnp.float32), vec(jnp.bool_)))
     ends = kernels.Ends(_spec((4,), jnp.int32, rep), _spec((1,), jnp.int32, rep))  # a few EOS ids, one turn end
-    planned = generation_breakdown(mcfg, section, mesh, rules, platform)
+    planned = kernel_breakdowns(mcfg, section, mesh, rules, platform)
     make = lambda kind: eng.kernel(kind, mcfg, section, k_cap, impl, w_sh, lora_sh, state_sh, mesh,  # noqa: E731
                                    dtype)
     judged = 2  # the judge scores "yes" and "no" after one prompt forward
@@ -160,13 +160,13 @@ def generation_executables(cfg: Config, mcfg: ModelConfig, devices: Sequence[Any
     strategy = cfg.mesh.strategy
     one_sh = jax.tree.map(lambda _: rep, one)
     return [
-        Executable("decode state", mesh, strategy, make("empty"), (), planned=planned.kv_cache),
+        Executable("decode state", mesh, strategy, make("empty"), (), planned=planned["decode"].kv_cache),
         Executable("adapter stack", mesh, strategy, stack, ([_abstract(one, one_sh)] * ROLES,)),
         Executable(f"prefill {n}x{p}", mesh, strategy, make("prefill"), (weights, lora, state, rows, ends),
-                   planned=planned.total),
+                   planned=planned["prefill"].total),
         Executable(f"decode chunk {section.decode_chunk}", mesh, strategy, make("decode"),
                    (weights, lora, state, ends, _spec((), jnp.int32, rep), _spec((), jnp.bool_, rep)),
-                   planned=planned.total,
+                   planned=planned["decode"].total,
                    unknown_trips=(section.decode_chunk, cache_len // CACHE_BLOCK),  # full cache read
                    per_step=section.decode_chunk),
         Executable(f"judge score {n}x{p}", mesh, strategy, make("score"), (weights, lora, score_rows)),
@@ -310,6 +310,11 @@ def _ladder(cfg: Config, row: Row) -> list[str]:
             c //= 2
         return out
     e, out = cfg.engine, []
+    if row.executable.startswith(_PREFILL):  # fewer rows per prefill call first
+        t = e.prefill_tokens // 2
+        while t >= e.max_prefill_len:
+            out.append(f"engine.prefill_tokens={t}")
+            t //= 2
     s = e.slots // 2
     while s >= 1:
         out.append(f"engine.slots={s}")
@@ -319,6 +324,9 @@ def _ladder(cfg: Config, row: Row) -> list[str]:
         out.append(f"engine.max_new_tokens={n}")
         n //= 2
     return out
+
+
+_PREFILL = ("prefill", "judge")  # executables that run a prompt forward (else: the decode loop)
 
 
 def suggest(cfg: Config, mcfg: ModelConfig, row: Row, s: Slice, devices: Sequence[Any]) -> str | None:
@@ -335,7 +343,8 @@ def suggest(cfg: Config, mcfg: ModelConfig, row: Row, s: Slice, devices: Sequenc
         rules = strategy_rules(trial.mesh.strategy, trial.mesh.rules)
         if key.startswith("engine"):
             mesh = generation_mesh(trial.mesh, devices, devices[0].process_index)
-            planned = generation_breakdown(mcfg, trial.engine, mesh, rules, devices[0].platform).total
+            kernel = "prefill" if row.executable.startswith(_PREFILL) else "decode"
+            planned = kernel_breakdowns(mcfg, trial.engine, mesh, rules, devices[0].platform)[kernel].total
         else:
             mesh = make_mesh(trial.mesh, devices)
             planned = training_breakdown(mcfg, trial.train, trial.train.mode, mesh, rules).total
