@@ -225,11 +225,10 @@ def training_activations(cfg: ModelConfig, rows: int, seq: int, remat: str,
     """Peak activation bytes per device of one micro-batch's forward + backward.
 
     What each remat policy keeps of every layer stays alive for the whole backward
-    pass, and the TPU compiler's temp total holds that stack twice: the forward scan's
-    output and the backward scan's carried copy (measured: qwen2-7b LoRA at 16k tokens
-    on v5p-16 and at 4k on v5e-16, within 7% with it, 25-35% under without; its
-    buffer-assignment dump shows one copy at its peak, so the second lies outside what
-    that dump lists). On top comes the largest of three phases that do not overlap in
+    pass. It is counted twice: the compiler's `memory_analysis()` temp exceeds its own
+    buffer-assignment dump (which shows one copy at the peak) by about that much
+    (qwen2-7b LoRA at 16k tokens on v5p-16, 4k on v5e-16: within 7% with it, 25-35%
+    under without). A measured fit, not an explained one. On top comes the largest of three phases that do not overlap in
     time: the MLP backward of the layer being differentiated (gate, up, activation and
     their gradients: five [rows, seq, mlp] tensors and seven of the residual stream's
     size, as the dump's peak shows), its attention backward (one query block's float32
