@@ -38,7 +38,7 @@ _BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
 _TRIP = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
 _CONTRACT = re.compile(r"lhs_contracting_dims=\{([\d,]*)\}")
 _DIM_LABELS = re.compile(r"dim_labels=\w*_(\w+)->")
-_CONSTANT = re.compile(r"^s(?:32|64)\[\]")
+_CONSTANT = re.compile(r"^[su](?:32|64)\[\]")  # loop counters: s32, or u32 in the compiler's collective-matmul loops
 _NO_TRAFFIC = {"parameter", "tuple", "get-tuple-element", "constant", "bitcast", "while", "call",
                "conditional", "after-all", "partition-id", "replica-id", "opt-barrier"}
 

@@ -38,7 +38,7 @@ from selflengthen_jax.parallel.mesh import check_meshes, generation_layout, gene
 from selflengthen_jax.parallel.peaks import GiB
 from selflengthen_jax.parallel.rules import attention_backend, generation_rules, strategy_rules
 from selflengthen_jax.plan import hlo
-from selflengthen_jax.plan.planner import fmt_bytes, generation_breakdown, training_breakdown
+from selflengthen_jax.plan.planner import fmt_bytes, kernel_breakdowns, training_breakdown
 from selflengthen_jax.plan.slices import Slice, describe
 from selflengthen_jax.sampling import kernels
 from selflengthen_jax.sampling import engine as eng
@@ -152,7 +152,7 @@ def generation_executables(cfg: Config, mcfg: ModelConfig, devices: Sequence[Any
                            vec(jnp.bool_), RowParams(vec(jnp.float32), vec(jnp.int32), vec(jnp.float32),
                                                      vec(jnp.float32), vec(jnp.bool_)))
     ends = kernels.Ends(_spec((4,), jnp.int32, rep), _spec((1,), jnp.int32, rep))  # a few EOS ids, one turn end
-    planned = generation_breakdown(mcfg, section, mesh, rules, platform, cfg.model.attention_impl)
+    planned = kernel_breakdowns(mcfg, section, mesh, rules, platform, cfg.model.attention_impl)
     make = lambda kind: eng.kernel(kind, mcfg, section, k_cap, attention, w_sh, lora_sh, state_sh, mesh,  # noqa: E731
                                    dtype)
     judged = 2  # the judge scores "yes" and "no" after one prompt forward
@@ -161,13 +161,13 @@ def generation_executables(cfg: Config, mcfg: ModelConfig, devices: Sequence[Any
                                    vec(jnp.int32))
     one_sh = jax.tree.map(lambda _: rep, one)
     return [
-        Executable("decode state", mesh, strategy, make("empty"), (), planned=planned.kv_cache),
+        Executable("decode state", mesh, strategy, make("empty"), (), planned=planned["decode"].kv_cache),
         Executable("adapter stack", mesh, strategy, stack, ([_abstract(one, one_sh)] * ROLES,)),
         Executable(f"prefill {n}x{p}", mesh, strategy, make("prefill"), (weights, lora, state, rows, ends),
-                   planned=planned.total),
+                   planned=planned["prefill"].total),
         Executable(f"decode chunk {section.decode_chunk}", mesh, strategy, make("decode"),
                    (weights, lora, state, ends, _spec((), jnp.int32, rep), _spec((), jnp.bool_, rep)),
-                   planned=planned.total,
+                   planned=planned["decode"].total,
                    unknown_trips=(section.decode_chunk, cache_len // CACHE_BLOCK),  # full cache read
                    per_step=section.decode_chunk),
         Executable(f"judge score {n}x{p}", mesh, strategy, make("score"), (weights, lora, score_rows)),
@@ -280,12 +280,6 @@ def compile_row(x: Executable, usable: int) -> Row:
                "step" if x.per_step > 1 else "call", seconds, x.analytic_flops, x.per_step)
 
 
-def device_hbm(s: Slice, devices: Sequence[Any]) -> int:
-    """HBM per jax device: a chip's, or half of it where libtpu gives one device per
-    TensorCore (its v4 topologies list 2 devices per chip)."""
-    return s.spec.hbm_bytes * s.chips // len(devices)
-
-
 _UNITS = {"K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
 
 
@@ -302,7 +296,7 @@ def rehearse(cfg: Config, mcfg: ModelConfig, s: Slice, devices: Sequence[Any],
              log: Callable[[str], None] = lambda _: None, only: Sequence[str] = ()) -> list[Row]:
     """Compile every executable of the run for the slice (or those whose names start
     with one of `only`); one row each."""
-    usable = int(device_hbm(s, devices) * HEADROOM)
+    usable = int(s.spec.hbm_bytes * HEADROOM)  # one device per chip (`slices`)
     todo = [x for x in executables(cfg, mcfg, devices) if not only or x.name.startswith(tuple(only))]
     if not todo:
         raise ValueError(f"--only {', '.join(only)} names no executable; they are: "
@@ -328,6 +322,11 @@ def _ladder(cfg: Config, row: Row) -> list[str]:
             c //= 2
         return out
     e, out = cfg.engine, []
+    if row.executable.startswith(_PREFILL):  # fewer rows per prefill call first
+        t = e.prefill_tokens // 2
+        while t >= e.max_prefill_len:
+            out.append(f"engine.prefill_tokens={t}")
+            t //= 2
     s = e.slots // 2
     while s >= 1:
         out.append(f"engine.slots={s}")
@@ -337,6 +336,9 @@ def _ladder(cfg: Config, row: Row) -> list[str]:
         out.append(f"engine.max_new_tokens={n}")
         n //= 2
     return out
+
+
+_PREFILL = ("prefill", "judge")  # executables that run a prompt forward (else: the decode loop)
 
 
 def suggest(cfg: Config, mcfg: ModelConfig, row: Row, s: Slice, devices: Sequence[Any]) -> str | None:
@@ -354,10 +356,14 @@ def suggest(cfg: Config, mcfg: ModelConfig, row: Row, s: Slice, devices: Sequenc
         if key.startswith("engine"):
             mesh = generation_mesh(trial.mesh, devices, devices[0].process_index)
             rules = generation_rules(trial.mesh, len(devices), mesh.devices.size)
-            planned = generation_breakdown(mcfg, trial.engine, mesh, rules, devices[0].platform).total
+            kernel = "prefill" if row.executable.startswith(_PREFILL) else "decode"
+            planned = kernel_breakdowns(mcfg, trial.engine, mesh, rules, devices[0].platform,
+                                        trial.model.attention_impl)[kernel].total
         else:
             mesh = make_mesh(trial.mesh, devices)
-            planned = training_breakdown(mcfg, trial.train, trial.train.mode, mesh, rules).total
+            attention = attention_backend(trial.model.attention_impl, mesh, rules)
+            planned = training_breakdown(mcfg, trial.train, trial.train.mode, mesh, rules,
+                                         attention=attention).total
         if planned * ratio + row.resident_bytes <= row.hbm_bytes:
             return override
     return None

@@ -4,6 +4,11 @@ Cloud TPU accelerator names count TensorCores for v4 and v5p (two per chip: a v5
 8 chips) and chips for v5e and v6e (a v5e-16 is 16 chips). jax topology strings
 (`v5p:2x2x2`) give the chip grid directly. `topology_devices` asks libtpu for the
 slice's devices, which XLA's TPU compiler accepts with no TPU attached.
+
+A v4 or v5p chip has two TensorCores that jax on the TPU VM drives as one device
+("megacore"). libtpu's topology description does so for v5p by default but lists a v4
+slice one device per TensorCore (16 devices of half a chip's HBM for `v4:2x2x2`), so the
+chip configuration is asked for explicitly: one device per chip, as the run will see.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from selflengthen_jax.parallel.peaks import DEVICES, DeviceSpec
 
 # generation -> (TensorCores per chip counted by the accelerator name, grid dimensions)
 GENERATIONS = {"v4": (2, 3), "v5p": (2, 3), "v5e": (1, 2), "v6e": (1, 2)}
+MEGACORE = ("v4", "v5p")  # two TensorCores per chip, one jax device
 EXAMPLES = ("v4-32", "v5p-16", "v5p-64", "v5e-16", "v6e-256", "v5e:2x2", "v5p:2x2x2")
 
 
@@ -95,12 +101,16 @@ def topology_devices(s: Slice) -> list[Any]:
         from jax.experimental import topologies
     except ImportError:
         raise LibtpuMissing("TPU compilation needs libtpu: pip install -e '.[tpu]'") from None
-    return list(topologies.get_topology_desc(platform="tpu", topology_name=s.topology).devices)
+    options = {"chip_config_name": "megacore"} if s.generation in MEGACORE else {}
+    devices = list(topologies.get_topology_desc(platform="tpu", topology_name=s.topology, **options).devices)
+    if len(devices) != s.chips:
+        raise RuntimeError(f"libtpu gave {len(devices)} devices for the {s.chips} chips of {s.topology}")
+    return devices
 
 
 def describe(s: Slice, devices: list[Any]) -> str:
     hosts = len({d.process_index for d in devices})
-    cores = "" if len(devices) == s.chips else f", {len(devices)} jax devices (one per TensorCore)"
+    cores = ", one jax device per chip (2 TensorCores each)" if s.generation in MEGACORE else ""
     return (f"{s.name} = {s.topology}: {s.chips} {s.generation} chips ({devices[0].device_kind}){cores}, "
             f"{hosts} host(s) of {len(devices) // hosts} devices, "
             f"{s.spec.hbm_bytes / 2 ** 30:.0f} GiB HBM per chip")

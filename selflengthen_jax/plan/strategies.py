@@ -82,8 +82,37 @@ def markdown(ranked: Sequence[Ranked]) -> str:
     return "\n".join(lines)
 
 
+def chart(ranked: Sequence[Ranked], path: Path) -> None:
+    """Two panels, bars per strategy grouped by executable: compiled GiB per chip (the
+    usable HBM dashed) and the estimated seconds per call or decode step (a lower bound)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = list(dict.fromkeys(r.row.executable for r in ranked))
+    names = list(dict.fromkeys(r.strategy for r in ranked))
+    width = 0.8 / max(len(names), 1)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    panels = ((lambda r: r.row.peak_bytes / 2 ** 30, "GiB per chip (compiled)"),
+              (lambda r: r.estimate_s, "estimated s per call / decode step (lower bound)"))
+    for ax, (value, title) in zip(axes, panels):
+        for i, name in enumerate(names):
+            mine = {r.row.executable: r for r in ranked if r.strategy == name}
+            xs = [g + i * width for g, e in enumerate(groups) if e in mine]
+            ax.bar(xs, [value(mine[e]) for e in groups if e in mine], width, label=name)
+        ax.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))], groups, rotation=15)
+        ax.set_title(title)
+    axes[0].axhline(ranked[0].row.hbm_bytes / 2 ** 30, color="k", linestyle="--", linewidth=1,
+                    label="usable HBM")
+    axes[0].legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write(ranked: Sequence[Ranked], out_dir: str | Path) -> list[Path]:
-    """bench_sharding_topology.{md,csv,json} in `out_dir`."""
+    """bench_sharding_topology.{md,csv,json,png} in `out_dir`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = [{"strategy": r.strategy, "estimate_s": r.estimate_s, **dataclasses.asdict(r.row)} for r in ranked]
@@ -95,4 +124,6 @@ def write(ranked: Sequence[Ranked], out_dir: str | Path) -> list[Path]:
         writer.writeheader()
         writer.writerows(flat)
     paths[2].write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+    paths.append(out / "bench_sharding_topology.png")
+    chart(ranked, paths[3])
     return paths

@@ -2,7 +2,7 @@
 
 import pytest
 
-from selflengthen_jax.plan.slices import parse_slice
+from selflengthen_jax.plan.slices import describe, parse_slice, topology_devices
 
 
 @pytest.mark.parametrize("name, topology, chips", [
@@ -24,3 +24,14 @@ def test_memory_per_chip_comes_from_the_peaks_table():
 def test_unknown_or_malformed_slices_list_the_known_ones(name):
     with pytest.raises(ValueError, match="known slices: .*v4-32.*v5p:2x2x2|dimensions|TensorCores"):
         parse_slice(name)
+
+
+@pytest.mark.parametrize("name, chips, hosts", [("v4-32", 16, 4), ("v5p-16", 8, 2), ("v5e:2x2", 4, 1)])
+def test_the_slice_has_one_device_per_chip_on_hosts_of_four(name, chips, hosts):
+    """A v4/v5p chip's two TensorCores are one jax device (megacore), as on the TPU VM:
+    the planner's per-chip HBM is then each device's."""
+    pytest.importorskip("libtpu")
+    s = parse_slice(name)
+    devices = topology_devices(s)
+    assert len(devices) == chips and len({d.process_index for d in devices}) == hosts
+    assert "one jax device per chip" in describe(s, devices) or s.generation == "v5e"

@@ -25,7 +25,7 @@ def test_the_estimate_is_the_slower_of_compute_and_memory_plus_communication():
     assert estimate_seconds(decode, v5e) == pytest.approx(1.0)           # per step: 10 s / 10
 
 
-def test_strategies_are_ranked_by_compiled_memory_for_the_slice():
+def test_strategies_are_ranked_by_compiled_memory_for_the_slice(tmp_path):
     pytest.importorskip("libtpu")
     from selflengthen_jax.config import load_config
     from selflengthen_jax.pipeline.start import model_config
@@ -43,3 +43,6 @@ def test_strategies_are_ranked_by_compiled_memory_for_the_slice():
     assert by["fsdp"].mesh.startswith("1x4x1") and by["dp"].mesh.startswith("4x1x1")
     # fsdp all-gathers each layer's weights; dp only all-reduces the adapters' gradients
     assert sum(by["fsdp"].collective_bytes.values()) > sum(by["dp"].collective_bytes.values())
+    paths = strategies.write(ranked, tmp_path)
+    assert [p.suffix for p in paths] == [".md", ".csv", ".json", ".png"]
+    assert paths[3].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
