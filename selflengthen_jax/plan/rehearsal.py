@@ -122,8 +122,8 @@ def _k_cap(cfg: Config, mcfg: ModelConfig) -> int:
 def generation_executables(cfg: Config, mcfg: ModelConfig, devices: Sequence[Any]) -> list[Executable]:
     """The engine's executables on host 0's generation mesh (every host compiles the same)."""
     mesh = generation_mesh(cfg.mesh, devices, devices[0].process_index)
-    rules = generation_rules(cfg.mesh, len(devices), mesh.devices.size)
-    strategy = _gen_strategy(cfg, devices, mesh)
+    layout = generation_layout(cfg.mesh, len(devices), mesh.devices.size)
+    rules, strategy = strategy_rules(layout.strategy, layout.rules), layout.strategy
     section, rep = cfg.engine, NamedSharding(mesh, P())
     platform = devices[0].platform
     shapes = nnx.state(abstract_model(mcfg), nnx.Param).to_pure_dict()
@@ -172,11 +172,6 @@ def generation_executables(cfg: Config, mcfg: ModelConfig, devices: Sequence[Any
                    per_step=section.decode_chunk),
         Executable(f"judge score {n}x{p}", mesh, strategy, make("score"), (weights, lora, score_rows)),
     ]
-
-
-def _gen_strategy(cfg: Config, devices: Sequence[Any], mesh: Mesh) -> str:
-    """The generation mesh's strategy name (its layout's: `tp` for a host replica)."""
-    return generation_layout(cfg.mesh, len(devices), mesh.devices.size).strategy
 
 
 def analytic_train_flops(mcfg: ModelConfig, cfg: Config, tokens: int, rows: int,
@@ -352,7 +347,6 @@ def suggest(cfg: Config, mcfg: ModelConfig, row: Row, s: Slice, devices: Sequenc
             check_meshes(trial.mesh, devices)
         except (ValueError, ConfigError):
             continue
-        rules = strategy_rules(trial.mesh.strategy, trial.mesh.rules)
         if key.startswith("engine"):
             mesh = generation_mesh(trial.mesh, devices, devices[0].process_index)
             rules = generation_rules(trial.mesh, len(devices), mesh.devices.size)
@@ -361,6 +355,7 @@ def suggest(cfg: Config, mcfg: ModelConfig, row: Row, s: Slice, devices: Sequenc
                                         trial.model.attention_impl)[kernel].total
         else:
             mesh = make_mesh(trial.mesh, devices)
+            rules = strategy_rules(trial.mesh.strategy, trial.mesh.rules)
             attention = attention_backend(trial.model.attention_impl, mesh, rules)
             planned = training_breakdown(mcfg, trial.train, trial.train.mode, mesh, rules,
                                          attention=attention).total

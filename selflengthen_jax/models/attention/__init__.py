@@ -106,11 +106,6 @@ class Backend:
         which reads the carried cache in place (decode temp 26 MiB at 7B)."""
         return 1 if platform == "tpu" and self.impl == "xla" else 0
 
-    def backward_score_entries(self, s: int) -> int:
-        """Scores per (row, head) the TPU compiler keeps alive through one layer's backward
-        pass: one float32 buffer of every query block on the XLA path, none in a kernel."""
-        return sum((e - a) * e for a, e in xla.query_blocks(s)) if self.impl == "xla" else 0
-
 
 def _size(mesh: Any, axes: Any) -> int:
     if mesh is None:
