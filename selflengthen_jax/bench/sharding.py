@@ -40,6 +40,7 @@ from selflengthen_jax.checkpoint.hf_import import read_config
 from selflengthen_jax.checkpoint.loader import LoadedModel, load_model
 from selflengthen_jax.config import Config, ConfigError, EngineSection, MeshSection, build_section, load_section
 from selflengthen_jax.models.attention.cache import CACHE_BLOCK
+from selflengthen_jax.models.attention.xla import positions_read
 from selflengthen_jax.models.config import ModelConfig
 from selflengthen_jax.models.lora import init_lora, lora_logical_axes
 from selflengthen_jax.models.presets import PRESETS, is_preset, model_config_from_name
@@ -283,10 +284,9 @@ def prefill_flops(cfg: ModelConfig, rows: int, ctx: int) -> float:
 
 
 def keys_read(position: int, cache_len: int) -> int:
-    """Cache positions a decode step at `position` reads: whole blocks up to it
-    (`cached_attention` stops at the block holding the furthest query)."""
-    block = math.gcd(cache_len, CACHE_BLOCK)
-    return (position + block) // block * block
+    """Cache positions a decode step at `position` reads (`cached_attention` reads whole
+    blocks, then the partial one in shorter pieces, up to the furthest query)."""
+    return positions_read(position + 1, math.gcd(cache_len, CACHE_BLOCK))
 
 
 def decode_flops(cfg: ModelConfig, rows: int, start: int, steps: int, cache_len: int) -> float:

@@ -131,4 +131,5 @@ def test_spread_and_decode_arithmetic():
     assert (s.lo, s.hi, s.median) == (0.1, 0.4, 0.25)
     r = s.rate(1.0)                                           # slowest run = lowest rate
     assert (r.lo, r.hi) == (2.5, 10.0) and r.q1 <= r.median <= r.q3
-    assert [keys_read(p, 512) for p in (0, 255, 256, 511)] == [256, 256, 512, 512]
+    # whole 256 blocks, then the partial one in 64-position pieces
+    assert [keys_read(p, 512) for p in (0, 63, 64, 255, 256, 300, 511)] == [64, 64, 128, 256, 320, 320, 512]

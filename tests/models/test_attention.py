@@ -73,3 +73,20 @@ def test_cached_attention_reads_only_visible_positions():
         seg = jnp.ones((1, p), jnp.int32)
         full = reference(q[row:row + 1, :p], k[row:row + 1, :p], v[row:row + 1, :p], seg)
         np.testing.assert_allclose(out[row, 0], full[0, -1], atol=2e-5)
+
+
+def test_cached_attention_reads_live_context_in_pieces_and_stays_exact():
+    """Whole blocks, then the partial one in TAIL_BLOCK pieces: a step at any position,
+    on either side of a piece or block edge, still equals full attention up to it."""
+    assert [attn.positions_read(end, 256) for end in (1, 64, 65, 256, 257, 513)] == [64, 64, 128, 256, 320, 576]
+    assert attn.positions_read(100, 32) == 128          # small blocks: pieces of the block itself
+    q, k, v, _ = inputs(640, seed=2)
+    ck, cv = k.transpose(0, 2, 3, 1)[None], v.transpose(0, 2, 1, 3)[None]
+    for pos in ([63, 64], [255, 256], [511, 20]):
+        pos = jnp.array(pos)
+        qn = q[jnp.arange(2), pos][:, None]
+        out = attn.cached_attention(qn, KVCache(ck, cv), TRANSPOSED, jnp.int32(0), pos[:, None], block=128)
+        for row in range(2):
+            p = int(pos[row]) + 1
+            full = reference(q[row:row + 1, :p], k[row:row + 1, :p], v[row:row + 1, :p], jnp.ones((1, p), jnp.int32))
+            np.testing.assert_allclose(out[row, 0], full[0, -1], atol=2e-5)

@@ -51,7 +51,7 @@ def test_greedy_matches_hf_generate_on_left_padded_batch(checkpoints, kind, layo
     assert max(map(len, ours)) >= 64 or all(c < 64 for c in map(len, ours))
 
 
-@pytest.mark.parametrize("kind,new_tokens", [("qwen2", 32), ("qwen2-d128", 16)])
+@pytest.mark.parametrize("kind,new_tokens", [("qwen2", 32), ("llama3.1", 32), ("qwen2-d128", 16)])
 def test_pallas_backend_in_interpret_mode_matches_hf_generate(checkpoints, kind, new_tokens):
     """Splash prefill, and (head_dim 128) paged decode reading each slot's own length, on
     the head_dim-last cache layout: the same greedy tokens as transformers.

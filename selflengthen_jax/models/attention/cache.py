@@ -126,20 +126,21 @@ class CacheLayout:
         return KVCache(jnp.pad(cache.k, none[:4] + [(0, extra)]), jnp.pad(cache.v, none[:3] + [(0, extra), (0, 0)]))
 
     # -- reads (the XLA path) ---------------------------------------------------------------
-    def block(self, cache: KVCache, layer: Any, j: Any, size: int,
+    def block(self, cache: KVCache, layer: Any, start: Any, size: int,
               slots: jnp.ndarray | None = None) -> tuple[jnp.ndarray, jnp.ndarray]:
-        """Positions [j*size, (j+1)*size) of one layer, of every slot or of `slots` [n]
+        """Positions [start, start + size) of one layer (start + size <= the length), of
+        every slot or of `slots` [n]
         (clipped into range): k [b, kv, d, size], v [b, kv, size, d]."""
         ck, cv = cache
         pick = (lambda x: x) if slots is None else (lambda x: jnp.take(x, slots, axis=0, mode="clip"))  # noqa: E731
         if self.kind == "paged":
             K, _, b, _, d = ck.shape
-            kb = jax.lax.dynamic_slice(ck, (0, layer, 0, j * size, 0), (K, 1, b, size, d))[:, 0]  # [kv, b, size, d]
-            vb = jax.lax.dynamic_slice(cv, (0, layer, 0, j * size, 0), (K, 1, b, size, d))[:, 0]
+            kb = jax.lax.dynamic_slice(ck, (0, layer, 0, start, 0), (K, 1, b, size, d))[:, 0]  # [kv, b, size, d]
+            vb = jax.lax.dynamic_slice(cv, (0, layer, 0, start, 0), (K, 1, b, size, d))[:, 0]
             return pick(kb.transpose(1, 0, 3, 2)), pick(vb.transpose(1, 0, 2, 3))
         _, b, K, d, _ = ck.shape
-        kb = jax.lax.dynamic_slice(ck, (layer, 0, 0, 0, j * size), (1, b, K, d, size))[0]
-        vb = jax.lax.dynamic_slice(cv, (layer, 0, 0, j * size, 0), (1, b, K, size, d))[0]
+        kb = jax.lax.dynamic_slice(ck, (layer, 0, 0, 0, start), (1, b, K, d, size))[0]
+        vb = jax.lax.dynamic_slice(cv, (layer, 0, 0, start, 0), (1, b, K, size, d))[0]
         return pick(kb), pick(vb)
 
 

@@ -6,10 +6,13 @@ end: with n blocks only (n+1)/2n of the [seq, seq] scores are computed (9/16 at 
 and each block's scores are small enough to stay in cache on a CPU. Sequences longer
 than `SAVE_SCORES_UP_TO` rematerialise each block in the backward pass, so a 16k-token
 sequence never holds its [seq, seq] scores.
-Cached attention reads any `CacheLayout` block by block (online softmax).
+Cached attention reads any `CacheLayout` piece by piece (online softmax), up to the
+live context.
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +23,7 @@ NEG_INF = -1e30  # finite: a fully masked row (padding) gives a uniform, not NaN
 MIN_BLOCK = 128          # smallest query block
 MAX_BLOCKS = 16          # query blocks per sequence at most (they are unrolled)
 SAVE_SCORES_UP_TO = 1024  # longer sequences recompute each block's scores in the backward pass
+TAIL_BLOCK = 64          # cached attention reads the partial last block in pieces this long
 
 
 def softmax(scores: jnp.ndarray) -> jnp.ndarray:
@@ -74,14 +78,24 @@ def attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, segment_ids: jnp.n
     return jnp.concatenate(outs, axis=3).transpose(0, 3, 1, 2, 4).reshape(b, s, h, d)
 
 
+def positions_read(end: int, block: int) -> int:
+    """Cache positions `cached_attention` reads when the furthest query sees positions
+    [0, end): whole blocks, then the partial one in `TAIL_BLOCK` pieces."""
+    tail = math.gcd(block, TAIL_BLOCK)
+    return end // block * block + -(-(end % block) // tail) * tail
+
+
 def cached_attention(q: jnp.ndarray, cache: KVCache, layout: CacheLayout, layer: jnp.ndarray,
                      q_index: jnp.ndarray, block: int, slots: jnp.ndarray | None = None) -> jnp.ndarray:
     """Attention of new tokens over one layer of the cache, in either layout; row i reads
     slot `slots[i]` (default: slot i).
 
-    Reads the cache block by block (online softmax) and only up to the furthest query
-    position in the batch, so a step costs what the live context costs, not the
-    allocated length, and the trip count is dynamic: nothing recompiles as it grows.
+    Reads the cache in pieces (online softmax) and only up to the furthest query position
+    in the batch: whole `block`s, then the partial block in `TAIL_BLOCK` pieces, so a
+    step costs what the live context costs (to within 64 positions), not the allocated
+    length, and the trip counts are dynamic: nothing recompiles as it grows. Each piece
+    is a copy on XLA:CPU (a dynamic slice), so reading a whole 256 block for a short
+    context cost a decode step about as much as its output projection.
     q [b, s, h, d]; q_index [b, s] is each query's position (it sees keys <= it).
     """
     b, s, h, d = q.shape
@@ -91,23 +105,30 @@ def cached_attention(q: jnp.ndarray, cache: KVCache, layout: CacheLayout, layer:
     qh = (q.reshape(b, s, kv, g, d).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * s, d)
           .astype(jnp.float32) * (d ** -0.5))
     q_pos = jnp.broadcast_to(q_index[:, None, None, :], (b, kv, g, s)).reshape(b, kv, g * s)
-    n_blocks = (jnp.max(q_index) + block) // block
 
-    def body(j, carry):
-        m, l, acc = carry
-        kb, vb = layout.block(cache, layer, j, block, slots)   # [b, kv, d, block], [b, kv, block, d]
-        scores = jnp.einsum("bkqd,bkdt->bkqt", qh, kb.astype(jnp.float32))
-        visible = (j * block + jnp.arange(block)) <= q_pos[..., None]
-        scores = jnp.where(visible, scores, NEG_INF)
-        m_new = jnp.maximum(m, scores.max(-1))
-        p = jnp.exp(scores - m_new[..., None])
-        corr = jnp.exp(m - m_new)
-        acc = acc * corr[..., None] + jnp.einsum("bkqt,bktd->bkqd", p, vb.astype(jnp.float32))
-        return m_new, l * corr + p.sum(-1), acc
+    def pieces(size: int, offset: jnp.ndarray):
+        def body(j, carry):
+            m, l, acc = carry
+            start = offset + j * size
+            kb, vb = layout.block(cache, layer, start, size, slots)   # [b, kv, d, size], [b, kv, size, d]
+            scores = jnp.einsum("bkqd,bkdt->bkqt", qh, kb.astype(jnp.float32))
+            visible = (start + jnp.arange(size)) <= q_pos[..., None]
+            scores = jnp.where(visible, scores, NEG_INF)
+            m_new = jnp.maximum(m, scores.max(-1))
+            p = jnp.exp(scores - m_new[..., None])
+            corr = jnp.exp(m - m_new)
+            acc = acc * corr[..., None] + jnp.einsum("bkqt,bktd->bkqd", p, vb.astype(jnp.float32))
+            return m_new, l * corr + p.sum(-1), acc
+        return body
 
-    init = (jnp.full((b, kv, g * s), NEG_INF, jnp.float32), jnp.zeros((b, kv, g * s), jnp.float32),
-            jnp.zeros((b, kv, g * s, d), jnp.float32))
-    _, l, acc = jax.lax.fori_loop(0, n_blocks, body, init)
+    end = jnp.max(q_index) + 1
+    tail = math.gcd(block, TAIL_BLOCK)
+    full = end // block
+    carry = (jnp.full((b, kv, g * s), NEG_INF, jnp.float32), jnp.zeros((b, kv, g * s), jnp.float32),
+             jnp.zeros((b, kv, g * s, d), jnp.float32))
+    carry = jax.lax.fori_loop(0, full, pieces(block, jnp.int32(0)), carry)
+    carry = jax.lax.fori_loop(0, (end - full * block + tail - 1) // tail, pieces(tail, full * block), carry)
+    _, l, acc = carry
     out = (acc / l[..., None]).reshape(b, kv, g, s, d)
     return out.transpose(0, 3, 1, 2, 4).reshape(b, s, h, d).astype(q.dtype)
 
