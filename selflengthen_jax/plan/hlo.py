@@ -4,9 +4,9 @@ XLA's `cost_analysis()` counts the body of a `while` loop once, so a step that s
 layers reports a fraction of its FLOPs. Here the HLO's call graph gives each
 computation how many times it runs per call (a loop body: the enclosing count times
 the loop's trip count: XLA's `known_trip_count`, or the bound its condition compares
-the counter with; a loop whose count is only known at run time, such as the engine's
-decode chunk and the cache blocks it reads, gets the `unknown_trips` given for its
-nesting depth), which scales
+the counter with, from the counter's start by its step; a loop whose count is only
+known at run time, such as the engine's decode chunk and the cache pieces it reads,
+gets the `unknown_trips` given for its nesting depth), which scales
 
   * the matmul FLOPs (2 x output elements x contracted size of every `dot`, and of the
     `convolution`s the TPU compiler turns dots into),
@@ -141,24 +141,66 @@ class Work:
         return f, b
 
 
-def _condition_bound(ops: list[_Op]) -> int | None:
-    """The trip count of a loop whose condition is `counter < constant` (from 0)."""
-    consts = {op.name: int(op.operands) for op in ops
-              if op.opcode == "constant" and _CONSTANT.match(op.shape) and op.operands.lstrip("-").isdigit()}
-    for op in ops:
-        if op.opcode == "compare" and "direction=LT" in op.attrs:
-            names = [n.strip().lstrip("%") for n in op.operands.split(",")]
-            if len(names) == 2 and names[1] in consts:
-                return consts[names[1]]
+def _names(operands: str) -> list[str]:
+    return [n.strip().lstrip("%") for n in re.sub(r"/\*.*?\*/", "", operands).split(",") if n.strip()]
+
+
+def _tuple_index(name: str, ops: dict[str, _Op]) -> int | None:
+    """The tuple index `name` reads from the computation's parameter (through copies)."""
+    op = ops.get(name)
+    while op is not None and op.opcode in ("copy", "bitcast"):
+        op = ops.get(_names(op.operands)[0])
+    if op is None or op.opcode != "get-tuple-element":
+        return None
+    found = re.search(r"index=(\d+)", op.attrs)
+    return int(found[1]) if found else None
+
+
+def _constant(name: str, ops: dict[str, _Op]) -> int | None:
+    op = ops.get(name)
+    if op is None or op.opcode != "constant" or not _CONSTANT.match(op.shape):
+        return None
+    return int(op.operands) if op.operands.lstrip("-").isdigit() else None
+
+
+def _counted_loop(loop: _Op, caller: list[_Op], comps: dict[str, list[_Op]]) -> int | None:
+    """The trip count of a loop whose condition is `counter < constant`: from the
+    counter's start (a constant in the loop's initial tuple, else 0) and its step (the
+    constant the body adds to it, else 1). The TPU compiler's collective-matmul loops
+    run two windows per trip and step their counter by 2."""
+    callees = dict(_callees(loop))
+    cond = {op.name: op for op in comps.get(callees.get("condition", ""), [])}
+    body_ops = comps.get(callees.get("body", ""), [])
+    for op in cond.values():
+        if op.opcode != "compare" or "direction=LT" not in op.attrs:
+            continue
+        names = _names(op.operands)
+        bound = _constant(names[1], cond) if len(names) == 2 else None
+        index = _tuple_index(names[0], cond) if bound is not None else None
+        if index is None:
+            continue
+        body = {o.name: o for o in body_ops}
+        step = 1
+        root = body_ops[-1] if body_ops and body_ops[-1].opcode == "tuple" else None
+        nxt = body.get(_names(root.operands)[index]) if root is not None else None
+        if nxt is not None and nxt.opcode == "add":
+            a, b = _names(nxt.operands)
+            step = _constant(b, body) if _tuple_index(a, body) == index else _constant(a, body)
+            step = step or 1
+        caller_ops = {o.name: o for o in caller}
+        init_tuple = caller_ops.get(_names(loop.operands)[0]) if loop.operands else None
+        start = 0
+        if init_tuple is not None and init_tuple.opcode == "tuple":
+            start = _constant(_names(init_tuple.operands)[index], caller_ops) or 0
+        return max(0, -(-(bound - start) // step))
     return None
 
 
-def _trip(op: _Op, comps: dict[str, list[_Op]]) -> int | None:
+def _trip(op: _Op, caller: list[_Op], comps: dict[str, list[_Op]]) -> int | None:
     found = _TRIP.search(op.attrs)
     if found:
         return int(found[1])
-    cond = dict(_callees(op)).get("condition")
-    return _condition_bound(comps.get(cond, [])) if cond else None
+    return _counted_loop(op, caller, comps)
 
 
 def analyse(text: str, unknown_trips: tuple[int, ...] = ()) -> Work:
@@ -177,7 +219,7 @@ def analyse(text: str, unknown_trips: tuple[int, ...] = ()) -> Work:
         for op in comps.get(name, []):
             trip, unknown = 1, 0
             if op.opcode == "while":
-                trip = _trip(op, comps)
+                trip = _trip(op, comps[name], comps)
                 if trip is None:
                     k = depth[name]
                     trip, unknown = (unknown_trips[k] if k < len(unknown_trips) else 1), 1
