@@ -129,8 +129,7 @@ class CacheLayout:
     def block(self, cache: KVCache, layer: Any, start: Any, size: int,
               slots: jnp.ndarray | None = None) -> tuple[jnp.ndarray, jnp.ndarray]:
         """Positions [start, start + size) of one layer (start + size <= the length), of
-        every slot or of `slots` [n]
-        (clipped into range): k [b, kv, d, size], v [b, kv, size, d]."""
+        every slot or of `slots` [n] (clipped into range): k [b, kv, d, size], v [b, kv, size, d]."""
         ck, cv = cache
         pick = (lambda x: x) if slots is None else (lambda x: jnp.take(x, slots, axis=0, mode="clip"))  # noqa: E731
         if self.kind == "paged":
