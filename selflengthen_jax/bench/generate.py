@@ -536,8 +536,9 @@ def long_prompts_mid_decode(path: Path, spec: BenchSpec, texts: Sequence[str]) -
 
     One slot-full of short prompts with staggered budgets decodes while `long_prompts`
     prompts of `long_prompt_len` tokens wait; each takes a slot as one frees. Reported:
-    the short requests' tokens/s over the run and the longest time the decoding slots
-    waited between two decode chunks. Runs alternate the two settings.
+    the short requests' tokens/s until the last of them finished, the run's seconds,
+    and the longest time the decoding slots waited between two decode chunks. Runs
+    alternate the two settings.
     """
     long_spec = dataclasses.replace(spec, prompt_len=spec.long_prompt_len)
     engine = build_engine(path, long_spec, max(spec.new_tokens, 8 * spec.batch))
@@ -553,9 +554,13 @@ def long_prompts_mid_decode(path: Path, spec: BenchSpec, texts: Sequence[str]) -
         for name in list(settings)[::1 if r % 2 == 0 else -1]:
             engine.section = dataclasses.replace(old, prefill_chunk=settings[name])
             engine.stats.clear()
-            dt, outs[name] = _timed(lambda: engine.generate(reqs))
+            ended: dict[int, float] = {}
+            begun = time.perf_counter()
+            dt, outs[name] = _timed(lambda: engine.generate(
+                reqs, on_complete=lambda i, _: ended.setdefault(i, time.perf_counter())))
+            short_s = max(ended[i] for i in range(spec.batch)) - begun
             if r:
-                runs[name].append({"seconds": dt, "short_tokens_per_s": short_tokens / dt,
+                runs[name].append({"seconds": dt, "short_tokens_per_s": short_tokens / short_s,
                                    "longest_stall_s": engine.stats["longest_stall_s"],
                                    "pieces": engine.stats["prefill_pieces"]})
     engine.section = old

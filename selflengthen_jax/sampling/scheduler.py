@@ -8,6 +8,9 @@ the slot table, the token budget of each prefill, and the stop-string scan.
   instruction, the extensions of one text) share one prefill; each samples with its own key.
 * A prompt longer than `engine.max_prefill_len` comes back at once with finish reason
   `prompt_too_long` (no tokens); the other requests run as usual.
+* A prompt longer than `engine.prefill_chunk` waits in its slot and is prefilled one
+  piece of that many tokens between decode chunks, so the decoding slots never wait for
+  more than one piece (`stats["longest_stall_s"]` is the longest such wait).
 * EOS, end of turn and length budgets are found on device (finish codes); the host only
   looks for stop strings, which need text. While a chunk runs on the device the host
   scans the previous chunk's new tokens, so detokenising overlaps with decoding; a slot
@@ -184,6 +187,8 @@ class Scheduler:
                 state = engine.release(state, stopped)
             self._settle(finish)
             lagging = [i for i in lagging if self.slots[i] is not None]
+            if not any(s is not None and s.decoding for s in self.slots):
+                fetched = None  # no slot is decoding, so none waits for what runs next
             self.bar.set_postfix(tok_s=f"{self.made / (time.perf_counter() - start):.0f}")
         self.bar.close()
         engine.stats["tokens"] += self.made
@@ -223,11 +228,19 @@ class Scheduler:
 
         With prompts waiting, stop when the first slot reaches its token budget (known in
         advance) or ends early (EOS, seen on device), so its slot is refilled at once.
+        With a long prompt part-prefilled, run about `prefill_chunk` decode tokens (over
+        all decoding slots) before its next piece: its slot decodes nothing until the
+        last piece is in, so a whole `decode_chunk` between pieces would idle it for
+        many chunks, and each piece stalls the decoding slots for only one piece.
         """
-        steps = self.section.decode_chunk
-        early = pending and self.section.mode == "continuous"
+        s = self.section
+        steps = s.decode_chunk
+        decoding = sum(x is not None and x.decoding for x in self.slots)
+        if any(x is not None and not x.decoding for x in self.slots):
+            steps = min(steps, -(-s.prefill_chunk // max(decoding, 1)))
+        early = pending and s.mode == "continuous"
         if early:
-            steps = min([steps] + [s.max_new - len(s.tokens) for s in self.slots if s is not None and s.decoding])
+            steps = min([steps] + [x.max_new - len(x.tokens) for x in self.slots if x is not None and x.decoding])
         return max(steps, 1), early
 
     def _prefill(self, state: kernels.SlotState, pending: collections.deque, free: list[int],

@@ -11,8 +11,13 @@ import torch
 from chat_fixtures import make_chat_checkpoint
 from engine_fixtures import GREEDY, build_engine, raw_requests
 from hf_fixtures import hf_model
+from selflengthen_jax.checkpoint.loader import load_model
+from selflengthen_jax.config import EngineSection, MeshSection
 from selflengthen_jax.models.lora import init_lora
+from selflengthen_jax.parallel.mesh import make_mesh
+from selflengthen_jax.parallel.rules import strategy_rules
 from selflengthen_jax.sampling import kernels
+from selflengthen_jax.sampling.engine import Engine
 from selflengthen_jax.sampling.request import Request
 
 
@@ -128,3 +133,35 @@ def test_long_prompts_prefilled_in_pieces_between_decode_chunks_give_the_same_to
     assert pieces.stats["prefill_pieces"] >= 3 and whole.stats["prefill_pieces"] == 0
     assert [c.token_ids for c in got] == [c.token_ids for c in want]
     assert [c.finish_reason for c in got] == [c.finish_reason for c in want]
+
+
+def test_a_long_prompt_stalls_the_decoding_slots_for_one_piece_at_a_time(path):
+    """While a slot decodes, each piece of a long prompt is followed by a decode chunk of
+    about `prefill_chunk` tokens, never by another piece or a whole `decode_chunk`."""
+    mesh = make_mesh(MeshSection(data=1), jax.devices()[:1])
+    rules = strategy_rules("dp")
+    model = dataclasses.replace(load_model(path, mesh, rules), eos_ids=[])  # budgets alone end rows
+    engine = Engine(model, EngineSection(slots=3, max_prefill_len=64, max_new_tokens=48, decode_chunk=32,
+                                         prefill_chunk=8), mesh, rules)
+    calls = []
+
+    def spy(kind, fn):
+        def call(state, *args):
+            calls.append((kind, int((np.asarray(state.finish) == kernels.RUNNING).sum()), args[0]))
+            return fn(state, *args)
+        return call
+
+    engine.prefill_piece = spy("piece", engine.prefill_piece)
+    engine.decode = spy("decode", engine.decode)
+    long_prompt = "A long story begins here. The quick brown fox jumps over the lazy dog. " * 2
+    reqs = [Request(id="a", prompt="Rivers", params=dataclasses.replace(GREEDY, max_new_tokens=40)),
+            Request(id="b", prompt="The sea", params=dataclasses.replace(GREEDY, max_new_tokens=40)),
+            Request(id="long", prompt=long_prompt, params=dataclasses.replace(GREEDY, max_new_tokens=4))]
+    assert len(engine.prompt_ids(reqs[2])) > 4 * 8      # five pieces or more
+    out = engine.generate(reqs)
+    assert [len(c.token_ids) for c in out] == [40, 40, 4]
+    pieces = [k for k, (kind, _, _) in enumerate(calls) if kind == "piece"]
+    assert len(pieces) >= 5 and all(calls[k][1] == 2 for k in pieces)  # both short rows decode throughout
+    for k in pieces[:-1]:
+        kind, running, steps = calls[k + 1]
+        assert kind == "decode" and steps == -(-8 // running)   # about prefill_chunk decode tokens
