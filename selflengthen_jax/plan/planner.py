@@ -233,12 +233,16 @@ def training_activations(cfg: ModelConfig, rows: int, seq: int, remat: str,
     differentiated (gate, up, activation and their gradients: five [rows, seq, mlp]
     tensors and seven of the residual stream's size, as the dump's peak shows), its
     attention backward (one query block's float32 scores and their gradient, with q/k/v
-    and the output; the blocks' score buffers are reused, never all alive), or the loss
+    and the output; the blocks' score buffers are reused, never all alive; for the fused
+    splash backward, its dq partials, one per KV block), or the loss
     (two float32 [chunk, vocab] logit buffers).
     """
     a = _acts(cfg, rows, seq, attention.score_entries(seq), cfg.compute_dtype, mesh, rules)
+    dq_partials = shard_bytes(("batch", "heads", None),
+                              (rows, cfg.num_heads, attention.backward_partial_positions(seq) * cfg.head_dim),
+                              cfg.compute_dtype, mesh, rules)
     mlp_phase = 5 * a.mlp + 7 * a.x
-    attention_phase = 2 * a.scores + a.qkv + a.attn + 4 * a.x
+    attention_phase = 2 * a.scores + dq_partials + a.qkv + a.attn + 4 * a.x
     loss = 2 * shard_bytes(("batch", None, "vocab"), (rows, min(seq, LOSS_CHUNK), cfg.vocab_size),
                            jnp.float32, mesh, rules)
     return 2 * cfg.num_layers * _saved_per_layer(a, remat) + max(mlp_phase, attention_phase, loss) + a.mask

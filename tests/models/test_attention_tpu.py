@@ -2,6 +2,9 @@
 as the engine and trainer shard them (batch over data, heads over tensor); libtpu is in
 the test extra, so CI runs these. Seconds each: tiny shapes, nothing runs."""
 
+import math
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,6 +43,30 @@ def test_splash_attention_and_its_gradient_compile_for_the_slice(mesh):
     assert kernels_in(compiled) >= 2                  # forward and fused backward kernels
     scores = b * h * s * s * 4 // 4                   # one float32 [s, s] score matrix per head, per chip
     assert compiled.memory_analysis().temp_size_in_bytes < scores
+
+
+def test_the_fused_splash_backward_holds_one_dq_per_kv_block_as_the_planner_counts(mesh):
+    backend = choose("pallas", "tpu", mesh, batch_axes=("data", "fsdp"), head_axes="tensor")
+    b, s, h, kv, d = 2, 4096, 8, 2, 128               # one row and 4 heads per chip: 8 KV blocks of 512
+    q = spec(mesh, (b, s, h, d), jnp.bfloat16, ("data", "fsdp"), None, "tensor")
+    k = spec(mesh, (b, s, kv, d), jnp.bfloat16, ("data", "fsdp"), None, "tensor")
+    seg = spec(mesh, (b, s), jnp.int32, ("data", "fsdp"))
+    loss = lambda q, k, v, seg: jnp.sum(backend.attention(q, k, v, seg).astype(jnp.float32))  # noqa: E731
+    compiled = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(q, k, k, seg).compile()
+    partials = backend.backward_partial_positions(s) * d * (h // 2) * 2   # bf16, per chip
+    assert backend.backward_partial_positions(s) == 8 * s
+    assert partials in {int(x) for x in _custom_call_outputs(compiled.as_text())}
+
+
+def _custom_call_outputs(hlo: str) -> list[int]:
+    """Bytes of every array a Pallas call writes (its tuple's elements), from the HLO text."""
+    sizes = {"bf16": 2, "f32": 4, "s32": 4}
+    out = []
+    for line in hlo.splitlines():
+        if "tpu_custom_call" in line and "= (" in line:
+            for dtype, dims in re.findall(r"(bf16|f32|s32)\[([\d,]+)\]", line.split("custom-call(")[0]):
+                out.append(sizes[dtype] * math.prod(int(x) for x in dims.split(",")))
+    return out
 
 
 def test_paged_decode_compiles_for_the_slice(mesh):

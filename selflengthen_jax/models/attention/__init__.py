@@ -96,6 +96,11 @@ class Backend:
         kernels hold theirs in on-chip memory only."""
         return xla.score_entries(s) if self.impl == "xla" else (0, 0)
 
+    def backward_partial_positions(self, s: int) -> int:
+        """Query positions of partial dq the backward writes per (row, head, head_dim),
+        in the compute dtype (the fused splash backward: one dq per KV block); none elsewhere."""
+        return splash.dq_partial_positions(s) if self.impl == "pallas" else 0
+
     def forward_score_entries(self, s: int) -> int:
         """float32 scores per (row, head) alive at once in a forward pass (prefill)."""
         return max((e - a) * e for a, e in xla.query_blocks(s)) if self.impl == "xla" else 0

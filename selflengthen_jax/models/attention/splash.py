@@ -43,6 +43,16 @@ def _kernel(heads: int, s: int, interpret: bool) -> Any:
         return sa.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
 
 
+def dq_partial_positions(s: int) -> int:
+    """Query positions of the dq partials the fused backward writes for a length-s
+    sequence, per (row, head, head_dim): one whole-sequence dq per KV block, summed after
+    the kernel. The TPU compiler holds them all at once ([kv blocks, heads, s, head_dim]
+    in the compute dtype: 4 GiB per layer for Llama 3.1 8B at 16k tokens), which is what
+    the memory planner counts for this backend's backward."""
+    n = s + -s % LANE
+    return n // _block(n) * n
+
+
 def _local(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, seg: jnp.ndarray, interpret: bool) -> jnp.ndarray:
     """One device's rows: q [b,s,h,d], k/v [b,s,kv,d], seg [b,s] -> [b,s,h,d]."""
     b, s, h, d = q.shape
