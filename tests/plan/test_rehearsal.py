@@ -97,8 +97,8 @@ def test_without_libtpu_it_says_how_to_install_it(monkeypatch, capsys):
 
 
 # A small cell of the README's planner-vs-compiler matrix: qwen2-0.5b, bf16, fsdp over a
-# v5e:2x2, XLA attention. The planner must be within 15% of the TPU compiler's per-chip
-# total. (Its train step, 1.88 vs 1.86 GiB in the README, takes over a minute to compile
+# v5e:2x2, XLA attention (its tied embedding is the decode's hard case). The planner must be
+# within 15% of the TPU compiler's per-chip total. (Its train step, 1.88 vs 1.86 GiB in the README, takes over a minute to compile
 # here: not a test.)
 QWEN2_05B = ["model.path=", "model.preset=qwen2-0.5b", "model.attention_impl=xla", "model.param_dtype=bfloat16",
              "model.compute_dtype=bfloat16", "mesh.data=-1", "mesh.fsdp=4", "mesh.strategy=fsdp",
@@ -106,8 +106,9 @@ QWEN2_05B = ["model.path=", "model.preset=qwen2-0.5b", "model.attention_impl=xla
              "engine.max_new_tokens=1024", "engine.decode_chunk=16"]
 
 
-def test_the_planner_is_within_15_percent_of_the_compiler_for_a_qwen2_05b_prefill():
+@pytest.mark.parametrize("executable", ["prefill", "decode chunk"])
+def test_the_planner_is_within_15_percent_of_the_compiler_for_qwen2_05b_generation(executable):
     cfg = load_config(None, QWEN2_05B)
     s = slices.parse_slice("v5e:2x2")
-    (row,) = rehearsal.rehearse(cfg, model_config(cfg), s, slices.topology_devices(s), only=("prefill",))
+    (row,) = rehearsal.rehearse(cfg, model_config(cfg), s, slices.topology_devices(s), only=(executable,))
     assert row.planned_bytes == pytest.approx(row.compiled_bytes, rel=0.15), (row.planned_bytes, row.compiled_bytes)
