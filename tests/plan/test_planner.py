@@ -15,7 +15,7 @@ from selflengthen_jax.parallel.peaks import GiB, device_spec
 from selflengthen_jax.parallel.rules import STRATEGIES, generation_rules, strategy_rules
 from selflengthen_jax.plan.planner import (abstract_mesh, builtin_layout, format_plan,
                                            generation_breakdown, kernel_breakdowns, param_bytes, per_layer_bytes, plan,
-                                           training_activations, training_breakdown)
+                                           training_activations, training_breakdown, unaligned_layer_bytes)
 from selflengthen_jax.sampling.engine import cache_length, prefill_rows
 
 BF16 = ["model.param_dtype=bfloat16", "model.compute_dtype=bfloat16", "train.compute_dtype=bfloat16"]
@@ -224,3 +224,15 @@ def test_the_plan_is_within_15_percent_of_the_compiled_qwen2_7b_run(compiled_wit
     for kernel in ("prefill", "decode"):
         assert kernels[kernel].total == pytest.approx(compiled[kernel], rel=0.15), kernel
     assert s.generation == max(kernels.values(), key=lambda k: k.total)
+
+
+def test_tpu_decode_counts_a_copy_of_each_stacked_weight_whose_shard_is_not_128_lanes_wide():
+    rules, mesh = strategy_rules("tp"), abstract_mesh((1, 1, 4))   # one host's 4 chips, tensor parallel
+    q72 = model_config_from_name("qwen2-72b", param_dtype="bfloat16")
+    L, D, F = 80, 8192, 29568 // 4                        # the mlp shard is 7,392 columns: not aligned
+    assert unaligned_layer_bytes(q72, mesh, rules, jnp.bfloat16) == 2 * L * D * F * 2   # w_gate and w_up
+    q7 = model_config_from_name("qwen2-7b", param_dtype="bfloat16")   # 18944 / 4 = 37 x 128
+    assert unaligned_layer_bytes(q7, mesh, rules, jnp.bfloat16) == 0
+    engine = EngineSection(slots=16, max_prefill_len=4096, max_new_tokens=4096)
+    tpu, gpu = (kernel_breakdowns(q72, engine, mesh, rules, p)["decode"].total for p in ("tpu", "gpu"))
+    assert tpu - gpu == 2 * L * D * F * 2
