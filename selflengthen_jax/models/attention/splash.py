@@ -47,7 +47,8 @@ def dq_partial_positions(s: int) -> int:
     """Query positions of the dq partials the fused backward writes for a length-s
     sequence, per (row, head, head_dim): one whole-sequence dq per KV block, summed after
     the kernel. The TPU compiler holds them all at once ([kv blocks, heads, s, head_dim]
-    in the compute dtype: 4 GiB per layer for Llama 3.1 8B at 16k tokens), which is what
+    in the compute dtype: 4 GiB per chip for the layer being differentiated, Llama 3.1 8B
+    at 16k tokens on fsdp 8), which is what
     the memory planner counts for this backend's backward."""
     n = s + -s % LANE
     return n // _block(n) * n
