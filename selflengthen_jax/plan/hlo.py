@@ -21,6 +21,7 @@ gets the `unknown_trips` given for its nesting depth), which scales
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections import defaultdict
 from typing import Iterator
@@ -56,14 +57,13 @@ def _arrays(text: str) -> list[tuple[str, list[int]]]:
     return [(t, [int(d) for d in dims.split(",") if d]) for t, dims in _ARRAY.findall(text)]
 
 
+def array_bytes(text: str) -> list[float]:
+    """Bytes of each array in an HLO shape text (a tuple's elements in order)."""
+    return [math.prod(dims) * _BYTES[t] for t, dims in _arrays(text)]
+
+
 def shape_bytes(text: str) -> float:
-    total = 0.0
-    for t, dims in _arrays(text):
-        n = 1
-        for d in dims:
-            n *= d
-        total += n * _BYTES[t]
-    return total
+    return float(sum(array_bytes(text)))
 
 
 def _split_op(line: str) -> _Op | None:

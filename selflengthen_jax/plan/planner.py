@@ -95,11 +95,16 @@ def abstract_mesh(shape: Sequence[int]) -> AbstractMesh:
 
 # -- bytes of sharded values ------------------------------------------------------------
 
+def shard_shape(names: tuple[str | None, ...], shape: tuple[int, ...], mesh: AnyMesh,
+                rules: Rules) -> tuple[int, ...]:
+    """The shape one device holds of a value with logical `names`, sharded by `rules`."""
+    return NamedSharding(mesh, spec_for(names, shape, mesh, rules)).shard_shape(shape)
+
+
 def shard_bytes(names: tuple[str | None, ...], shape: tuple[int, ...], dtype: Any,
                 mesh: AnyMesh, rules: Rules) -> int:
     """Bytes one device holds of a value with logical `names`, sharded by `rules`."""
-    shard = NamedSharding(mesh, spec_for(names, shape, mesh, rules)).shard_shape(shape)
-    return math.prod(shard) * jnp.dtype(dtype).itemsize
+    return math.prod(shard_shape(names, shape, mesh, rules)) * jnp.dtype(dtype).itemsize
 
 
 def tree_bytes(axes_tree: Any, shapes_tree: Any, mesh: AnyMesh, rules: Rules,
@@ -130,10 +135,16 @@ def _without(axes: Any, axis: str) -> Any:
     return None if not kept else kept[0] if len(kept) == 1 else kept
 
 
+def _gathered_rules(mesh: AnyMesh, rules: Rules) -> Rules | None:
+    """The rules of weights as FSDP all-gathers them for compute; None without fsdp."""
+    unsharded = {name: _without(axes, "fsdp") for name, axes in rules.items()}
+    return None if mesh.shape["fsdp"] == 1 or unsharded == rules else unsharded
+
+
 def gathered_layer_bytes(cfg: ModelConfig, mesh: AnyMesh, rules: Rules, dtype: Any) -> int:
     """One decoder layer's weights as FSDP all-gathers them for compute (0 without fsdp)."""
-    unsharded = {name: _without(axes, "fsdp") for name, axes in rules.items()}
-    if mesh.shape["fsdp"] == 1 or unsharded == rules:
+    unsharded = _gathered_rules(mesh, rules)
+    if unsharded is None:
         return 0
     axes, shapes = _param_tree(cfg)
     return tree_bytes(axes["layers"], shapes["layers"], mesh, unsharded, dtype) // cfg.num_layers
@@ -142,8 +153,8 @@ def gathered_layer_bytes(cfg: ModelConfig, mesh: AnyMesh, rules: Rules, dtype: A
 def gathered_head_bytes(cfg: ModelConfig, mesh: AnyMesh, rules: Rules, dtype: Any) -> int:
     """The [embed, vocab] output head as the engine's logits gather it over fsdp (0
     without fsdp): the TPU compiler all-gathers the whole head for each sampling step."""
-    unsharded = {name: _without(axes, "fsdp") for name, axes in rules.items()}
-    if mesh.shape["fsdp"] == 1 or unsharded == rules:
+    unsharded = _gathered_rules(mesh, rules)
+    if unsharded is None:
         return 0
     return shard_bytes(("embed", "vocab"), (cfg.hidden_size, cfg.vocab_size), dtype, mesh, unsharded)
 
@@ -153,7 +164,7 @@ def relaid_embedding_bytes(cfg: ModelConfig, mesh: AnyMesh, rules: Rules, dtype:
     two copies of the local shard in other layouts (it is stored [vocab, embed] and read
     transposed as the head). Read from the buffer assignment of qwen2-0.5b's decode, fsdp 4
     on v5e:2x2: two [151936, 224] bf16 buffers; none under dp or tp, none when untied."""
-    if not cfg.tie_word_embeddings or gathered_head_bytes(cfg, mesh, rules, dtype) == 0:
+    if not cfg.tie_word_embeddings or _gathered_rules(mesh, rules) is None:
         return 0
     return 2 * shard_bytes(("vocab", "embed"), (cfg.vocab_size, cfg.hidden_size), dtype, mesh, rules)
 
@@ -171,9 +182,8 @@ def unaligned_layer_bytes(cfg: ModelConfig, mesh: AnyMesh, rules: Rules, dtype: 
     total = 0
     for name, names in axes["layers"].items():
         shape = tuple(shapes["layers"][name].shape)
-        shard = NamedSharding(mesh, spec_for(names, shape, mesh, rules)).shard_shape(shape)
-        if shard[-1] % TPU_LANES:
-            total += math.prod(shard) * jnp.dtype(dtype).itemsize
+        if shard_shape(names, shape, mesh, rules)[-1] % TPU_LANES:
+            total += shard_bytes(names, shape, dtype, mesh, rules)
     return total
 
 

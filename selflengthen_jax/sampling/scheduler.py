@@ -161,10 +161,10 @@ class Scheduler:
             if pending and free and (self.section.mode == "continuous" or len(free) == len(self.slots)):
                 state = self._prefill(state, pending, free, prompts, k_cap)
                 self._settle(engine.to_host(state.finish))
-            if any(s is not None and not s.decoding for s in self.slots):
+            if self._prefilling():
                 state = self._piece(state, k_cap)
                 self._settle(engine.to_host(state.finish))
-            if not any(s is not None and s.decoding for s in self.slots):
+            if not self._decoding():
                 continue
             steps, exit_early = self._chunk_plan(bool(pending))
             wall, cpu = time.perf_counter(), time.process_time()
@@ -187,12 +187,20 @@ class Scheduler:
                 state = engine.release(state, stopped)
             self._settle(finish)
             lagging = [i for i in lagging if self.slots[i] is not None]
-            if not any(s is not None and s.decoding for s in self.slots):
+            if not self._decoding():
                 fetched = None  # no slot is decoding, so none waits for what runs next
             self.bar.set_postfix(tok_s=f"{self.made / (time.perf_counter() - start):.0f}")
         self.bar.close()
         engine.stats["tokens"] += self.made
         return self.results  # type: ignore[return-value]
+
+    def _decoding(self) -> int:
+        """How many slots decode (their prompt is wholly in the cache)."""
+        return sum(s is not None and s.decoding for s in self.slots)
+
+    def _prefilling(self) -> bool:
+        """Whether some slot holds a long prompt still being prefilled piece by piece."""
+        return any(s is not None and not s.decoding for s in self.slots)
 
     def _settle(self, finish: np.ndarray) -> None:
         """Finish the slots the device ended (EOS, length), checking their last tokens for
@@ -235,9 +243,8 @@ class Scheduler:
         """
         s = self.section
         steps = s.decode_chunk
-        decoding = sum(x is not None and x.decoding for x in self.slots)
-        if any(x is not None and not x.decoding for x in self.slots):
-            steps = min(steps, -(-s.prefill_chunk // max(decoding, 1)))
+        if self._prefilling():
+            steps = min(steps, -(-s.prefill_chunk // max(self._decoding(), 1)))
         early = pending and s.mode == "continuous"
         if early:
             steps = min([steps] + [x.max_new - len(x.tokens) for x in self.slots if x is not None and x.decoding])

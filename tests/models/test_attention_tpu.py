@@ -2,9 +2,6 @@
 as the engine and trainer shard them (batch over data, heads over tensor); libtpu is in
 the test extra, so CI runs these. Seconds each: tiny shapes, nothing runs."""
 
-import math
-import re
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,7 +12,7 @@ pytest.importorskip("libtpu")
 
 from selflengthen_jax.models.attention import choose  # noqa: E402
 from selflengthen_jax.models.attention.cache import PAGED, KVCache  # noqa: E402
-from selflengthen_jax.plan import slices  # noqa: E402
+from selflengthen_jax.plan import hlo, slices  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -55,18 +52,9 @@ def test_the_fused_splash_backward_holds_one_dq_per_kv_block_as_the_planner_coun
     compiled = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(q, k, k, seg).compile()
     partials = backend.backward_partial_positions(s) * d * (h // 2) * 2   # bf16, per chip
     assert backend.backward_partial_positions(s) == 8 * s
-    assert partials in {int(x) for x in _custom_call_outputs(compiled.as_text())}
-
-
-def _custom_call_outputs(hlo: str) -> list[int]:
-    """Bytes of every array a Pallas call writes (its tuple's elements), from the HLO text."""
-    sizes = {"bf16": 2, "f32": 4, "s32": 4}
-    out = []
-    for line in hlo.splitlines():
-        if "tpu_custom_call" in line and "= (" in line:
-            for dtype, dims in re.findall(r"(bf16|f32|s32)\[([\d,]+)\]", line.split("custom-call(")[0]):
-                out.append(sizes[dtype] * math.prod(int(x) for x in dims.split(",")))
-    return out
+    written = [hlo.array_bytes(line.split("custom-call(")[0]) for line in compiled.as_text().splitlines()
+               if "tpu_custom_call" in line and "= (" in line]   # what each Pallas call writes
+    assert partials in {int(x) for arrays in written for x in arrays}
 
 
 def test_paged_decode_compiles_for_the_slice(mesh):

@@ -98,8 +98,8 @@ def test_without_libtpu_it_says_how_to_install_it(monkeypatch, capsys):
 
 # A small cell of the README's planner-vs-compiler matrix: qwen2-0.5b, bf16, fsdp over a
 # v5e:2x2, XLA attention (its tied embedding is the decode's hard case). The planner must be
-# within 15% of the TPU compiler's per-chip total. (Its train step, 1.88 vs 1.86 GiB in the README, takes over a minute to compile
-# here: not a test.)
+# within 15% of the TPU compiler's per-chip total. (Its train step, 1.88 vs 1.86 GiB in the
+# README, takes over a minute to compile here: not a test.)
 QWEN2_05B = ["model.path=", "model.preset=qwen2-0.5b", "model.attention_impl=xla", "model.param_dtype=bfloat16",
              "model.compute_dtype=bfloat16", "mesh.data=-1", "mesh.fsdp=4", "mesh.strategy=fsdp",
              "train.cutoff_len=2048", "train.remat=full", "engine.slots=8", "engine.max_prefill_len=1024",

@@ -11,13 +11,8 @@ import torch
 from chat_fixtures import make_chat_checkpoint
 from engine_fixtures import GREEDY, build_engine, raw_requests
 from hf_fixtures import hf_model
-from selflengthen_jax.checkpoint.loader import load_model
-from selflengthen_jax.config import EngineSection, MeshSection
 from selflengthen_jax.models.lora import init_lora
-from selflengthen_jax.parallel.mesh import make_mesh
-from selflengthen_jax.parallel.rules import strategy_rules
 from selflengthen_jax.sampling import kernels
-from selflengthen_jax.sampling.engine import Engine
 from selflengthen_jax.sampling.request import Request
 
 
@@ -138,11 +133,8 @@ def test_long_prompts_prefilled_in_pieces_between_decode_chunks_give_the_same_to
 def test_a_long_prompt_stalls_the_decoding_slots_for_one_piece_at_a_time(path):
     """While a slot decodes, each piece of a long prompt is followed by a decode chunk of
     about `prefill_chunk` tokens, never by another piece or a whole `decode_chunk`."""
-    mesh = make_mesh(MeshSection(data=1), jax.devices()[:1])
-    rules = strategy_rules("dp")
-    model = dataclasses.replace(load_model(path, mesh, rules), eos_ids=[])  # budgets alone end rows
-    engine = Engine(model, EngineSection(slots=3, max_prefill_len=64, max_new_tokens=48, decode_chunk=32,
-                                         prefill_chunk=8), mesh, rules)
+    engine = build_engine(path, eos=False, slots=3, max_prefill_len=64, max_new_tokens=48, decode_chunk=32,
+                          prefill_chunk=8)   # budgets alone end rows
     calls = []
 
     def spy(kind, fn):

@@ -48,8 +48,7 @@ def dq_partial_positions(s: int) -> int:
     sequence, per (row, head, head_dim): one whole-sequence dq per KV block, summed after
     the kernel. The TPU compiler holds them all at once ([kv blocks, heads, s, head_dim]
     in the compute dtype: 4 GiB per chip for the layer being differentiated, Llama 3.1 8B
-    at 16k tokens on fsdp 8), which is what
-    the memory planner counts for this backend's backward."""
+    at 16k tokens on fsdp 8), which is what the memory planner counts for its backward."""
     n = s + -s % LANE
     return n // _block(n) * n
 
