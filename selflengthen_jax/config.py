@@ -69,14 +69,7 @@ class EngineSection:
     prefill_tokens: int = 32768     # prompt tokens per prefill call (bounds its activations)
     prefill_chunk: int = 1024       # longer prompts are prefilled this many tokens at a time, between decode chunks
     mode: Literal["continuous", "static"] = "continuous"
-    weight_layout: Literal["auto", "stacked", "per_layer"] = "auto"  # auto: per_layer on CPU
-
-    def layout_on(self, platform: str) -> str:
-        """The weight layout the engine uses on `platform` ("cpu", "gpu", "tpu"): `auto` is
-        `per_layer` on CPU only (see `models.transformer.per_layer` for why)."""
-        if self.weight_layout != "auto":
-            return self.weight_layout
-        return "per_layer" if platform == "cpu" else "stacked"
+    weight_layout: Literal["auto", "stacked", "per_layer"] = "auto"  # auto: per_layer on CPU (models.weight_layout)
 
 
 @dataclasses.dataclass

@@ -7,15 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import transformers
-from flax import nnx
 from jax.sharding import Mesh
 
 from selflengthen_jax.checkpoint.hf_import import load_params, read_config
 from selflengthen_jax.checkpoint.tokenizer import eos_token_ids, load_tokenizer
 from selflengthen_jax.models.config import ModelConfig
 from selflengthen_jax.paths import path as as_path
-from selflengthen_jax.models.transformer import abstract_model, logical_axes, per_layer_tree
-from selflengthen_jax.parallel.rules import Rules, tree_shardings
+from selflengthen_jax.models.weight_layout import STACKED
+from selflengthen_jax.parallel.placement import weight_shardings
+from selflengthen_jax.parallel.rules import Rules
 
 
 @dataclasses.dataclass
@@ -28,14 +28,8 @@ class LoadedModel:
 
 
 def param_shardings(cfg: ModelConfig, mesh: Mesh, rules: Rules) -> Any:
-    """NamedShardings for the params tree from its logical axis names."""
-    shapes = nnx.state(abstract_model(cfg), nnx.Param).to_pure_dict()
-    return tree_shardings(logical_axes(cfg), shapes, mesh, rules)
-
-
-def per_layer_shardings(cfg: ModelConfig, mesh: Mesh, rules: Rules) -> Any:
-    """NamedShardings for the params in the per-layer layout (`per_layer`)."""
-    return tree_shardings(*per_layer_tree(cfg), mesh, rules)
+    """NamedShardings for the params as loaded (stacked), from their logical axis names."""
+    return weight_shardings(STACKED, cfg, mesh, rules)
 
 
 def load_model(path: str | Path, mesh: Mesh | None = None, rules: Rules | None = None,

@@ -4,8 +4,8 @@ The NNX module owns the parameter tree: shapes, initialisers and the logical axi
 (`logical_axes` metadata) that `parallel/` maps to a mesh. The computation is a pure
 function of a plain params dict (`forward`), so hot paths split the module once and
 jit `forward` with explicit shardings. Layers are stacked on a leading `layers` axis and
-run with `lax.scan`, so compile time does not grow with depth; `per_layer` gives the
-unrolled layout that decoding on CPU prefers.
+run with `lax.scan`, so compile time does not grow with depth; `forward` also runs the
+unrolled per-layer layout that decoding on CPU prefers (`models.weight_layout`).
 """
 
 from __future__ import annotations
@@ -123,34 +123,6 @@ def lm_head(params: Params, cfg: ModelConfig) -> jnp.ndarray:
     return params["embed"].T
 
 
-def per_layer(params: Params, cfg: ModelConfig) -> Params:
-    """The weights in the per-layer layout: `layers` becomes a list of one dict per layer,
-    each leaf its own buffer, and the output projection is materialised as [embed, vocab].
-
-    Why: XLA:CPU copies a scanned layer's weight slice before every matmul that reads it,
-    and multiplies by a transposed tied embedding at about two-thirds speed; at decode
-    batch sizes those copies cost as much as the matmuls. `forward` runs this layout unrolled, so
-    every matmul reads its weight in place (at the price of a second copy of the weights).
-    Works on logical-axis trees too (leaves that are tuples of names).
-    """
-    def take(leaf: Any, i: int) -> Any:
-        return leaf[1:] if isinstance(leaf, tuple) else leaf[i]
-
-    stacked = params["layers"]
-    out = {k: v for k, v in params.items() if k != "layers"}
-    out["layers"] = [{k: take(v, i) for k, v in stacked.items()} for i in range(cfg.num_layers)]
-    head = params.get("lm_head", params["embed"])
-    out["lm_head"] = ("embed", "vocab") if isinstance(head, tuple) else lm_head(params, cfg)
-    return out
-
-
-def per_layer_tree(cfg: ModelConfig) -> tuple[Params, Params]:
-    """(logical axes, shapes) of the per-layer layout, from shapes alone: what shardings
-    and the memory planner need."""
-    shapes = nnx.state(abstract_model(cfg), nnx.Param).to_pure_dict()
-    return per_layer(logical_axes(cfg), cfg), jax.eval_shape(lambda p: per_layer(p, cfg), shapes)
-
-
 def _lora_delta(x: jnp.ndarray, adapter: dict | None, onehot: jnp.ndarray | None,
                 scale: float, out_shape: tuple[int, ...],
                 dropout: tuple[float, jax.Array] | None = None) -> jnp.ndarray | float:
@@ -205,7 +177,7 @@ def forward(params: Params, cfg: ModelConfig, tokens: jnp.ndarray, *,
     [b] picks one per row. With `lora_dropout` > 0 and a `dropout_key` (training only),
     each adapter's input is dropped, a fresh mask per layer and projection (as PEFT's
     lora_dropout; the base projection sees the whole input). `params` may be stacked
-    (layers run under `lax.scan`) or in the `per_layer` layout (layers unrolled).
+    (layers run under `lax.scan`) or per layer (a list, unrolled: `models.weight_layout`).
     `attention` is the backend (kernels and the cache's layout), chosen once per mesh.
     """
     b, s = tokens.shape

@@ -1,13 +1,18 @@
-"""Moving host data onto a (possibly multi-host) mesh and back."""
+"""Moving host data onto a (possibly multi-host) mesh and back, and params between layouts."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from selflengthen_jax.models.config import ModelConfig
+from selflengthen_jax.models.weight_layout import STACKED, WeightLayout
+from selflengthen_jax.parallel.rules import Rules, tree_shardings
 
 
 def put(x: Any, sharding: NamedSharding) -> jax.Array:
@@ -40,3 +45,20 @@ def to_host(x: jax.Array) -> np.ndarray:
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
+
+
+def weight_shardings(layout: WeightLayout, cfg: ModelConfig, mesh: Mesh, rules: Rules) -> Any:
+    """NamedShardings of the params in `layout`, from their logical axis names."""
+    return tree_shardings(*layout.tree(cfg), mesh, rules)
+
+
+def arrange_weights(layout: WeightLayout, params: Any, cfg: ModelConfig, mesh: Mesh,
+                    rules: Rules) -> tuple[Any, Any]:
+    """The loaded (stacked, sharded) params in `layout`, and their shardings. A copy is
+    made on device, shard by shard: nothing passes through the host."""
+    shardings = weight_shardings(layout, cfg, mesh, rules)
+    if not layout.copies:
+        return params, shardings
+    convert = jax.jit(partial(layout.convert, cfg=cfg), in_shardings=(weight_shardings(STACKED, cfg, mesh, rules),),
+                      out_shardings=shardings)
+    return convert(params), shardings

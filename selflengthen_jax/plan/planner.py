@@ -48,7 +48,8 @@ from selflengthen_jax.config import Config, EngineSection, MeshSection, TrainSec
 from selflengthen_jax.models.attention import Backend, choose
 from selflengthen_jax.models.config import ModelConfig
 from selflengthen_jax.models.lora import adapter_shapes, lora_logical_axes
-from selflengthen_jax.models.transformer import abstract_model, logical_axes, per_layer_tree
+from selflengthen_jax.models import weight_layout
+from selflengthen_jax.models.transformer import abstract_model, logical_axes
 from selflengthen_jax.parallel.mesh import AXES, generation_layout, mesh_shape, per_host
 from selflengthen_jax.parallel.peaks import DEVICES, GiB, DeviceSpec, device_spec
 from selflengthen_jax.parallel.rules import STRATEGIES, Rules, spec_for, strategy_rules
@@ -312,9 +313,10 @@ def training_breakdown(cfg: ModelConfig, train: TrainSection, mode: str, mesh: A
         workspace=gathers)
 
 
-def per_layer_bytes(cfg: ModelConfig, mesh: AnyMesh, rules: Rules) -> int:
-    """Per-device bytes of the engine's per-layer copy of the weights (`per_layer`)."""
-    return tree_bytes(*per_layer_tree(cfg), mesh, rules)
+def engine_copy_bytes(cfg: ModelConfig, layout: weight_layout.WeightLayout, mesh: AnyMesh, rules: Rules) -> int:
+    """Per-device bytes of the engine's own copy of the weights in `layout` (0 when it
+    shares the loaded params)."""
+    return tree_bytes(*layout.tree(cfg), mesh, rules) if layout.copies else 0
 
 
 def attention_for(impl: str, platform: str) -> Backend:
@@ -360,9 +362,8 @@ def kernel_breakdowns(cfg: ModelConfig, engine: EngineSection, mesh: AnyMesh, ru
               + relaid_embedding_bytes(cfg, mesh, rules, cfg.compute_dtype)
               + (unaligned_layer_bytes(cfg, mesh, rules, cfg.param_dtype) if platform == "tpu" else 0))
     gathers = gathered_layer_bytes(cfg, mesh, rules, cfg.compute_dtype)
-    weights = param_bytes(cfg, mesh, rules)
-    if engine.layout_on(platform) == "per_layer":
-        weights += per_layer_bytes(cfg, mesh, rules)
+    weights = param_bytes(cfg, mesh, rules) + engine_copy_bytes(
+        cfg, weight_layout.choose(engine.weight_layout, platform), mesh, rules)
     return {kernel: Breakdown(weights=weights, kv_cache=cache, workspace=work + gathers)
             for kernel, work in (("prefill", prefill), ("decode", decode))}
 

@@ -27,15 +27,17 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from selflengthen_jax.checkpoint.loader import param_shardings, per_layer_shardings
 from selflengthen_jax.config import Config, ConfigError, load_config
 from selflengthen_jax.models.attention.xla import SAVE_SCORES_UP_TO, query_blocks
 from selflengthen_jax.models.config import ModelConfig
 from selflengthen_jax.models.lora import adapter_shapes, projection_dims
 from selflengthen_jax.models.attention.cache import CACHE_BLOCK
-from selflengthen_jax.models.transformer import abstract_model, per_layer_tree
+from selflengthen_jax.checkpoint.loader import param_shardings
+from selflengthen_jax.models import weight_layout
+from selflengthen_jax.models.transformer import abstract_model
 from selflengthen_jax.parallel.mesh import check_meshes, generation_layout, generation_mesh, make_mesh
 from selflengthen_jax.parallel.peaks import GiB
+from selflengthen_jax.parallel.placement import weight_shardings
 from selflengthen_jax.parallel.rules import attention_backend, generation_rules, strategy_rules
 from selflengthen_jax.plan import hlo
 from selflengthen_jax.plan.planner import fmt_bytes, kernel_breakdowns, training_breakdown
@@ -126,11 +128,8 @@ def generation_executables(cfg: Config, mcfg: ModelConfig, devices: Sequence[Any
     rules, strategy = strategy_rules(layout.strategy, layout.rules), layout.strategy
     section, rep = cfg.engine, NamedSharding(mesh, P())
     platform = devices[0].platform
-    shapes = nnx.state(abstract_model(mcfg), nnx.Param).to_pure_dict()
-    if section.layout_on(platform) == "stacked":
-        weights = _abstract(shapes, param_shardings(mcfg, mesh, rules))
-    else:
-        weights = _abstract(per_layer_tree(mcfg)[1], per_layer_shardings(mcfg, mesh, rules))
+    weights_in = weight_layout.choose(section.weight_layout, platform)
+    weights = _abstract(weights_in.tree(mcfg)[1], weight_shardings(weights_in, mcfg, mesh, rules))
     w_sh = jax.tree.map(lambda x: x.sharding, weights)
     one = adapter_shapes(mcfg, cfg.train.lora.rank)
     scales = [cfg.train.lora.alpha / cfg.train.lora.rank] * ROLES

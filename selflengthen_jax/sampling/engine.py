@@ -25,14 +25,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from selflengthen_jax.checkpoint.loader import LoadedModel, param_shardings, per_layer_shardings
+from selflengthen_jax.checkpoint.loader import LoadedModel
 from selflengthen_jax.checkpoint.tokenizer import chat_prompt, end_of_turn_ids
 from selflengthen_jax.config import EngineSection
 from selflengthen_jax.models.lora import stack_adapters
 from selflengthen_jax.models.attention import Backend
 from selflengthen_jax.models.attention.cache import CACHE_BLOCK, KVCache
-from selflengthen_jax.models.transformer import per_layer
-from selflengthen_jax.parallel.placement import put, replicated, to_host
+from selflengthen_jax.models import weight_layout
+from selflengthen_jax.parallel.placement import arrange_weights, put, replicated, to_host
 from selflengthen_jax.parallel.rules import Rules, attention_backend, named
 from selflengthen_jax.sampling import kernels
 from selflengthen_jax.sampling.request import Completion, Request
@@ -151,18 +151,10 @@ class Engine:
 
     # -- weights ----------------------------------------------------------------------------
     def _weights(self) -> tuple[Any, Any]:
-        """The params the kernels read, and their shardings, in the configured layout.
-
-        `auto` picks the per-layer layout on CPU, where it saves the copies XLA makes of
-        scanned weight slices (see `per_layer`); elsewhere the engine shares the loaded
-        (stacked) params and holds no second copy.
-        """
-        stacked = param_shardings(self.cfg, self.mesh, self.rules)
-        if self.section.layout_on(self.mesh.devices.flat[0].platform) == "stacked":
-            return self.model.params, stacked
-        shardings = per_layer_shardings(self.cfg, self.mesh, self.rules)
-        convert = jax.jit(partial(per_layer, cfg=self.cfg), in_shardings=(stacked,), out_shardings=shardings)
-        return convert(self.model.params), shardings
+        """The params the kernels read, and their shardings, in the configured layout
+        (`models.weight_layout`: on CPU a per-layer copy; elsewhere the loaded params)."""
+        layout = weight_layout.choose(self.section.weight_layout, self.mesh.devices.flat[0].platform)
+        return arrange_weights(layout, self.model.params, self.cfg, self.mesh, self.rules)
 
     # -- adapters ---------------------------------------------------------------------------
     def set_adapters(self, adapters: dict[str, tuple[Any, float]]) -> None:

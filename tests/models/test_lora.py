@@ -8,7 +8,8 @@ import pytest
 from selflengthen_jax.models.config import ModelConfig
 from selflengthen_jax.models.lora import (init_lora, lora_logical_axes, merge_lora, projection_dims,
                                           stack_adapters)
-from selflengthen_jax.models.transformer import PROJECTIONS, forward, init_params, per_layer
+from selflengthen_jax.models.transformer import PROJECTIONS, forward, init_params
+from selflengthen_jax.models.weight_layout import per_layer
 
 CFG = ModelConfig(model_type="qwen2", vocab_size=96, hidden_size=32, intermediate_size=48,
                   num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, rms_norm_eps=1e-6,

@@ -7,7 +7,8 @@ import torch
 
 from hf_fixtures import hf_model, make_checkpoint
 from selflengthen_jax.checkpoint.hf_import import load_params, read_config
-from selflengthen_jax.models.transformer import forward, per_layer
+from selflengthen_jax.models.transformer import forward
+from selflengthen_jax.models.weight_layout import per_layer
 
 TOL = 1e-4
 

@@ -6,15 +6,17 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from selflengthen_jax.checkpoint.loader import param_shardings, per_layer_shardings
+from selflengthen_jax.checkpoint.loader import param_shardings
 from selflengthen_jax.config import Config, EngineSection, TrainSection, load_config
 from selflengthen_jax.models.presets import PRESETS, model_config_from_name
-from selflengthen_jax.models.transformer import forward, init_params, per_layer
+from selflengthen_jax.models.transformer import forward, init_params
+from selflengthen_jax.models.weight_layout import PER_LAYER, per_layer
 from selflengthen_jax.parallel.mesh import make_mesh
 from selflengthen_jax.parallel.peaks import GiB, device_spec
+from selflengthen_jax.parallel.placement import weight_shardings
 from selflengthen_jax.parallel.rules import STRATEGIES, generation_rules, strategy_rules
 from selflengthen_jax.plan.planner import (abstract_mesh, builtin_layout, format_plan,
-                                           generation_breakdown, kernel_breakdowns, param_bytes, per_layer_bytes, plan,
+                                           generation_breakdown, kernel_breakdowns, param_bytes, engine_copy_bytes, plan,
                                            training_activations, training_breakdown, unaligned_layer_bytes)
 from selflengthen_jax.sampling.engine import cache_length, prefill_rows
 
@@ -69,14 +71,14 @@ def test_planned_per_layer_copy_equals_the_shards_jax_places(strategy):
     mesh, rules = make_mesh(section), strategy_rules(strategy)
     shapes = jax.eval_shape(lambda: per_layer(init_params(cfg), cfg))
     copy = jax.jit(lambda: jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes),
-                   out_shardings=per_layer_shardings(cfg, mesh, rules))()
+                   out_shardings=weight_shardings(PER_LAYER, cfg, mesh, rules))()
     on_device_0 = sum(s.data.nbytes for leaf in jax.tree.leaves(copy)
                       for s in leaf.addressable_shards if s.device == jax.devices()[0])
-    assert per_layer_bytes(cfg, abstract_mesh(tuple(mesh.shape.values())), rules) == on_device_0
+    assert engine_copy_bytes(cfg, PER_LAYER, abstract_mesh(tuple(mesh.shape.values())), rules) == on_device_0
     plans = {p: generation_breakdown(cfg, EngineSection(), abstract_mesh((1, 1, 1)), rules, platform=p)
              for p in ("cpu", "gpu")}
-    assert plans["cpu"].weights - plans["gpu"].weights == per_layer_bytes(
-        cfg, abstract_mesh((1, 1, 1)), rules)   # auto: the copy only on CPU
+    assert plans["cpu"].weights - plans["gpu"].weights == engine_copy_bytes(
+        cfg, PER_LAYER, abstract_mesh((1, 1, 1)), rules)   # auto: the copy only on CPU
 
 
 def test_72b_full_finetuning_does_not_fit_8xh100_under_dp_but_its_weights_fit_under_fsdp():
