@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from selflengthen_jax.models.attention import Backend, choose, resolve
-from selflengthen_jax.models.attention import cudnn, ragged, splash, xla
+from selflengthen_jax.models.attention import cudnn, paged, splash, xla
 from selflengthen_jax.models.attention.cache import PAGED, TRANSPOSED
 
 # bf16 inputs: both paths round the probabilities to bf16 before the value product
@@ -60,21 +60,37 @@ def cache_with(layout, k, v):
     return stacked
 
 
+# the TPU kernel loads K/V blocks as bf16 whatever the cache dtype (see paged.py)
+PAGED_TOL = {("tpu", jnp.float32): 4e-2, ("tpu", jnp.bfloat16): 4e-2,
+             ("gpu", jnp.float32): 2e-5, ("gpu", jnp.bfloat16): 4e-2}
+
+
+@pytest.mark.parametrize("kernel", paged.KERNELS)
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_paged_decode_reads_each_slots_own_length_like_xla(dtype):
-    """One token per slot at ragged positions (one in the first page, one mid-page, one at
-    the end), 8 query heads over 2 KV heads: the kernel equals the XLA block loop."""
-    b, t, h, kv, d = 3, 512, 8, 2, 128
+def test_paged_decode_reads_each_slots_own_length_like_xla(kernel, dtype):
+    """One token per slot at ragged positions (the first position, one in the first page,
+    one mid-page, one at the end), 8 query heads over 2 KV heads, in the second layer of
+    the cache: either kernel equals the XLA block loop."""
+    b, t, h, kv, d = 4, 512, 8, 2, 128
     q, _, _ = qkv(b, 1, h, kv, d, dtype, seed=2)
-    _, k, v = qkv(b, t, h, kv, d, dtype, seed=3)
-    pos = jnp.array([[4], [200], [511]], jnp.int32)
-    cache = cache_with(PAGED, k, v)
-    ours = ragged.decode_attention(q, cache, jnp.int32(0), pos, page_size=PAGED.page_size, mesh=None,
-                                   batch_axes=None, head_axes=None, interpret=True)
-    want = xla.cached_attention(q, cache, PAGED, jnp.int32(0), pos, block=256)
-    # the kernel loads K/V blocks as bf16 whatever the cache dtype (see ragged.py)
+    _, k, v = qkv(b, 2 * t, h, kv, d, dtype, seed=3)
+    pos = jnp.array([[0], [4], [200], [511]], jnp.int32)
+    cache = PAGED.stack_new(jnp.stack([k[:, :t], k[:, t:]]), jnp.stack([v[:, :t], v[:, t:]]))   # 2 layers
+    ours = paged.decode_attention(q, cache, jnp.int32(1), pos, kernel=kernel, page_size=PAGED.page_size,
+                                  mesh=None, batch_axes=None, head_axes=None, interpret=True)
+    want = xla.cached_attention(q, cache, PAGED, jnp.int32(1), pos, block=256)
     np.testing.assert_allclose(np.asarray(ours.astype(jnp.float32)), np.asarray(want.astype(jnp.float32)),
-                               atol=4e-2)
+                               atol=PAGED_TOL[kernel, dtype])
+
+
+def test_paged_decode_kernels_need_their_head_dim_multiple():
+    assert paged.supports("tpu", 128) and not paged.supports("tpu", 64)
+    assert paged.supports("gpu", 64) and not paged.supports("gpu", 24)
+    with pytest.raises(ValueError, match="unknown paged decode kernel 'cuda'"):
+        paged.decode_attention(*qkv(1, 1, 2, 1, 16, jnp.float32)[:1], PAGED.zeros(
+            SimpleNamespace(num_layers=1, num_kv_heads=1, head_dim=16), 1, 128, jnp.float32),
+            jnp.int32(0), jnp.zeros((1, 1), jnp.int32), kernel="cuda", page_size=128, mesh=None,
+            batch_axes=None, head_axes=None, interpret=True)
 
 
 def test_both_layouts_hold_the_same_cache():
@@ -115,3 +131,21 @@ def test_backend_is_chosen_once_from_platform_and_config():
         resolve("flash", "cpu")
     with pytest.raises(ValueError, match="needs a GPU"):
         choose("cudnn", "cpu")
+
+
+@pytest.mark.parametrize("impl", ["pallas", "cudnn"])
+def test_accelerator_backends_decode_with_their_paged_kernel_and_fall_back_for_small_heads(impl, monkeypatch):
+    """pallas decodes with the TPU kernel, cudnn with the GPU one; heads the kernel cannot
+    take, several tokens per row and in-place slot reads go to the XLA loop."""
+    called = []
+    real = paged.decode_attention
+    monkeypatch.setattr(paged, "decode_attention", lambda *a, **kw: called.append(kw["kernel"]) or real(*a, **kw))
+    backend = Backend(impl, PAGED, interpret=True)
+    for d in (128, 8):
+        q, _, _ = qkv(2, 1, 4, 2, d, jnp.float32, seed=6)
+        _, k, v = qkv(2, 256, 4, 2, d, jnp.float32, seed=7)
+        cache, pos = PAGED.stack_new(k[None], v[None]), jnp.array([[30], [255]], jnp.int32)
+        want = xla.cached_attention(q, cache, PAGED, jnp.int32(0), pos, block=256)
+        np.testing.assert_allclose(backend.cached(q, cache, jnp.int32(0), pos), want, atol=4e-2)
+    backend.cached(jnp.concatenate([q, q], 1), cache, jnp.int32(0), jnp.concatenate([pos - 1, pos], 1))
+    assert called == [{"pallas": "tpu", "cudnn": "gpu"}[impl]]   # only the head_dim-128 single token

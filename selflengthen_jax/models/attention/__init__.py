@@ -8,13 +8,13 @@ the cache is stored in. `choose` is the one place that maps a platform and the
 | impl     | train / prefill              | decode (1 token per slot)       | cache layout |
 |----------|------------------------------|---------------------------------|--------------|
 | xla      | causal query blocks (`xla`)  | block loop to the batch's max   | transposed on CPU, paged elsewhere |
-| pallas   | splash attention (`splash`)  | paged attention, per-slot length (`ragged`) | paged |
-| cudnn    | cuDNN fused (`cudnn`)        | block loop (XLA)                | paged |
+| pallas   | splash attention (`splash`)  | TPU paged attention, per-slot length (`paged`) | paged |
+| cudnn    | cuDNN fused (`cudnn`)        | GPU (Triton) paged attention, per-slot length (`paged`) | paged |
 | auto     | pallas on TPU, cudnn on GPU, xla on CPU |                      |              |
 
 On CPU, `pallas` runs the same kernels in Pallas interpret mode (slow; for tests).
-The paged decode kernel needs head_dim to be a multiple of the TPU's 128 lanes (every
-shipped model's is 128); smaller heads decode on the XLA block loop over the same cache.
+The paged decode kernels need head_dim to be a multiple of 128 (TPU) or 16 (GPU); every
+shipped model's is 128, and smaller heads decode on the XLA block loop over the same cache.
 Prefill pieces and scoring (several new tokens over a cache) use the XLA block loop
 in every backend. Pallas calls are not partitioned by XLA, so the backend carries the
 mesh and the mesh axes of the batch and heads, and wraps its kernels in `shard_map`;
@@ -31,11 +31,12 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from selflengthen_jax.models.attention import cudnn, ragged, splash, xla
+from selflengthen_jax.models.attention import cudnn, paged, splash, xla
 from selflengthen_jax.models.attention.cache import CACHE_BLOCK, PAGED, TRANSPOSED, CacheLayout, KVCache
 
 IMPLS = ("auto", "xla", "pallas", "cudnn")
 MAX_SEGMENTS = 64   # cuDNN: packed examples per row at most
+DECODE_KERNEL = {"pallas": "tpu", "cudnn": "gpu"}   # each backend's paged decode kernel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,11 +82,12 @@ class Backend:
         """New tokens q [b, s, h, d] at positions q_index [b, s] over one layer of the cache
         (already holding their own keys/values); row i reads slot `slots[i]` (default: i,
         every slot decoding)."""
-        if self.impl == "pallas" and slots is None and q.shape[1] == 1 and q.shape[-1] % ragged.LANES == 0:
+        kernel = DECODE_KERNEL.get(self.impl)
+        if kernel and slots is None and q.shape[1] == 1 and paged.supports(kernel, q.shape[-1]):
             batch, heads = self._axes(q.shape[0], q.shape[2], cache.k.shape[0])
-            return ragged.decode_attention(q, cache, layer, q_index, page_size=self.layout.page_size,
-                                           mesh=self.mesh, batch_axes=batch, head_axes=heads,
-                                           interpret=self.interpret)
+            return paged.decode_attention(q, cache, layer, q_index, kernel=kernel, page_size=self.layout.page_size,
+                                          mesh=self.mesh, batch_axes=batch, head_axes=heads,
+                                          interpret=self.interpret)
         block = math.gcd(self.layout.length(cache), CACHE_BLOCK)
         return xla.cached_attention(q, cache, self.layout, layer, q_index, block, slots)
 
