@@ -10,8 +10,9 @@ to a 20k-token one costs its own context, not the batch maximum:
   the XLA path to bf16 precision only.
 * `gpu`: `jax.experimental.pallas.ops.gpu.paged_attention` (Triton), which also splits
   each slot's pages over `k_splits` programs (flash-decoding) so a batch-1 step still
-  fills the GPU. Its blocks need head_dim to be a multiple of 16. Untested on hardware
-  here (no GPU); its numerics are tested in Pallas interpret mode.
+  fills the GPU. Its blocks need head_dim to be a multiple of 16, and its dots one element
+  type, so q is cast to the cache's dtype. Not run on hardware here (no GPU): its numerics
+  are tested in Pallas interpret mode and its lowering to Triton IR for CUDA.
 
 The cache's [kv, layers, slots, T, d] arrays reshape for free to the kernels'
 [kv, pages, page_size, d]; a slot's pages are contiguous (the page table is the
@@ -67,12 +68,13 @@ def _local(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, layer: jnp.ndarray, l
              + jnp.arange(pps, dtype=jnp.int32)).astype(jnp.int32)
     scaled = (q.astype(jnp.float32) * (d ** -0.5)).astype(q.dtype)
     lengths = lengths.astype(jnp.int32)
-    if kernel == "gpu":
+    if kernel == "gpu":   # Triton's dots need q in the cache's dtype (an fp32 model over a bf16 cache)
         splits = _divisor_at_most(pps, GPU_SPLITS)
         per_block = _divisor_at_most(pps // splits, BLOCK_TOKENS // page_size)
-        return gpu_kernel.paged_attention(scaled, pages(k), pages(v), table, lengths, block_h=GPU_HEAD_BLOCK,
-                                          pages_per_compute_block=per_block, k_splits=splits,
-                                          interpret=interpret)
+        out = gpu_kernel.paged_attention(scaled.astype(k.dtype), pages(k), pages(v), table, lengths,
+                                         block_h=GPU_HEAD_BLOCK, pages_per_compute_block=per_block,
+                                         k_splits=splits, interpret=interpret)
+        return out.astype(q.dtype)
     ctx = pltpu.force_tpu_interpret_mode() if interpret else contextlib.nullcontext()
     with ctx:
         return tpu_kernel.paged_attention(scaled, pages(k), pages(v), lengths, table,
