@@ -87,10 +87,10 @@ def test_paged_decode_kernels_need_their_head_dim_multiple():
     assert paged.supports("tpu", 128) and not paged.supports("tpu", 64)
     assert paged.supports("gpu", 64) and not paged.supports("gpu", 24)
     with pytest.raises(ValueError, match="unknown paged decode kernel 'cuda'"):
-        paged.decode_attention(*qkv(1, 1, 2, 1, 16, jnp.float32)[:1], PAGED.zeros(
-            SimpleNamespace(num_layers=1, num_kv_heads=1, head_dim=16), 1, 128, jnp.float32),
-            jnp.int32(0), jnp.zeros((1, 1), jnp.int32), kernel="cuda", page_size=128, mesh=None,
-            batch_axes=None, head_axes=None, interpret=True)
+        cache = PAGED.zeros(SimpleNamespace(num_layers=1, num_kv_heads=1, head_dim=16), 1, 128, jnp.float32)
+        paged.decode_attention(jnp.zeros((1, 1, 2, 16)), cache, jnp.int32(0), jnp.zeros((1, 1), jnp.int32),
+                               kernel="cuda", page_size=128, mesh=None, batch_axes=None, head_axes=None,
+                               interpret=True)
 
 
 def test_both_layouts_hold_the_same_cache():
@@ -144,7 +144,7 @@ def test_accelerator_backends_decode_with_their_paged_kernel_and_fall_back_for_s
     for d in (128, 8):
         q, _, _ = qkv(2, 1, 4, 2, d, jnp.float32, seed=6)
         _, k, v = qkv(2, 256, 4, 2, d, jnp.float32, seed=7)
-        cache, pos = PAGED.stack_new(k[None], v[None]), jnp.array([[30], [255]], jnp.int32)
+        cache, pos = cache_with(PAGED, k, v), jnp.array([[30], [255]], jnp.int32)
         want = xla.cached_attention(q, cache, PAGED, jnp.int32(0), pos, block=256)
         np.testing.assert_allclose(backend.cached(q, cache, jnp.int32(0), pos), want, atol=4e-2)
     backend.cached(jnp.concatenate([q, q], 1), cache, jnp.int32(0), jnp.concatenate([pos - 1, pos], 1))

@@ -38,9 +38,9 @@ from jax.sharding import PartitionSpec as P
 
 from selflengthen_jax.models.attention.cache import KVCache
 
-KERNELS = ("tpu", "gpu")
 BLOCK_TOKENS = 512  # cache positions per compute block of either kernel
 HEAD_DIM_MULTIPLE = {"tpu": 128, "gpu": 16}   # the kernels' block constraint on head_dim
+KERNELS = tuple(HEAD_DIM_MULTIPLE)
 GPU_SPLITS = 16     # gpu: most programs one slot's pages are split over
 GPU_HEAD_BLOCK = 16  # gpu: query heads per program (a KV head's group is padded to it)
 
@@ -64,14 +64,14 @@ def _local(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, layer: jnp.ndarray, l
     kv, n_layers, b, t, d = k.shape
     pps = t // page_size
     pages = lambda x: x.reshape(kv, n_layers * b * pps, page_size, d)  # noqa: E731
-    table = ((layer * b + jnp.arange(b, dtype=jnp.int32))[:, None] * pps
-             + jnp.arange(pps, dtype=jnp.int32)).astype(jnp.int32)
-    scaled = (q.astype(jnp.float32) * (d ** -0.5)).astype(q.dtype)
+    table = (layer * b + jnp.arange(b, dtype=jnp.int32))[:, None] * pps + jnp.arange(pps, dtype=jnp.int32)
     lengths = lengths.astype(jnp.int32)
-    if kernel == "gpu":   # Triton's dots need q in the cache's dtype (an fp32 model over a bf16 cache)
+    # Triton's dots need q in the cache's dtype (an fp32 model over a bf16 cache)
+    scaled = (q.astype(jnp.float32) * (d ** -0.5)).astype(k.dtype if kernel == "gpu" else q.dtype)
+    if kernel == "gpu":
         splits = _divisor_at_most(pps, GPU_SPLITS)
         per_block = _divisor_at_most(pps // splits, BLOCK_TOKENS // page_size)
-        out = gpu_kernel.paged_attention(scaled.astype(k.dtype), pages(k), pages(v), table, lengths,
+        out = gpu_kernel.paged_attention(scaled, pages(k), pages(v), table, lengths,
                                          block_h=GPU_HEAD_BLOCK, pages_per_compute_block=per_block,
                                          k_splits=splits, interpret=interpret)
         return out.astype(q.dtype)
