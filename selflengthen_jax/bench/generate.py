@@ -190,11 +190,12 @@ def build_engine(path: Path, spec: BenchSpec, max_new_tokens: int) -> Engine:
 
 
 @contextlib.contextmanager
-def batching(engine: Engine, mode: str) -> Iterator[Engine]:
-    """Switch continuous/static on one engine: the mode is read per `generate` call and
-    is not part of any compiled kernel's key, so both modes share the same executables."""
+def batching(engine: Engine, mode: str, mixed: bool = True) -> Iterator[Engine]:
+    """Switch continuous/static (and mixed batches) on one engine: the mode is read per
+    `generate` call and is not part of any compiled kernel's key, so both modes share
+    the same executables; each mixed setting has its own piece kernel."""
     old = engine.section
-    engine.section = dataclasses.replace(old, mode=mode)
+    engine.section = dataclasses.replace(old, mode=mode, mixed_batches=mixed)
     try:
         yield engine
     finally:
@@ -471,36 +472,43 @@ def workload_a(engine: Engine, hf: HFGenerate, floor: MatmulFloor, spec: BenchSp
             "ratio_vs_hf": theirs["median_s"] / ours["median_s"], "floor": floor_summary}
 
 
-def workload_b(engine: Engine, spec: BenchSpec, texts: Sequence[str]) -> dict:
-    """Long-tailed lengths, continuous vs static batching, same engine and seeds.
+RAGGED_MODES = {"static": ("static", True), "continuous": ("continuous", True),
+                "continuous_apart": ("continuous", False)}   # name: (engine.mode, engine.mixed_batches)
 
-    Repeats alternate the order (static first, then continuous first, ...) so a
-    change in machine load during the run does not favour one mode; the ratio is of
-    the summed times. Every run must return the same tokens per request.
+
+def workload_b(engine: Engine, spec: BenchSpec, texts: Sequence[str]) -> dict:
+    """Long-tailed lengths, continuous vs static batching, same engine and seeds; and
+    continuous with each refill prefilled apart from the decode steps (mixed batches
+    off), the schedule before refills rode a decode step.
+
+    Repeats alternate the order (forwards, then backwards, ...) so a change in machine
+    load during the run does not favour one mode; ratios are of the summed times. Every
+    run must return the same tokens per request.
     """
     lengths = ragged_lengths(spec)
     reqs = requests(texts, lengths, seed=1000)
-    times: dict[str, list[float]] = {"static": [], "continuous": []}
+    times: dict[str, list[float]] = {name: [] for name in RAGGED_MODES}
     reference: list[Completion] | None = None
     same, exact = True, True
     for r in range(spec.ragged_repeats):
-        for mode in ("static", "continuous")[::1 if r % 2 == 0 else -1]:
-            with batching(engine, mode):
+        for mode in list(RAGGED_MODES)[::1 if r % 2 == 0 else -1]:
+            with batching(engine, *RAGGED_MODES[mode]):
                 dt, out = _timed(lambda: engine.generate(reqs))
             times[mode].append(dt)
             reference = reference or out
             same &= all(a.token_ids == b.token_ids for a, b in zip(reference, out))
             exact &= all(len(c.token_ids) == n for c, n in zip(out, lengths))
-    t_s, t_c = sum(times["static"]), sum(times["continuous"])
+    t_s, t_c, t_a = sum(times["static"]), sum(times["continuous"]), sum(times["continuous_apart"])
     tokens, slots = sum(lengths), engine.section.slots
     static_steps, cont_steps = schedule_steps(lengths, slots)
     return {"requests": len(reqs), "slots": slots, "max_new_tokens": lengths, "tokens": tokens,
             "static_s": times["static"], "continuous_s": times["continuous"],
+            "continuous_apart_s": times["continuous_apart"],
             "static_tokens_per_s": tokens * len(times["static"]) / t_s,
             "continuous_tokens_per_s": tokens * len(times["continuous"]) / t_c,
             "static_decode_steps": static_steps, "continuous_decode_steps": cont_steps,
             "step_ratio": static_steps / cont_steps, "identical_tokens": same, "exact_lengths": exact,
-            "ratio_continuous_vs_static": t_s / t_c}
+            "ratio_continuous_vs_static": t_s / t_c, "ratio_apart_vs_static": t_s / t_a}
 
 
 def judge_scoring(engine: Engine, spec: BenchSpec, texts: Sequence[str]) -> dict:
@@ -532,7 +540,9 @@ def shared_prefill(engine: Engine, spec: BenchSpec, texts: Sequence[str]) -> dic
 
 def long_prompts_mid_decode(path: Path, spec: BenchSpec, texts: Sequence[str]) -> dict:
     """Long prompts admitted while the other slots decode: with chunked prefill (pieces of
-    `long_chunk` tokens between decode chunks) and without (each prompt in one prefill).
+    `long_chunk` tokens between decode chunks, each riding a decode step: "chunked"; or
+    run apart from the decode steps: "chunked_apart") and without (each prompt in one
+    prefill, apart: "whole").
 
     One slot-full of short prompts with staggered budgets decodes while `long_prompts`
     prompts of `long_prompt_len` tokens wait; each takes a slot as one frees. Reported:
@@ -546,13 +556,15 @@ def long_prompts_mid_decode(path: Path, spec: BenchSpec, texts: Sequence[str]) -
     long_texts = prompts(spec.long_prompts, spec.long_prompt_len, spec.model.vocab, spec.seed + 9)
     reqs = requests(list(texts[:spec.batch]) + long_texts, budgets + [8] * spec.long_prompts, seed=3000)
     short_tokens = sum(budgets)
-    settings = {"chunked": spec.long_chunk, "whole": spec.long_prompt_len}
+    settings = {"chunked": (spec.long_chunk, True), "chunked_apart": (spec.long_chunk, False),
+                "whole": (spec.long_prompt_len, False)}   # name: (engine.prefill_chunk, engine.mixed_batches)
     runs: dict[str, list[dict]] = {k: [] for k in settings}
     old = engine.section
     outs = {}
     for r in range(3):  # the first round compiles; it is not reported
         for name in list(settings)[::1 if r % 2 == 0 else -1]:
-            engine.section = dataclasses.replace(old, prefill_chunk=settings[name])
+            chunk, mixed = settings[name]
+            engine.section = dataclasses.replace(old, prefill_chunk=chunk, mixed_batches=mixed)
             engine.stats.clear()
             ended: dict[int, float] = {}
             begun = time.perf_counter()
@@ -566,7 +578,8 @@ def long_prompts_mid_decode(path: Path, spec: BenchSpec, texts: Sequence[str]) -
     summary = {name: {k: statistics.median(x[k] for x in rs) for k in rs[0]} for name, rs in runs.items()}
     return {"slots": spec.batch, "long_prompt_len": spec.long_prompt_len, "long_prompts": spec.long_prompts,
             "chunk": spec.long_chunk, "runs": runs, **summary,
-            "identical_tokens": [c.token_ids for c in outs["chunked"]] == [c.token_ids for c in outs["whole"]],
+            "identical_tokens": all([c.token_ids for c in outs[name]] == [c.token_ids for c in outs["whole"]]
+                                    for name in settings),
             "stall_ratio_whole_vs_chunked": summary["whole"]["longest_stall_s"]
             / max(summary["chunked"]["longest_stall_s"], 1e-9)}
 
@@ -722,9 +735,12 @@ def markdown(result: dict) -> str:
         f"| static | {_secs(b['static_s'])} | {b['static_tokens_per_s']:.0f} | {b['static_decode_steps']} |",
         f"| continuous | {_secs(b['continuous_s'])} | {b['continuous_tokens_per_s']:.0f} | "
         f"{b['continuous_decode_steps']} |",
+        f"| continuous, refills apart from decode steps | {_secs(b['continuous_apart_s'])} | "
+        f"{b['tokens'] * len(b['continuous_apart_s']) / sum(b['continuous_apart_s']):.0f} | |",
         "",
         f"step ratio (no prefill or refill cost) = {b['step_ratio']:.2f}",
-        f"ratio_continuous_vs_static = {b['ratio_continuous_vs_static']:.2f}; identical tokens: "
+        f"ratio_continuous_vs_static = {b['ratio_continuous_vs_static']:.2f} (refills apart: "
+        f"{b['ratio_apart_vs_static']:.2f}); identical tokens: "
         f"{b['identical_tokens']} (every request, every run); exact lengths: {b['exact_lengths']}",
         "",
         f"### Position curve: batch {p['batch']}, {p['steps_per_chunk']} steps per chunk, "
@@ -748,7 +764,7 @@ def markdown(result: dict) -> str:
                   f"into {lp['slots']} decoding slots (median of {len(lp['runs']['chunked'])})",
               "", "| prefill | seconds | short requests tokens/s | longest stall s |", "|---|---:|---:|---:|",
               *(f"| {name} | {lp[name]['seconds']:.2f} | {lp[name]['short_tokens_per_s']:.0f} | "
-                f"{lp[name]['longest_stall_s']:.3f} |" for name in ("chunked", "whole")),
+                f"{lp[name]['longest_stall_s']:.3f} |" for name in ("chunked", "chunked_apart", "whole")),
               "", f"identical tokens: {lp['identical_tokens']}"]
     c = result["compile_count"]
     lines += ["", f"compile count: position sweep {p['compile_count_before']} -> {p['compile_count_after']}; "

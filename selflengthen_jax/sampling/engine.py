@@ -6,7 +6,8 @@ methods are the seam that the scheduler, the benchmarks and the rehearsal all us
 
 * `empty_state()`: every slot free, made inside jit with the state's shardings;
 * `prefill(state, rows, k_cap)`: JetStream's prefill + insert (new prompts into slots);
-* `prefill_piece(state, piece, k_cap)`: one piece of long prompts (chunked prefill);
+* `mixed_step(state, piece, k_cap)`: one piece of prompts (chunked prefill), with one
+  decode step for the decoding slots riding on it (`engine.mixed_batches`);
 * `decode(state, steps, exit_on_finish, k_cap)`: one chunk of decode steps;
 * `score(...)` / `loglikelihood(...)`: continuation log-probs, batched on device;
 * `kernel(kind, k_cap)`: the jitted function behind each, for AOT lowering.
@@ -89,11 +90,11 @@ def stack_fn(scales: Sequence[float], dtype: Any, mesh: Mesh) -> Callable:
 def kernel(kind: str, cfg: Any, section: EngineSection, k_cap: int, attention: Backend,
            param_sh: Any, lora_sh: Any, state_sh: kernels.SlotState, mesh: Mesh,
            cache_dtype: Any) -> Callable:
-    """The jitted kernel `kind` ("empty", "prefill", "piece", "decode", "release",
+    """The jitted kernel `kind` ("empty", "prefill", "mixed", "decode", "release",
     "score") with explicit shardings; kernels that take the state donate it.
 
     Signatures are those of `kernels.<kind>` with the keyword-only settings bound:
-    prefill(params, lora, state, rows, ends), piece = prefill_piece(params, lora, state,
+    prefill(params, lora, state, rows, ends), mixed = mixed_step(params, lora, state,
     piece, ends), decode(params, lora, state, ends, steps, exit_on_finish),
     release(state, mask), score(params, lora, rows), empty().
     """
@@ -113,10 +114,14 @@ def kernel(kind: str, cfg: Any, section: EngineSection, k_cap: int, attention: B
         fn = partial(kernels.decode, chunk=section.decode_chunk, k_cap=k_cap, **common)
         return jax.jit(fn, in_shardings=(param_sh, lora_sh, state_sh, rep, rep, rep),
                        out_shardings=(state_sh, rep, rep), donate_argnums=(2,))
-    if kind in ("piece", "prefill"):
-        fn = kernels.prefill_piece if kind == "piece" else kernels.prefill
-        return jax.jit(partial(fn, k_cap=k_cap, **common), in_shardings=(param_sh, lora_sh, state_sh, rep, rep),
-                       out_shardings=(state_sh, rep), donate_argnums=(2,))
+    if kind == "mixed":
+        fn = partial(kernels.mixed_step, k_cap=k_cap, decode=section.mixed_batches, **common)
+        return jax.jit(fn, in_shardings=(param_sh, lora_sh, state_sh, rep, rep), out_shardings=(state_sh, rep, rep),
+                       donate_argnums=(2,))
+    if kind == "prefill":
+        return jax.jit(partial(kernels.prefill, k_cap=k_cap, **common),
+                       in_shardings=(param_sh, lora_sh, state_sh, rep, rep), out_shardings=(state_sh, rep),
+                       donate_argnums=(2,))
     raise ValueError(f"unknown kernel {kind!r}")
 
 
@@ -192,7 +197,7 @@ class Engine:
     def kernel(self, kind: str, k_cap: int) -> Callable:
         """The jitted kernel `kind` (see the module-level `kernel`), compiled once per
         engine and k_cap; exposed for AOT lowering, callers otherwise use the methods below."""
-        key = (kind, k_cap, self.lora is None)
+        key = (kind, k_cap, self.lora is None, self.section.mixed_batches if kind == "mixed" else None)
         if key not in self._compiled:
             self._compiled[key] = kernel(kind, self.cfg, self.section, k_cap, self.attention,
                                          self.param_shardings, self._lora_sharding(), self.state_shardings(),
@@ -209,11 +214,15 @@ class Engine:
         """Admit `rows` (host arrays) into their slots; returns the state and first tokens [n]."""
         return self.kernel("prefill", k_cap)(self.params, self.lora, state, self._replicated(rows), self.ends)
 
-    def prefill_piece(self, state: kernels.SlotState, piece: kernels.Piece,
-                      k_cap: int) -> tuple[kernels.SlotState, jax.Array]:
-        """Prefill one piece of long prompts into their slots (chunked prefill); rows on
-        their final piece get their first token [n]."""
-        return self.kernel("piece", k_cap)(self.params, self.lora, state, self._replicated(piece), self.ends)
+    def mixed_step(self, state: kernels.SlotState, piece: kernels.Piece,
+                   k_cap: int) -> tuple[kernels.SlotState, jax.Array, jax.Array, jax.Array]:
+        """Prefill one piece of prompts into their slots (chunked prefill) and, with
+        `engine.mixed_batches`, step every decoding slot once in the same pass. Returns the
+        state, the first tokens [n] of rows on their final piece, the decode tokens
+        [slots] (-1: none) and the finish codes [slots]."""
+        state, first, toks = self.kernel("mixed", k_cap)(self.params, self.lora, state, self._replicated(piece),
+                                                         self.ends)
+        return state, first, toks, state.finish
 
     def decode(self, state: kernels.SlotState, steps: int, exit_on_finish: bool,
                k_cap: int) -> tuple[kernels.SlotState, jax.Array, jax.Array]:

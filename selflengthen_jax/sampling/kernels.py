@@ -4,6 +4,8 @@
   state is born sharded on the devices and never passes through the host);
 * `prefill` (JetStream's prefill + insert): runs new prompts, writes their keys/values
   into chosen slots and draws each first token;
+* `mixed_step`: one piece of prompts into their slots plus one decode step for every
+  decoding slot, in one forward pass (chunked prefill that shares the weights' read);
 * `decode`: up to `chunk` steps for every slot inside one `lax.while_loop`, so Python is
   off the per-token path;
 * `score`: log-likelihoods of continuations, one prompt forward shared by all of a
@@ -26,7 +28,7 @@ import jax.numpy as jnp
 from selflengthen_jax.models.config import ModelConfig
 from selflengthen_jax.models.attention import Backend
 from selflengthen_jax.models.attention.cache import KVCache
-from selflengthen_jax.models.transformer import forward, lm_head
+from selflengthen_jax.models.transformer import Part, forward, forward_parts, to_logits
 from selflengthen_jax.sampling.sampler import RowParams, sample
 
 # Finish codes of a row. RELEASED: a free slot, or one the host ended (a stop string).
@@ -118,8 +120,7 @@ def prefill(params: Any, lora: Any, state: SlotState, rows: NewRows, ends: Ends,
     out = forward(params, cfg, rows.tokens, segment_ids=seg, return_kv=True, return_hidden=True,
                   attention=attention, **_lora_kwargs(lora, rows.prompt_adapter))
     last = out.hidden[jnp.arange(u), rows.length - 1]
-    logits = jnp.einsum("bd,dv->bv", last, lm_head(params, cfg).astype(last.dtype),
-                        preferred_element_type=jnp.float32)[rows.src]
+    logits = to_logits(params, cfg, last)[rows.src]
     length, tokens, seg = rows.length[rows.src], rows.tokens[rows.src], seg[rows.src]
     seen = jnp.zeros((n, cfg.vocab_size), bool).at[jnp.arange(n)[:, None], tokens].set(seg > 0)
     step_keys = jax.vmap(jax.random.fold_in)(rows.keys, jnp.zeros((n,), jnp.uint32))
@@ -142,7 +143,8 @@ def prefill(params: Any, lora: Any, state: SlotState, rows: NewRows, ends: Ends,
 
 
 class Piece(NamedTuple):
-    """One piece of long prompts, prefilled into their slots between decode chunks.
+    """One piece of prompts prefilled into their slots: of a long prompt between decode
+    chunks, or a whole short prompt refilling a slot while others decode (`mixed_step`).
 
     Row r holds tokens [start, start + count) of its prompt; on its `final` piece the
     row's first token is drawn and it starts decoding. Until then its slot is RELEASED
@@ -162,22 +164,39 @@ class Piece(NamedTuple):
     sampling: RowParams        # each [n]
 
 
-def prefill_piece(params: Any, lora: Any, state: SlotState, piece: Piece, ends: Ends, *,
-                  cfg: ModelConfig, k_cap: int, attention: Backend) -> tuple[SlotState, jnp.ndarray]:
-    """Run one piece of each row's prompt over its slot's cache (the earlier pieces);
-    rows on their final piece draw their first token. Returns the state and those tokens."""
+def mixed_step(params: Any, lora: Any, state: SlotState, piece: Piece, ends: Ends, *, cfg: ModelConfig,
+               k_cap: int, attention: Backend, decode: bool = True) -> tuple[SlotState, jnp.ndarray, jnp.ndarray]:
+    """One piece of each row's prompt over its slot's cache (the earlier pieces) and, with
+    `decode`, one decode step for every decoding slot, in one forward pass: the decode
+    tokens ride on the piece's read of the weights (vLLM's mixed batch). Rows on their
+    final piece draw their first token. Returns the state, those first tokens [n] and
+    the decode step's tokens [b] (-1 where a slot made none; all -1 without `decode`)."""
     n, c = piece.tokens.shape
     b = state.pos.shape[0]
     slot = jnp.where(piece.slot >= 0, piece.slot, b)             # filler rows are dropped
-    take = jnp.minimum(slot, b - 1)
-    valid = jnp.arange(c)[None, :] < piece.count[:, None]
     positions = piece.start[:, None] + jnp.arange(c)[None, :]
+    parts = [Part(piece.tokens, positions, slot, piece.adapter)]
+    if decode:  # first, so the piece's write wins at the position an idle slot's step writes
+        parts.insert(0, Part(state.last_token[:, None], state.pos[:, None], None, state.adapter))
     # written into the slots' rows of the carried cache in place: no row copied in or out
-    out = forward(params, cfg, piece.tokens, positions=positions, cache=state.cache, write_index=piece.start,
-                  cache_slots=slot, return_hidden=True, attention=attention, **_lora_kwargs(lora, piece.adapter))
-    last = out.hidden[jnp.arange(n), piece.count - 1]
-    logits = jnp.einsum("bd,dv->bv", last, lm_head(params, cfg).astype(last.dtype),
-                        preferred_element_type=jnp.float32)
+    hidden, cache = forward_parts(params, cfg, parts, state.cache, lora=lora, attention=attention)
+    state = state._replace(cache=cache)
+    toks = jnp.full((b,), -1, jnp.int32)
+    if decode:
+        state, toks = _advance(state, to_logits(params, cfg, hidden[0][:, 0]), ends, k_cap)
+    last = hidden[-1][jnp.arange(n), piece.count - 1]
+    state, first = _start_rows(state, piece, slot, to_logits(params, cfg, last), ends, k_cap)
+    return state, first, toks
+
+
+def _start_rows(state: SlotState, piece: Piece, slot: jnp.ndarray, logits: jnp.ndarray, ends: Ends,
+                k_cap: int) -> tuple[SlotState, jnp.ndarray]:
+    """The piece's rows after their piece: prompt tokens marked seen, and on the final
+    piece the first token drawn and the slot running; until then the slot stays RELEASED
+    with `pos` at the next piece's start."""
+    n, c = piece.tokens.shape
+    take = jnp.minimum(slot, state.pos.shape[0] - 1)
+    valid = jnp.arange(c)[None, :] < piece.count[:, None]
     fresh = piece.start == 0
     seen = jnp.where(fresh[:, None], False, state.seen[take])
     seen = seen.at[jnp.arange(n)[:, None], piece.tokens].max(valid)
@@ -190,14 +209,30 @@ def prefill_piece(params: Any, lora: Any, state: SlotState, piece: Piece, ends: 
     end = piece.start + piece.count
     finish = jnp.where(piece.final, _finish_code(ends_row(first, piece.chat, ends), ones, piece.max_new),
                        RELEASED)
-    state = SlotState(
-        cache=out.cache,
+    state = state._replace(
         last_token=put(state.last_token, first), pos=put(state.pos, end),
         n_gen=put(state.n_gen, ones), max_new=put(state.max_new, piece.max_new),
         finish=put(state.finish, finish), seen=put(state.seen, seen), keys=put(state.keys, piece.keys),
         adapter=put(state.adapter, piece.adapter), chat=put(state.chat, piece.chat),
         sampling=jax.tree.map(put, state.sampling, piece.sampling))
     return state, first
+
+
+def _advance(s: SlotState, logits: jnp.ndarray, ends: Ends, k_cap: int) -> tuple[SlotState, jnp.ndarray]:
+    """One decode step's bookkeeping from its logits [b, vocab]: each running slot draws
+    a token (its key folded with its count) and may finish; others stay as they are.
+    Returns the state and the tokens [b] (-1 where a slot made none)."""
+    rows = jnp.arange(s.pos.shape[0])
+    keys = jax.vmap(jax.random.fold_in)(s.keys, s.n_gen.astype(jnp.uint32))
+    tok = sample(logits, s.seen, s.sampling, keys, k_cap)
+    active = ~s.done
+    n_gen = s.n_gen + active
+    finish = jnp.where(active, _finish_code(ends_row(tok, s.chat, ends), n_gen, s.max_new), s.finish)
+    s = s._replace(
+        last_token=jnp.where(active, tok, s.last_token),
+        pos=s.pos + active, n_gen=n_gen, finish=finish,
+        seen=s.seen.at[rows, tok].set(s.seen[rows, tok] | active))
+    return s, jnp.where(active, tok, -1)
 
 
 def decode(params: Any, lora: Any, state: SlotState, ends: Ends, steps: jnp.ndarray,
@@ -210,24 +245,13 @@ def decode(params: Any, lora: Any, state: SlotState, ends: Ends, steps: jnp.ndar
     new state, the tokens made [b, chunk] (-1 where a row made none) and the finish codes [b].
     """
     b = state.pos.shape[0]
-    rows = jnp.arange(b)
 
     def step(carry):
         i, s, out = carry
         o = forward(params, cfg, s.last_token[:, None], positions=s.pos[:, None], cache=s.cache,
                     write_index=s.pos, attention=attention, **_lora_kwargs(lora, s.adapter))
-        keys = jax.vmap(jax.random.fold_in)(s.keys, s.n_gen.astype(jnp.uint32))
-        tok = sample(o.logits[:, 0], s.seen, s.sampling, keys, k_cap)
-        active = ~s.done
-        n_gen = s.n_gen + active
-        finish = jnp.where(active, _finish_code(ends_row(tok, s.chat, ends), n_gen, s.max_new), s.finish)
-        s = s._replace(
-            cache=o.cache,
-            last_token=jnp.where(active, tok, s.last_token),
-            pos=s.pos + active, n_gen=n_gen, finish=finish,
-            seen=s.seen.at[rows, tok].set(s.seen[rows, tok] | active))
-        out = out.at[:, i].set(jnp.where(active, tok, -1))
-        return i + 1, s, out
+        s, tok = _advance(s._replace(cache=o.cache), o.logits[:, 0], ends, k_cap)
+        return i + 1, s, out.at[:, i].set(tok)
 
     started_done = state.done
 
@@ -271,8 +295,7 @@ def score(params: Any, lora: Any, rows: ScoreRows, *, cfg: ModelConfig,
     out = forward(params, cfg, rows.tokens, segment_ids=seg, return_kv=True, return_hidden=True,
                   attention=attention, **kw)
     last = out.hidden[jnp.arange(n), rows.length - 1]
-    first = jax.nn.log_softmax(jnp.einsum("bd,dv->bv", last, lm_head(params, cfg).astype(last.dtype),
-                                          preferred_element_type=jnp.float32), axis=-1)
+    first = jax.nn.log_softmax(to_logits(params, cfg, last), axis=-1)
     total = jnp.take_along_axis(first, rows.conts[:, :, 0], axis=1)          # [n, c]
     total = jnp.where(rows.cont_len > 0, total, 0.0)
     if length_c == 1:
@@ -281,9 +304,9 @@ def score(params: Any, lora: Any, rows: ScoreRows, *, cfg: ModelConfig,
     positions = rows.length[:, None] + jnp.arange(length_c)[None, :]
     for j in range(c):
         toks = rows.conts[:, j]
-        logits = forward(params, cfg, toks, positions=positions, cache=cache, write_index=rows.length,
-                         attention=attention, **kw).logits
-        lp = jax.nn.log_softmax(logits[:, :-1], axis=-1)                      # predicts toks[:, 1:]
+        cont = forward(params, cfg, toks, positions=positions, cache=cache, write_index=rows.length,
+                       attention=attention, **kw).logits
+        lp = jax.nn.log_softmax(cont[:, :-1], axis=-1)                     # predicts toks[:, 1:]
         picked = jnp.take_along_axis(lp, toks[:, 1:, None], axis=-1)[..., 0]  # [n, C-1]
         used = jnp.arange(1, length_c)[None, :] < rows.cont_len[:, j:j + 1]
         total = total.at[:, j].add(jnp.where(used, picked, 0.0).sum(axis=1))

@@ -11,6 +11,11 @@ the slot table, the token budget of each prefill, and the stop-string scan.
 * A prompt longer than `engine.prefill_chunk` waits in its slot and is prefilled one
   piece of that many tokens between decode chunks, so the decoding slots never wait for
   more than one piece (`stats["longest_stall_s"]` is the longest such wait).
+* With `engine.mixed_batches` (vLLM's mixed batches) every piece also steps each
+  decoding slot once in the same forward pass, so the decode tokens ride on the piece's
+  read of the weights; prompts admitted while other slots decode go in as pieces too
+  (one, if short), unless several of them share a prompt, whose one shared prefill
+  saves more.
 * EOS, end of turn and length budgets are found on device (finish codes); the host only
   looks for stop strings, which need text. While a chunk runs on the device the host
   scans the previous chunk's new tokens, so detokenising overlaps with decoding; a slot
@@ -162,8 +167,16 @@ class Scheduler:
                 state = self._prefill(state, pending, free, prompts, k_cap)
                 self._settle(engine.to_host(state.finish))
             if self._prefilling():
-                state = self._piece(state, k_cap)
-                self._settle(engine.to_host(state.finish))
+                rides = self.section.mixed_batches and self._decoding() > 0
+                if rides and fetched is not None:  # this step makes the decoding slots' next token
+                    engine.stats["longest_stall_s"] = max(engine.stats["longest_stall_s"],
+                                                          time.perf_counter() - fetched)
+                state, stepped, finish = self._piece(state, k_cap)
+                if rides:
+                    fetched = time.perf_counter()
+                lagging = sorted(set(lagging) | set(stepped))
+                self._settle(finish)
+                lagging = [i for i in lagging if self.slots[i] is not None]
             if not self._decoding():
                 continue
             steps, exit_early = self._chunk_plan(bool(pending))
@@ -176,13 +189,7 @@ class Scheduler:
             fetched = time.perf_counter()
             engine.count_decode(toks, time.perf_counter() - wall, time.process_time() - cpu)
             profile.tick("decode")
-            lagging = []
-            for i, slot in enumerate(self.slots):
-                if slot is not None and slot.decoding:
-                    new = [int(t) for t in toks[i] if t >= 0]
-                    slot.tokens.extend(new)
-                    self.made += len(new)
-                    lagging.append(i)
+            lagging = self._append(toks)
             if stopped:
                 state = engine.release(state, stopped)
             self._settle(finish)
@@ -193,6 +200,18 @@ class Scheduler:
         self.bar.close()
         engine.stats["tokens"] += self.made
         return self.results  # type: ignore[return-value]
+
+    def _append(self, toks: np.ndarray) -> list[int]:
+        """Add each decoding slot's new tokens (row i of toks [slots, t], -1: none);
+        returns those slots, whose new tokens the stop-string scan has not seen."""
+        got = []
+        for i, slot in enumerate(self.slots):
+            if slot is not None and slot.decoding:
+                new = [int(t) for t in toks[i] if t >= 0]
+                slot.tokens.extend(new)
+                self.made += len(new)
+                got.append(i)
+        return got
 
     def _decoding(self) -> int:
         """How many slots decode (their prompt is wholly in the cache)."""
@@ -256,9 +275,11 @@ class Scheduler:
         shared = [(tuple(p), r.adapter) for p, r in zip(prompts, self.requests)]
         admitted = admit(pending, len(free), [min(len(p), s.prefill_chunk) for p in prompts], s.slots,
                          s.max_prefill_len, s.prefill_tokens, keys=shared)
+        whole = [j for j in admitted if len(prompts[j]) <= s.prefill_chunk]
+        ride = s.mixed_batches and self._decoding() > 0 and len({shared[j] for j in whole}) == len(whole)
         short = []
-        for j, i in zip(admitted, free):  # long prompts wait in their slot for their pieces
-            if len(prompts[j]) > s.prefill_chunk:
+        for j, i in zip(admitted, free):  # long prompts (and, riding a decode step, all) wait in their slot
+            if ride or len(prompts[j]) > s.prefill_chunk:
                 self.slots[i] = self._slot(j, prompts[j])
                 self.slots[i].prompt = prompts[j]
             else:
@@ -283,6 +304,7 @@ class Scheduler:
             self.slots[i] = self._slot(j, prompts[j])
             src[row], slot[row], max_new[row] = which[shared[j]], i, self.slots[i].max_new
             self._row_settings(row, self.requests[j], keys, adapter, chat, samp)
+        engine.stats["prefill_calls"] += 1
         engine.stats["prefill_tokens"] += sum(len(prompts[j]) for j in distinct.values())
         engine.stats["prefill_tokens_shared"] += sum(len(prompts[j]) for j in admitted) - \
             sum(len(prompts[j]) for j in distinct.values())
@@ -307,9 +329,11 @@ class Scheduler:
         for f in samp:
             samp[f][row] = getattr(req.params, f)
 
-    def _piece(self, state: kernels.SlotState, k_cap: int) -> kernels.SlotState:
-        """The next piece of the long prompts being prefilled, `prefill_chunk` tokens in
-        all, oldest first: between two decode chunks the other slots wait for this much."""
+    def _piece(self, state: kernels.SlotState, k_cap: int) -> tuple[kernels.SlotState, list[int], np.ndarray]:
+        """The next piece of the prompts being prefilled, `prefill_chunk` tokens in all,
+        oldest first: between two decode chunks the other slots wait for this much, or,
+        with `mixed_batches`, make one token each alongside it. Returns the state, the
+        slots that made a token and the finish codes."""
         s, engine = self.section, self.engine
         budget, rows = s.prefill_chunk, []
         for i in sorted((i for i, x in enumerate(self.slots) if x is not None and not x.decoding),
@@ -336,11 +360,12 @@ class Scheduler:
         engine.stats["prefill_pieces"] += 1
         piece = kernels.Piece(tokens, start, count, final, slot_ids, max_new, keys, adapter, chat,
                               RowParams(**samp))
-        state, first = engine.prefill_piece(state, piece, k_cap)
+        state, first, toks, finish = engine.mixed_step(state, piece, k_cap)
+        stepped = self._append(engine.to_host(toks)[:, None]) if s.mixed_batches else []
         first = engine.to_host(first)
         for row, (i, _) in enumerate(rows):
             if final[row]:
                 self.slots[i].prompt = None
                 self.slots[i].tokens.append(int(first[row]))
                 self.made += 1
-        return state
+        return state, stepped, engine.to_host(finish)

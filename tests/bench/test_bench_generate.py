@@ -31,6 +31,8 @@ def test_bench_generate_tiny(tmp_path):
     assert 0 < shared["shared_tokens"] <= shared["prompt_tokens"] // 2
     long = result["long_prompts"]
     assert long["identical_tokens"] and long["chunked"]["pieces"] > long["whole"]["pieces"] == 0
+    assert long["chunked_apart"]["pieces"] == long["chunked"]["pieces"]
+    assert len(b["continuous_apart_s"]) == len(b["continuous_s"]) and b["ratio_apart_vs_static"] > 0
 
     text = bench.markdown(result) + "\n" + bench.summary_line(result)
     last = text.strip().splitlines()[-1]

@@ -120,9 +120,10 @@ def test_long_prompts_prefilled_in_pieces_between_decode_chunks_give_the_same_to
     sampled = dataclasses.replace(GREEDY, greedy=False, temperature=1.0, top_k=0, max_new_tokens=12)
     reqs = [Request(id=f"r{i}", prompt=p, params=dataclasses.replace(sampled, seed=i))
             for i, p in enumerate(prompts)]
-    whole = build_engine(path, slots=2, max_prefill_len=64, max_new_tokens=16, decode_chunk=4)
+    whole = build_engine(path, slots=2, max_prefill_len=64, max_new_tokens=16, decode_chunk=4,
+                         mixed_batches=False)
     pieces = build_engine(path, slots=2, max_prefill_len=64, max_new_tokens=16, decode_chunk=4,
-                          prefill_chunk=16)
+                          prefill_chunk=16)   # each piece also steps the decoding slot (mixed batches)
     assert max(len(whole.prompt_ids(r)) for r in reqs) > 32   # at least three pieces
     want, got = whole.generate(reqs), pieces.generate(reqs)
     assert pieces.stats["prefill_pieces"] >= 3 and whole.stats["prefill_pieces"] == 0
@@ -131,8 +132,9 @@ def test_long_prompts_prefilled_in_pieces_between_decode_chunks_give_the_same_to
 
 
 def test_a_long_prompt_stalls_the_decoding_slots_for_one_piece_at_a_time(path):
-    """While a slot decodes, each piece of a long prompt is followed by a decode chunk of
-    about `prefill_chunk` tokens, never by another piece or a whole `decode_chunk`."""
+    """While a slot decodes, each piece of a long prompt (which steps the decoding slots
+    once too) is followed by a decode chunk of about `prefill_chunk` tokens, never by
+    another piece or a whole `decode_chunk`."""
     engine = build_engine(path, eos=False, slots=3, max_prefill_len=64, max_new_tokens=48, decode_chunk=32,
                           prefill_chunk=8)   # budgets alone end rows
     calls = []
@@ -143,7 +145,7 @@ def test_a_long_prompt_stalls_the_decoding_slots_for_one_piece_at_a_time(path):
             return fn(state, *args)
         return call
 
-    engine.prefill_piece = spy("piece", engine.prefill_piece)
+    engine.mixed_step = spy("piece", engine.mixed_step)
     engine.decode = spy("decode", engine.decode)
     long_prompt = "A long story begins here. The quick brown fox jumps over the lazy dog. " * 2
     reqs = [Request(id="a", prompt="Rivers", params=dataclasses.replace(GREEDY, max_new_tokens=40)),
@@ -157,3 +159,22 @@ def test_a_long_prompt_stalls_the_decoding_slots_for_one_piece_at_a_time(path):
     for k in pieces[:-1]:
         kind, running, steps = calls[k + 1]
         assert kind == "decode" and steps == -(-8 // running)   # about prefill_chunk decode tokens
+
+
+def test_refills_ride_a_decode_step_and_give_the_tokens_of_separate_steps(path):
+    """With mixed batches a prompt admitted while other slots decode is prefilled in the
+    same forward pass as their next step: the same tokens, fewer passes over the weights."""
+    sampled = dataclasses.replace(GREEDY, greedy=False, temperature=1.0, top_k=0)
+    reqs = [Request(id=f"r{i}", prompt=f"Story {i} about rivers",
+                    params=dataclasses.replace(sampled, seed=i, max_new_tokens=3 + 3 * (i % 3)))
+            for i in range(8)]
+    kw = dict(eos=False, slots=3, max_prefill_len=32, max_new_tokens=16, decode_chunk=8)
+    mixed, apart = build_engine(path, **kw), build_engine(path, mixed_batches=False, **kw)
+    got, want = mixed.generate(reqs), apart.generate(reqs)
+    assert [c.token_ids for c in got] == [c.token_ids for c in want]
+    assert [len(c.token_ids) for c in got] == [r.params.max_new_tokens for r in reqs]
+    pieces = mixed.stats["prefill_pieces"]   # slots freed at the same step share one
+    assert 3 <= pieces <= len(reqs) - 3 and apart.stats["prefill_pieces"] == 0
+    # each refill's pass also made the decoding slots' next token: fewer passes in all
+    passes = lambda e: e.stats["decode_steps"] + e.stats["prefill_pieces"] + e.stats["prefill_calls"]  # noqa: E731
+    assert passes(mixed) < passes(apart)
