@@ -123,7 +123,7 @@ def test_long_prompts_prefilled_in_pieces_between_decode_chunks_give_the_same_to
     whole = build_engine(path, slots=2, max_prefill_len=64, max_new_tokens=16, decode_chunk=4,
                          mixed_batches=False)
     pieces = build_engine(path, slots=2, max_prefill_len=64, max_new_tokens=16, decode_chunk=4,
-                          prefill_chunk=16)   # each piece also steps the decoding slot (mixed batches)
+                          prefill_chunk=16, mixed_batches=True)   # each piece also steps the decoding slot
     assert max(len(whole.prompt_ids(r)) for r in reqs) > 32   # at least three pieces
     want, got = whole.generate(reqs), pieces.generate(reqs)
     assert pieces.stats["prefill_pieces"] >= 3 and whole.stats["prefill_pieces"] == 0
@@ -169,7 +169,7 @@ def test_refills_ride_a_decode_step_and_give_the_tokens_of_separate_steps(path):
                     params=dataclasses.replace(sampled, seed=i, max_new_tokens=3 + 3 * (i % 3)))
             for i in range(8)]
     kw = dict(eos=False, slots=3, max_prefill_len=32, max_new_tokens=16, decode_chunk=8)
-    mixed, apart = build_engine(path, **kw), build_engine(path, mixed_batches=False, **kw)
+    mixed, apart = build_engine(path, mixed_batches=True, **kw), build_engine(path, mixed_batches=False, **kw)
     got, want = mixed.generate(reqs), apart.generate(reqs)
     assert [c.token_ids for c in got] == [c.token_ids for c in want]
     assert [len(c.token_ids) for c in got] == [r.params.max_new_tokens for r in reqs]
