@@ -69,8 +69,8 @@ class EngineSection:
     prefill_tokens: int = 32768     # prompt tokens per prefill call (bounds its activations)
     prefill_chunk: int = 1024       # longer prompts are prefilled this many tokens at a time, between decode chunks
     mode: Literal["continuous", "static"] = "continuous"
-    mixed_batches: bool = False     # true: prompt pieces and refills ride a decode step (one weights read; on TPU its
-                                    # step holds two cache copies, see README); false: they run between steps
+    mixed_batches: bool = True      # prompt pieces and refills ride a decode step (one read of the weights, vLLM's
+                                    # mixed batch); false: they run between decode steps
     weight_layout: Literal["auto", "stacked", "per_layer"] = "auto"  # auto: per_layer on CPU (models.weight_layout)
 
 

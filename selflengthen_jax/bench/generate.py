@@ -249,15 +249,23 @@ def _clocked(fn: Callable[[], Any]) -> tuple[float, float, Any]:
 
 
 def warm_up(engine: Engine, texts: Sequence[str]) -> None:
-    """Compile every kernel the timed runs use: decode, and prefill at each admission
-    bucket (continuous batching admits 1..slots prompts at a time, rounded up to 2^k)."""
-    n = 1
+    """Compile every kernel the timed runs use: decode, prefill at each admission bucket
+    (continuous batching admits 1..slots prompts at a time, rounded up to 2^k), and the
+    mixed step at each bucket of refills riding a decode step (n slots finish together
+    while the others decode)."""
+    slots, n = engine.section.slots, 1
     while True:
         with batching(engine, "continuous"):
             engine.generate(requests(texts[:n], [2] * n))
-        if n >= engine.section.slots:
+        if n >= slots:
             break
-        n = min(2 * n, engine.section.slots)
+        n = min(2 * n, slots)
+    n = 1
+    while n < slots:
+        done = min(n, slots - 1)  # refills, riding the decode step of the slots - done others
+        with batching(engine, "continuous", mixed=True):
+            engine.generate(requests(texts[:slots + done], [2] * done + [6] * (slots - done) + [2] * done))
+        n *= 2
 
 
 # -- transformers ----------------------------------------------------------------------------

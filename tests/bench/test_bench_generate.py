@@ -32,6 +32,8 @@ def test_bench_generate_tiny(tmp_path):
     long = result["long_prompts"]
     assert long["identical_tokens"] and long["chunked"]["pieces"] > long["whole"]["pieces"] == 0
     assert long["chunked_apart"]["pieces"] == long["chunked"]["pieces"]
+    compiles = result["compile_count"]  # the warm-up compiled every kernel workloads A and B time
+    assert compiles["after_warm_up"] == compiles["after_workloads"]
     assert len(b["continuous_apart_s"]) == len(b["continuous_s"]) and b["ratio_apart_vs_static"] > 0
 
     text = bench.markdown(result) + "\n" + bench.summary_line(result)

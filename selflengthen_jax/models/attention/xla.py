@@ -104,6 +104,8 @@ def cached_attention(q: jnp.ndarray, cache: KVCache, layout: CacheLayout, layer:
     q [b, s, h, d]; q_index [b, s] is each query's position (it sees keys <= it).
     """
     b, s, h, d = q.shape
+    if slots is not None:  # a piece's few rows: their slots' layer, gathered once
+        cache, layer = layout.rows(cache, layer, slots), 0
     kv = cache.v.shape[0] if layout.kind == "paged" else cache.v.shape[2]
     g = h // kv
     # [b, kv, g*s, d]: a KV head's query group and positions share one matmul row axis
@@ -115,7 +117,7 @@ def cached_attention(q: jnp.ndarray, cache: KVCache, layout: CacheLayout, layer:
         def body(j, carry):
             m, l, acc = carry
             start = offset + j * size
-            kb, vb = layout.block(cache, layer, start, size, slots)   # [b, kv, d, size], [b, kv, size, d]
+            kb, vb = layout.block(cache, layer, start, size)   # [b, kv, d, size], [b, kv, size, d]
             scores = jnp.einsum("bkqd,bkdt->bkqt", qh, kb.astype(jnp.float32))
             visible = (start + jnp.arange(size)) <= q_pos[..., None]
             scores = jnp.where(visible, scores, NEG_INF)
