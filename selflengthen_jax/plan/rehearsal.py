@@ -108,6 +108,12 @@ def _spec(shape: tuple[int, ...], dtype: Any, sharding: Any) -> jax.ShapeDtypeSt
     return jax.ShapeDtypeStruct(shape, jnp.dtype(dtype), sharding=sharding)
 
 
+def _sampling_specs(n: int, sharding: Any) -> RowParams:
+    """Abstract per-row sampling settings of n rows, as the scheduler passes them."""
+    vec = lambda dt: _spec((n,), dt, sharding)  # noqa: E731
+    return RowParams(vec(jnp.float32), vec(jnp.int32), vec(jnp.float32), vec(jnp.float32), vec(jnp.bool_))
+
+
 def _mesh_str(mesh: Mesh, strategy: str) -> str:
     return "x".join(str(v) for v in mesh.shape.values()) + f" {strategy}"
 
@@ -149,8 +155,7 @@ def generation_executables(cfg: Config, mcfg: ModelConfig, devices: Sequence[Any
     vec = lambda dt: _spec((n,), dt, rep)  # noqa: E731
     rows = kernels.NewRows(_spec((n, p), jnp.int32, rep), vec(jnp.int32), vec(jnp.int32), vec(jnp.int32),
                            vec(jnp.int32), vec(jnp.int32), _spec((n, 2), jnp.uint32, rep), vec(jnp.int32),
-                           vec(jnp.bool_), RowParams(vec(jnp.float32), vec(jnp.int32), vec(jnp.float32),
-                                                     vec(jnp.float32), vec(jnp.bool_)))
+                           vec(jnp.bool_), _sampling_specs(n, rep))
     ends = kernels.Ends(_spec((4,), jnp.int32, rep), _spec((1,), jnp.int32, rep))  # a few EOS ids, one turn end
     planned = kernel_breakdowns(mcfg, section, mesh, rules, platform, cfg.model.attention_impl)
     make = lambda kind: eng.kernel(kind, mcfg, section, k_cap, attention, w_sh, lora_sh, state_sh, mesh,  # noqa: E731
@@ -164,8 +169,7 @@ def generation_executables(cfg: Config, mcfg: ModelConfig, devices: Sequence[Any
     pvec = lambda dt: _spec((1,), dt, rep)  # noqa: E731
     piece = kernels.Piece(_spec((1, c), jnp.int32, rep), pvec(jnp.int32), pvec(jnp.int32), pvec(jnp.bool_),
                           pvec(jnp.int32), pvec(jnp.int32), _spec((1, 2), jnp.uint32, rep), pvec(jnp.int32),
-                          pvec(jnp.bool_), RowParams(pvec(jnp.float32), pvec(jnp.int32), pvec(jnp.float32),
-                                                     pvec(jnp.float32), pvec(jnp.bool_)))
+                          pvec(jnp.bool_), _sampling_specs(1, rep))
     stepped = " + decode step" if section.mixed_batches else ""
     return [
         Executable("decode state", mesh, strategy, make("empty"), (), planned=planned["decode"].kv_cache),
