@@ -181,11 +181,14 @@ def mixed_step(params: Any, lora: Any, state: SlotState, piece: Piece, ends: End
     # written into the slots' rows of the carried cache in place: no row copied in or out
     hidden, cache = forward_parts(params, cfg, parts, state.cache, lora=lora, attention=attention)
     state = state._replace(cache=cache)
+    # one LM-head product for the decode rows and the piece's last positions: the head is
+    # the largest single weight, read once per step like every other
+    last = hidden[-1][jnp.arange(n), piece.count - 1]
+    logits = to_logits(params, cfg, jnp.concatenate([hidden[0][:, 0], last]) if decode else last)
     toks = jnp.full((b,), -1, jnp.int32)
     if decode:
-        state, toks = _advance(state, to_logits(params, cfg, hidden[0][:, 0]), ends, k_cap)
-    last = hidden[-1][jnp.arange(n), piece.count - 1]
-    state, first = _start_rows(state, piece, slot, to_logits(params, cfg, last), ends, k_cap)
+        state, toks = _advance(state, logits[:b], ends, k_cap)
+    state, first = _start_rows(state, piece, slot, logits[-n:], ends, k_cap)
     return state, first, toks
 
 
