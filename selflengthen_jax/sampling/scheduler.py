@@ -164,14 +164,17 @@ class Scheduler:
             signals.check()  # a stop whose raise was swallowed (a gc callback) ends here
             free = [i for i, s in enumerate(self.slots) if s is None]
             if pending and free and (self.section.mode == "continuous" or len(free) == len(self.slots)):
+                t0 = time.perf_counter()
                 state = self._prefill(state, pending, free, prompts, k_cap)
                 self._settle(engine.to_host(state.finish))
+                engine.stats["prefill_s"] += time.perf_counter() - t0
             if self._prefilling():
                 rides = self.section.mixed_batches and self._decoding() > 0
+                t0 = time.perf_counter()
                 if rides and fetched is not None:  # this step makes the decoding slots' next token
-                    engine.stats["longest_stall_s"] = max(engine.stats["longest_stall_s"],
-                                                          time.perf_counter() - fetched)
+                    engine.stats["longest_stall_s"] = max(engine.stats["longest_stall_s"], t0 - fetched)
                 state, stepped, finish = self._piece(state, k_cap)
+                engine.stats["piece_s"] += time.perf_counter() - t0
                 if rides:
                     fetched = time.perf_counter()
                 lagging = sorted(set(lagging) | set(stepped))

@@ -35,6 +35,11 @@ def test_bench_generate_tiny(tmp_path):
     compiles = result["compile_count"]  # the warm-up compiled every kernel workloads A and B time
     assert compiles["after_warm_up"] == compiles["after_workloads"]
     assert len(b["continuous_apart_s"]) == len(b["continuous_s"]) and b["ratio_apart_vs_static"] > 0
+    parts = b["time_parts"]  # where each mode's time went: refills ride decode steps only when mixed
+    assert parts["static"]["piece_s"] == parts["continuous_apart"]["piece_s"] == 0
+    assert parts["continuous"]["piece_s"] > 0 and parts["continuous_apart"]["prefill_s"] > 0
+    assert parts["continuous"]["decode_steps"] < parts["continuous_apart"]["decode_steps"]
+    assert b["ratio_at_static_step_cost"] > 0
 
     text = bench.markdown(result) + "\n" + bench.summary_line(result)
     last = text.strip().splitlines()[-1]
