@@ -45,7 +45,6 @@ from selflengthen_jax.plan.slices import Slice, describe
 from selflengthen_jax.sampling import kernels
 from selflengthen_jax.sampling import engine as eng
 from selflengthen_jax.sampling.sampler import RowParams
-from selflengthen_jax.sampling.scheduler import bucket
 from selflengthen_jax.training.data import Batch
 from selflengthen_jax.training.step import LOSS_CHUNK
 from selflengthen_jax.training.trainer import build_step
@@ -165,7 +164,7 @@ def generation_executables(cfg: Config, mcfg: ModelConfig, devices: Sequence[Any
                                    _spec((n, judged, 16), jnp.int32, rep), _spec((n, judged), jnp.int32, rep),
                                    vec(jnp.int32))
     one_sh = jax.tree.map(lambda _: rep, one)
-    c = bucket(p, section.prefill_chunk)  # the largest piece: one row of a long prompt
+    c = eng.piece_tokens(section)  # the largest piece: one row of a long prompt
     pvec = lambda dt: _spec((1,), dt, rep)  # noqa: E731
     piece = kernels.Piece(_spec((1, c), jnp.int32, rep), pvec(jnp.int32), pvec(jnp.int32), pvec(jnp.bool_),
                           pvec(jnp.int32), pvec(jnp.int32), _spec((1, 2), jnp.uint32, rep), pvec(jnp.int32),
@@ -181,7 +180,8 @@ def generation_executables(cfg: Config, mcfg: ModelConfig, devices: Sequence[Any
                    planned=planned["decode"].total,
                    unknown_trips=(section.decode_chunk, cache_len // CACHE_BLOCK),  # full cache read
                    per_step=section.decode_chunk),
-        Executable(f"prompt piece 1x{c}{stepped}", mesh, strategy, make("mixed"), (weights, lora, state, piece, ends)),
+        Executable(f"prompt piece 1x{c}{stepped}", mesh, strategy, make("mixed"), (weights, lora, state, piece, ends),
+                   planned=planned["piece"].total),
         Executable(f"judge score {n}x{p}", mesh, strategy, make("score"), (weights, lora, score_rows)),
     ]
 

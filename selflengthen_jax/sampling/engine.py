@@ -55,6 +55,12 @@ def cache_length(section: EngineSection) -> int:
     return -(-room // CACHE_BLOCK) * CACHE_BLOCK
 
 
+def piece_tokens(section: EngineSection) -> int:
+    """Tokens in the largest prompt piece the scheduler builds: one row of a long prompt,
+    `prefill_chunk` of it, at its bucket length."""
+    return bucket(section.max_prefill_len, section.prefill_chunk)
+
+
 def prefill_rows(section: EngineSection) -> int:
     """Rows of the largest prefill the scheduler builds: the largest power-of-two bucket
     of slots whose prompts at full length fit `engine.prefill_tokens` (one row at least)."""

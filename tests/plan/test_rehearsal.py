@@ -120,7 +120,7 @@ QWEN2_05B = ["model.path=", "model.preset=qwen2-0.5b", "model.attention_impl=xla
              "engine.max_new_tokens=1024", "engine.decode_chunk=16"]
 
 
-@pytest.mark.parametrize("executable", ["prefill", "decode chunk"])
+@pytest.mark.parametrize("executable", ["prefill", "decode chunk", "prompt piece"])
 def test_the_planner_is_within_15_percent_of_the_compiler_for_qwen2_05b_generation(executable):
     cfg = load_config(None, QWEN2_05B)
     s = slices.parse_slice("v5e:2x2")

@@ -107,6 +107,12 @@ class Backend:
         """float32 scores per (row, head) alive at once in a forward pass (prefill)."""
         return max((e - a) * e for a, e in xla.query_blocks(s)) if self.impl == "xla" else 0
 
+    def piece_score_entries(self, s: int, cache_len: int) -> int:
+        """float32 scores per (row, head) alive at once while a prompt piece of s tokens
+        attends over its slot's cache: one block's worth (pieces always read the cache
+        through the XLA path, whatever the backend)."""
+        return s * math.gcd(cache_len, CACHE_BLOCK)
+
     def decode_cache_copies(self, platform: str) -> int:
         """Extra copies of the KV cache the TPU compiler keeps inside the decode loop
         (measured with `--rehearse`): one on the XLA path, none with the paged kernel,
