@@ -23,6 +23,9 @@ the slot table, the token budget of each prefill, and the stop-string scan.
   are dropped.
 * `mode="static"` refills only when every slot is free: the baseline that continuous
   batching is measured against.
+* The engine's `stats` add up where the time went: `decode_s` (decode chunks),
+  `prefill_s` (prefills) and `piece_s` (pieces, with any decode step they carry), each in
+  wall seconds with its host sync, so a benchmark can split a run without a profiler.
 """
 
 from __future__ import annotations
