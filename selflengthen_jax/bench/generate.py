@@ -484,6 +484,9 @@ RAGGED_MODES = {"static": ("static", True), "continuous": ("continuous", True),
                 "continuous_apart": ("continuous", False)}   # name: (engine.mode, engine.mixed_batches)
 
 
+TIME_PARTS = ("decode_steps", "decode_s", "prefill_s", "piece_s")  # engine.stats, summed per mode
+
+
 def workload_b(engine: Engine, spec: BenchSpec, texts: Sequence[str]) -> dict:
     """Long-tailed lengths, continuous vs static batching, same engine and seeds; and
     continuous with each refill prefilled apart from the decode steps (mixed batches
@@ -522,9 +525,6 @@ def workload_b(engine: Engine, spec: BenchSpec, texts: Sequence[str]) -> dict:
             "step_ratio": static_steps / cont_steps, "identical_tokens": same, "exact_lengths": exact,
             "ratio_continuous_vs_static": t_s / t_c, "ratio_apart_vs_static": t_s / t_a,
             "time_parts": parts, "ratio_at_static_step_cost": t_s / at_step_cost(parts, "continuous")}
-
-
-TIME_PARTS = ("decode_steps", "decode_s", "prefill_s", "piece_s")  # engine.stats, summed per mode
 
 
 def at_step_cost(parts: dict[str, dict[str, float]], mode: str) -> float:

@@ -351,7 +351,8 @@ def kernel_breakdowns(cfg: ModelConfig, engine: EngineSection, mesh: AnyMesh, ru
         (k_axes, v_axes), (k_shape, v_shape) = layout.axes(), layout.shapes(cfg, slots, length)
         return b(k_axes, k_shape, cfg.compute_dtype) + b(v_axes, v_shape, cfg.compute_dtype)
 
-    cache = kv_bytes(n, cache_length(engine))
+    cache_len = cache_length(engine)
+    cache = kv_bytes(n, cache_len)
     a = _acts(cfg, rows, P, (attention.forward_score_entries(P), 0), cfg.compute_dtype, mesh, rules)
     prefill = (kv_bytes(rows, P)   # every layer's k/v
                + a.linear_working + 2 * a.scores + a.mask)
@@ -364,12 +365,12 @@ def kernel_breakdowns(cfg: ModelConfig, engine: EngineSection, mesh: AnyMesh, ru
               + relaid_embedding_bytes(cfg, mesh, rules, cfg.compute_dtype)
               + (unaligned_layer_bytes(cfg, mesh, rules, cfg.param_dtype) if platform == "tpu" else 0))
     c = piece_tokens(engine)
-    pa = _acts(cfg, 1, c, (attention.piece_score_entries(c, cache_length(engine)), 0), cfg.compute_dtype,
+    pa = _acts(cfg, 1, c, (attention.piece_score_entries(c, cache_len), 0), cfg.compute_dtype,
                mesh, rules)
     # A decode step riding the piece is one step, not a loop: the compiler keeps no copy of
     # the cache or of the gathered head for it (qwen2-0.5b, fsdp 4 on v5e:2x2: temp 34 MiB
     # against the decode chunk's 552), so it adds only its sampling state.
-    piece = (kv_bytes(1, cache_length(engine)) // cfg.num_layers   # the row's slot, one layer
+    piece = (kv_bytes(1, cache_len) // cfg.num_layers   # the row's slot, one layer
              + pa.linear_working + 2 * pa.scores + sampling)
     gathers = gathered_layer_bytes(cfg, mesh, rules, cfg.compute_dtype)
     weights = param_bytes(cfg, mesh, rules) + engine_copy_bytes(

@@ -88,8 +88,7 @@ class Backend:
             return paged.decode_attention(q, cache, layer, q_index, kernel=kernel, page_size=self.layout.page_size,
                                           mesh=self.mesh, batch_axes=batch, head_axes=heads,
                                           interpret=self.interpret)
-        block = math.gcd(self.layout.length(cache), CACHE_BLOCK)
-        return xla.cached_attention(q, cache, self.layout, layer, q_index, block, slots)
+        return xla.cached_attention(q, cache, self.layout, layer, q_index, read_block(self.layout.length(cache)), slots)
 
     # -- for the memory planner ---------------------------------------------------------------
     def score_entries(self, s: int) -> tuple[int, int]:
@@ -111,13 +110,19 @@ class Backend:
         """float32 scores per (row, head) alive at once while a prompt piece of s tokens
         attends over its slot's cache: one block's worth (pieces always read the cache
         through the XLA path, whatever the backend)."""
-        return s * math.gcd(cache_len, CACHE_BLOCK)
+        return s * read_block(cache_len)
 
     def decode_cache_copies(self, platform: str) -> int:
         """Extra copies of the KV cache the TPU compiler keeps inside the decode loop
         (measured with `--rehearse`): one on the XLA path, none with the paged kernel,
         which reads the carried cache in place (decode temp 26 MiB at 7B)."""
         return 1 if platform == "tpu" and self.impl == "xla" else 0
+
+
+def read_block(cache_len: int) -> int:
+    """Positions the XLA path reads the cache in per step of its loop: whole blocks that
+    divide the allocated length."""
+    return math.gcd(cache_len, CACHE_BLOCK)
 
 
 def _size(mesh: Any, axes: Any) -> int:
